@@ -1,0 +1,199 @@
+"""The ASGI application: ``create_app(settings)``.
+
+How a request travels::
+
+    raw_path ──names.parse_request_path──► name ──whitelist──► federation.find_file
+        (400 on refusal)                                           │ mounts, in order,
+                                                                   │ each in its own threads
+    responses.send_file ◄── open file (403 / 404 / 503 / 301) ◄────┘
+        │ conditional.py (304/412), ranges.py (206/416)
+        └► body: zero-copy send (app.protocol, sendfile) or threaded reads
+
+Paths under ``/.well-known/vend/`` go to the operator endpoints (``app.operator``); the
+whitelist refuses that prefix as content (a segment starting with a dot), so operator
+paths and content names never collide. Every error is answered here, in one place, with
+a short body that never names a filesystem path; anything unexpected is logged and
+answered 500.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from typing import Final
+
+from app.accesslog import AccessLog
+from app.federation import Miss, Redirect, find_file
+from app.media_types import MediaTypes
+from app.metrics import Metrics
+from app.mounts import Mount, OpenFile, build_mounts
+from app.names import NameRefused, compile_pattern, is_allowed_name, parse_request_path
+from app.operator import create_operator_app
+from app.protocol import ZEROCOPY
+from app.responses import Sent, read_request_fields, send_error, send_file, send_redirect
+from app.settings import Settings
+from app.types import Message, Receive, Scope, Send
+
+log = logging.getLogger("vend.app")
+
+OPERATOR_PREFIX: Final = b"/.well-known/vend/"
+_ALLOW: Final = [(b"allow", b"GET, HEAD")]
+
+
+class VendApp:
+    """vend as an ASGI 3 application.
+
+    Args:
+        settings: validated settings.
+
+    Attributes:
+        mounts: the run-time mounts, in priority order.
+        metrics: this application's Prometheus metrics.
+    """
+
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+        self.mounts: list[Mount] = build_mounts(
+            settings.mounts, fs_op_s=settings.timeouts.fs_op_s, threads=settings.threads_per_mount
+        )
+        self.metrics = Metrics()
+        self.access_log = AccessLog(settings.access_log)
+        self._pattern = compile_pattern(settings.name_pattern)
+        self._media_types = MediaTypes(settings.mime_types)
+        self._operator = create_operator_app(self)
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        """ASGI entry point: HTTP requests and the lifespan protocol."""
+        if scope["type"] == "http":
+            await self._handle_http(scope, receive, send)
+        elif scope["type"] == "lifespan":
+            await self._lifespan(receive, send)
+
+    async def _handle_http(self, scope: Scope, receive: Receive, send: Send) -> None:
+        started = time.perf_counter()
+        raw_path: bytes = scope.get("raw_path") or scope["path"].encode("utf-8")
+        raw_path = raw_path.partition(b"?")[0]
+        if raw_path.startswith(OPERATOR_PREFIX):
+            status = await self._call_operator(scope, receive, send)
+            self.access_log.record(scope, status, 0, None, started)
+            return
+        response_started = False
+
+        async def tracking_send(message: Message) -> None:
+            nonlocal response_started
+            response_started = True
+            await send(message)
+
+        mount_name: str | None = None
+        try:
+            sent, mount_name = await self._serve_content(scope, raw_path, tracking_send)
+        except Exception:
+            if response_started:
+                raise  # the server aborts the connection: never a short body
+            log.exception("unexpected error while serving a request")
+            sent = await send_error(send, 500, head=scope["method"] == "HEAD")
+        self.metrics.requests.labels(str(sent.status)).inc()
+        self.metrics.body_bytes.inc(sent.body_bytes)
+        self.access_log.record(scope, sent.status, sent.body_bytes, mount_name, started)
+
+    async def _serve_content(
+        self, scope: Scope, raw_path: bytes, send: Send
+    ) -> tuple[Sent, str | None]:
+        """Answer a content request; returns what was sent and the serving mount's name."""
+        method: str = scope["method"]
+        head = method == "HEAD"
+        if method not in ("GET", "HEAD"):
+            return await send_error(send, 405, headers=_ALLOW), None
+        try:
+            request_name = parse_request_path(raw_path)
+        except NameRefused as refusal:
+            log.debug("refused name: %s", refusal)
+            return await send_error(send, 400, head=head), None
+        index_names = self.settings.index_names
+        if request_name.wants_index:
+            if not index_names:
+                return await send_error(send, 404, head=head), None
+            base = f"{request_name.name}/" if request_name.name else ""
+            candidates = [base + index for index in index_names]
+        else:
+            candidates = [request_name.name]
+        candidates = [c for c in candidates if is_allowed_name(c, self._pattern)]
+        if not candidates:
+            status = 404 if request_name.wants_index else 400
+            return await send_error(send, status, head=head), None
+
+        found = await find_file(
+            self.mounts,
+            candidates,
+            redirect_directories=bool(index_names) and not request_name.wants_index,
+        )
+        if isinstance(found, Miss):
+            return await send_error(send, found.value, head=head), None
+        if isinstance(found, Redirect):
+            location = raw_path + b"/"
+            if scope.get("query_string"):
+                location += b"?" + scope["query_string"]
+            return await send_redirect(send, location, head=head), found.mount.name
+        return await self._send_open_file(scope, found, send), found.mount.name
+
+    async def _send_open_file(self, scope: Scope, file: OpenFile, send: Send) -> Sent:
+        try:
+            zerocopy = ZEROCOPY in scope.get("extensions", {}) and file.mount.settings.sendfile
+            return await send_file(
+                send,
+                read_request_fields(scope["method"], scope["headers"]),
+                file,
+                media_type=self._media_types.for_name(file.name),
+                cache_control=self.settings.cache_control,
+                zerocopy=zerocopy,
+            )
+        finally:
+            file.close()
+
+    async def _call_operator(self, scope: Scope, receive: Receive, send: Send) -> int:
+        status = 500
+
+        async def capture(message: Message) -> None:
+            nonlocal status
+            if message["type"] == "http.response.start":
+                status = message["status"]
+            await send(message)
+
+        await self._operator(scope, receive, capture)
+        return status
+
+    async def prepare_mounts(self) -> None:
+        """Probe every mount at once (each in its own threads, with its timeout)."""
+        results = await asyncio.gather(*(mount.prepare() for mount in self.mounts))
+        for mount, usable in zip(self.mounts, results, strict=True):
+            self.metrics.mount_up.labels(mount.name).set(1 if usable else 0)
+            if not usable:
+                log.error("mount %s is not usable: %s", mount.name, mount.last_error)
+
+    async def _lifespan(self, receive: Receive, send: Send) -> None:
+        while True:
+            message = await receive()
+            if message["type"] == "lifespan.startup":
+                await self.prepare_mounts()
+                await send({"type": "lifespan.startup.complete"})
+            elif message["type"] == "lifespan.shutdown":
+                for mount in self.mounts:
+                    mount.close()
+                await send({"type": "lifespan.shutdown.complete"})
+                return
+
+
+def create_app(settings: Settings) -> VendApp:
+    """Build the ASGI application.
+
+    Args:
+        settings: validated settings (see ``app.settings.load_settings``).
+
+    Returns:
+        The application; mounts are probed when the server sends lifespan startup.
+
+    Raises:
+        OSError: the access log file cannot be opened.
+    """
+    return VendApp(settings)

@@ -1,0 +1,140 @@
+"""``vend check`` and ``vend locate``: what operators ask of the mounts, without a server.
+
+Every probe runs in the mount's own threads with the configured timeout, so a hung NFS
+server makes its line say ``ETIMEDOUT`` instead of hanging the command.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import errno
+import os
+import stat
+from dataclasses import dataclass
+
+from app.federation import list_copies
+from app.mountinfo import filesystem_type
+from app.mounts import Lookup, Mount, MountUnavailable, OpenFile, build_mounts
+from app.settings import Settings
+
+
+@dataclass(frozen=True, slots=True)
+class MountReport:
+    """What ``vend check`` found about one mount.
+
+    Attributes:
+        name: the mount's name.
+        path: its configured path (shown to the operator, never to clients).
+        exists, is_directory, readable: the probe's findings.
+        is_mount_point: whether the path is a mount point.
+        fs_type: the filesystem type from /proc/self/mountinfo, or None.
+        error: errno name of a failure or timeout, or None.
+        usable: whether vend can serve from it.
+    """
+
+    name: str
+    path: str
+    exists: bool = False
+    is_directory: bool = False
+    readable: bool = False
+    is_mount_point: bool = False
+    fs_type: str | None = None
+    error: str | None = None
+    usable: bool = False
+
+
+def _probe(path: str, require_mountpoint: bool, name: str) -> MountReport:
+    """Blocking probe of one mount root."""
+    try:
+        real = os.path.realpath(path, strict=True)
+        st = os.stat(real)
+    except FileNotFoundError:
+        return MountReport(name=name, path=path, error="ENOENT")
+    except OSError as exc:
+        return MountReport(name=name, path=path, error=errno.errorcode.get(exc.errno or 0, "EIO"))
+    is_dir = stat.S_ISDIR(st.st_mode)
+    readable = is_dir and os.access(real, os.R_OK | os.X_OK)
+    is_mp = os.path.ismount(real)
+    usable = is_dir and readable and (is_mp or not require_mountpoint)
+    error = None
+    if not usable:
+        error = "ENOTDIR" if not is_dir else "EACCES" if not readable else "ENOTMOUNTPOINT"
+    return MountReport(
+        name=name,
+        path=path,
+        exists=True,
+        is_directory=is_dir,
+        readable=readable,
+        is_mount_point=is_mp,
+        fs_type=filesystem_type(real),
+        error=error,
+        usable=usable,
+    )
+
+
+async def check_mounts(settings: Settings) -> list[MountReport]:
+    """Probe every configured mount, all at once, each with the timeout.
+
+    Args:
+        settings: validated settings.
+
+    Returns:
+        One report per mount, in priority order.
+    """
+    mounts = build_mounts(settings.mounts, fs_op_s=settings.timeouts.fs_op_s, threads=1)
+
+    async def one(mount: Mount) -> MountReport:
+        s = mount.settings
+        try:
+            return await mount.call(_probe, str(s.path), s.require_mountpoint, s.name)
+        except MountUnavailable as exc:
+            return MountReport(name=s.name, path=str(s.path), exists=True, error=str(exc))
+
+    try:
+        return list(await asyncio.gather(*(one(m) for m in mounts)))
+    finally:
+        for mount in mounts:
+            mount.close()
+
+
+@dataclass(frozen=True, slots=True)
+class Copy:
+    """One mount's answer for a name, for ``vend locate``.
+
+    Attributes:
+        mount: the mount's name.
+        state: ``"file"``, ``"absent"``, ``"directory"``, ``"forbidden"`` or an errno name.
+        size_bytes: the file's size, for ``"file"``.
+        mtime_ns: its modification time, for ``"file"``.
+    """
+
+    mount: str
+    state: str
+    size_bytes: int | None = None
+    mtime_ns: int | None = None
+
+
+async def locate_name(settings: Settings, name: str) -> list[Copy]:
+    """Look a validated name up on every mount.
+
+    Args:
+        settings: validated settings.
+        name: a name that passed the fixed rules and the whitelist.
+
+    Returns:
+        One ``Copy`` per mount, in priority order; the first ``"file"`` is what vend serves.
+    """
+    mounts = build_mounts(settings.mounts, fs_op_s=settings.timeouts.fs_op_s, threads=1)
+    try:
+        copies = []
+        for mount, found in await list_copies(mounts, name):
+            if isinstance(found, OpenFile):
+                copies.append(Copy(mount.name, "file", found.size, found.mtime_ns))
+            elif isinstance(found, Lookup):
+                copies.append(Copy(mount.name, found.value))
+            else:
+                copies.append(Copy(mount.name, found))
+        return copies
+    finally:
+        for mount in mounts:
+            mount.close()

@@ -1,0 +1,56 @@
+"""Prometheus metrics, with the prometheus-client library.
+
+Each application instance has its own registry (tests build many apps in one process).
+Exposed at ``/.well-known/vend/metrics`` in Prometheus' text format.
+"""
+
+from __future__ import annotations
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+from prometheus_client.exposition import CONTENT_TYPE_LATEST
+
+
+class Metrics:
+    """vend's metrics in one registry.
+
+    Attributes:
+        requests: requests answered, by status code.
+        body_bytes: response body bytes handed to the server.
+        lookups: mount lookups by mount and outcome (``hit``, ``miss``, ``error``).
+        lookup_seconds: time of one mount lookup, in seconds.
+        mount_up: 1 when the mount is usable, else 0.
+    """
+
+    content_type = CONTENT_TYPE_LATEST
+
+    def __init__(self) -> None:
+        self.registry = CollectorRegistry(auto_describe=True)
+        self.requests = Counter(
+            "vend_requests",
+            "Requests answered, by status code.",
+            ["status"],
+            registry=self.registry,
+        )
+        self.body_bytes = Counter(
+            "vend_response_body_bytes", "Response body bytes sent.", registry=self.registry
+        )
+        self.lookups = Counter(
+            "vend_mount_lookups",
+            "Mount lookups by outcome.",
+            ["mount", "outcome"],
+            registry=self.registry,
+        )
+        self.lookup_seconds = Histogram(
+            "vend_mount_lookup_seconds",
+            "Time of one mount lookup, in seconds.",
+            ["mount"],
+            buckets=(0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1.0, 5.0),
+            registry=self.registry,
+        )
+        self.mount_up = Gauge(
+            "vend_mount_up", "1 when the mount is usable.", ["mount"], registry=self.registry
+        )
+
+    def render(self) -> bytes:
+        """The current values in Prometheus' text exposition format."""
+        return generate_latest(self.registry)

@@ -1,0 +1,272 @@
+"""Mounts: the ordered mount table and race-free resolution of a name under a mount.
+
+A name is looked up under each mount in order; the first mount that holds it as a
+regular file serves it. Containment is checked on the *open descriptor*, so there is no
+window between a check and the use of what was checked:
+
+1. ``open(2)`` the joined path (following symlinks, as a web server should for links that
+   stay inside the mount), with ``O_NONBLOCK`` so a FIFO cannot block the open;
+2. ``fstat(2)`` the descriptor: only a regular file is served;
+3. ``readlink(2)`` ``/proc/self/fd/N``, the real path of what was actually opened, and
+   require it to lie under the mount's real path (``os.path.commonpath``, never a string
+   prefix, so ``/srv/content-old`` is not "under" ``/srv/content``).
+
+A symlink that leaves its mount is therefore treated as absent, whatever it points to and
+whenever it was swapped. Every one of these calls runs in the mount's own thread pool,
+never on the event loop, with a timeout, so a hung NFS server stalls only the threads of
+its own mount.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import errno
+import logging
+import os
+import stat
+from collections.abc import Callable, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass, field
+from enum import Enum
+from typing import Any, Final, TypeVar
+
+from app.settings import MountSettings
+
+log = logging.getLogger("vend.mounts")
+
+_OPEN_FLAGS: Final = os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC | os.O_NOCTTY
+# Errors that mean "this mount does not hold that name": go on to the next mount.
+_ABSENT_ERRNOS: Final = frozenset({errno.ENOENT, errno.ENOTDIR, errno.ENAMETOOLONG, errno.ELOOP})
+
+T = TypeVar("T")
+
+
+class Lookup(Enum):
+    """Outcome of looking a name up under one mount, other than an open file."""
+
+    ABSENT = "absent"  # not there, not a regular file, or its real path leaves the mount
+    DIRECTORY = "directory"  # a directory inside the mount
+    FORBIDDEN = "forbidden"  # EACCES/EPERM: there, but vend may not read it
+
+
+class MountUnavailable(Exception):
+    """A mount failed (timeout or I/O error); the message is an errno name, never a path."""
+
+
+@dataclass(slots=True, eq=False)
+class OpenFile:
+    """A regular file opened inside a mount; the caller must ``close()`` it.
+
+    Attributes:
+        fd: the open descriptor (read-only).
+        size: size in bytes, from fstat of the descriptor.
+        mtime_ns: modification time in nanoseconds since the epoch, from the same fstat.
+        name: the name that was opened, relative to the mount.
+        mount: the mount that holds it.
+    """
+
+    fd: int
+    size: int
+    mtime_ns: int
+    name: str
+    mount: Mount
+    closed: bool = False
+
+    def fileno(self) -> int:
+        """The descriptor, so the file can be handed to sendfile(2) (ASGI zero-copy send)."""
+        return self.fd
+
+    def close(self) -> None:
+        """Close the descriptor; calling it again does nothing."""
+        if not self.closed:
+            self.closed = True
+            os.close(self.fd)
+
+
+def is_within(real_path: str, root: str) -> bool:
+    """Tell whether ``real_path`` lies strictly under the directory ``root``.
+
+    Args:
+        real_path: an absolute path with no symlinks (what the kernel reports).
+        root: the mount's real path.
+
+    Returns:
+        True for a path below ``root`` (``root`` itself is not "within").
+    """
+    if real_path == root:
+        return False
+    try:
+        return os.path.commonpath([real_path, root]) == root
+    except ValueError:
+        return False
+
+
+def open_in_mount(root: str, name: str, mount: Mount) -> OpenFile | Lookup:
+    """Open ``name`` under the mount's real path, race-free. Blocking: run in a thread.
+
+    Args:
+        root: the mount's real path (no symlinks).
+        name: a validated relative name (no empty, ``.`` or ``..`` segments).
+        mount: the mount, recorded in the result.
+
+    Returns:
+        An ``OpenFile`` for a regular file whose real path is inside ``root``; otherwise
+        ``Lookup.ABSENT``, ``Lookup.DIRECTORY`` or ``Lookup.FORBIDDEN``.
+
+    Raises:
+        OSError: any other failure (EIO, ESTALE, ENOTCONN, ...): the mount is in trouble.
+    """
+    try:
+        fd = os.open(f"{root}/{name}", _OPEN_FLAGS)
+    except OSError as exc:
+        if exc.errno in _ABSENT_ERRNOS:
+            return Lookup.ABSENT
+        if exc.errno in (errno.EACCES, errno.EPERM):
+            return Lookup.FORBIDDEN
+        raise
+    try:
+        st = os.fstat(fd)
+        if not (stat.S_ISREG(st.st_mode) or stat.S_ISDIR(st.st_mode)):
+            os.close(fd)
+            return Lookup.ABSENT
+        real = os.readlink(f"/proc/self/fd/{fd}")
+        if real.endswith(" (deleted)"):
+            real = real[: -len(" (deleted)")]
+        if not is_within(real, root):
+            os.close(fd)
+            return Lookup.ABSENT
+        if stat.S_ISDIR(st.st_mode):
+            os.close(fd)
+            return Lookup.DIRECTORY
+    except BaseException:
+        os.close(fd)
+        raise
+    return OpenFile(fd=fd, size=st.st_size, mtime_ns=st.st_mtime_ns, name=name, mount=mount)
+
+
+def _close_if_file(future: Future[Any]) -> None:
+    """Done-callback for a lookup that timed out: close what it opened, if anything."""
+    if not future.cancelled() and future.exception() is None:
+        result = future.result()
+        if isinstance(result, OpenFile):
+            result.close()
+
+
+@dataclass(eq=False)
+class Mount:
+    """A configured mount at run time: its settings, real path, threads and last error.
+
+    Attributes:
+        settings: the validated mount settings.
+        fs_op_s: timeout of one filesystem operation, in seconds.
+        executor: this mount's own bounded thread pool.
+        real_root: the mount's real path, known once ``prepare`` succeeded.
+        last_error: errno name of the last failure (``"ETIMEDOUT"``, ``"EIO"``...), or None.
+    """
+
+    settings: MountSettings
+    fs_op_s: float
+    threads: int
+    executor: ThreadPoolExecutor = field(init=False)
+    real_root: str | None = None
+    last_error: str | None = None
+
+    def __post_init__(self) -> None:
+        self.executor = ThreadPoolExecutor(
+            max_workers=self.threads, thread_name_prefix=f"vend-{self.settings.name}"
+        )
+
+    @property
+    def name(self) -> str:
+        """The mount's name, as operators see it."""
+        return self.settings.name
+
+    async def call(self, fn: Callable[..., T], *args: object) -> T:
+        """Run a blocking filesystem call in this mount's pool, with the timeout.
+
+        Args:
+            fn: the blocking function.
+            *args: its arguments.
+
+        Returns:
+            What ``fn`` returned.
+
+        Raises:
+            MountUnavailable: the call took longer than ``fs_op_s`` seconds or failed with
+                an OSError; the mount's ``last_error`` is set to the errno name.
+        """
+        future = self.executor.submit(fn, *args)
+        try:
+            result = await asyncio.wait_for(asyncio.wrap_future(future), self.fs_op_s)
+        except TimeoutError:
+            future.add_done_callback(_close_if_file)
+            self.last_error = "ETIMEDOUT"
+            raise MountUnavailable("ETIMEDOUT") from None
+        except OSError as exc:
+            self.last_error = errno.errorcode.get(exc.errno or 0, "EIO")
+            raise MountUnavailable(self.last_error) from None
+        return result
+
+    async def prepare(self) -> bool:
+        """Find the mount's real path (in its pool, with the timeout).
+
+        Returns:
+            True when the mount is a readable directory (and a mount point where
+            ``require_mountpoint`` is set); False otherwise, with ``last_error`` set.
+        """
+        try:
+            self.real_root = await self.call(
+                _probe_root, str(self.settings.path), self.settings.require_mountpoint
+            )
+        except MountUnavailable:
+            return False
+        self.last_error = None
+        return True
+
+    async def lookup(self, name: str) -> OpenFile | Lookup:
+        """Look ``name`` up under this mount.
+
+        Args:
+            name: a validated relative name.
+
+        Returns:
+            See ``open_in_mount``.
+
+        Raises:
+            MountUnavailable: the mount failed or timed out.
+        """
+        if self.real_root is None and not await self.prepare():
+            raise MountUnavailable(self.last_error or "EIO")
+        assert self.real_root is not None
+        return await self.call(open_in_mount, self.real_root, name, self)
+
+    def close(self) -> None:
+        """Stop accepting work; threads blocked in the kernel are left to finish."""
+        self.executor.shutdown(wait=False, cancel_futures=True)
+
+
+def _probe_root(path: str, require_mountpoint: bool) -> str:
+    """Real path of a mount root that is a readable directory (blocking)."""
+    real = os.path.realpath(path, strict=True)
+    st = os.stat(real)
+    if not stat.S_ISDIR(st.st_mode):
+        raise NotADirectoryError(errno.ENOTDIR, "not a directory")
+    if not os.access(real, os.R_OK | os.X_OK):
+        raise PermissionError(errno.EACCES, "not readable")
+    if require_mountpoint and not os.path.ismount(real):
+        raise OSError(errno.ENODEV, "not a mount point")
+    return real
+
+
+def build_mounts(settings: Sequence[MountSettings], *, fs_op_s: float, threads: int) -> list[Mount]:
+    """Create the run-time mounts, in priority order.
+
+    Args:
+        settings: the configured mounts, first has priority.
+        fs_op_s: timeout of one filesystem operation, in seconds.
+        threads: size of each mount's thread pool.
+
+    Returns:
+        One ``Mount`` per setting, not yet prepared.
+    """
+    return [Mount(settings=s, fs_op_s=fs_op_s, threads=threads) for s in settings]

@@ -1,0 +1,61 @@
+"""Operator endpoints under ``/.well-known/vend/``: health and metrics (Starlette).
+
+``GET /.well-known/vend/health`` answers JSON::
+
+    {"status": "ok", "mounts": [{"name": "server1", "state": "up", "last_error": null}, ...]}
+
+with 200 when at least one mount is usable and 503 (``"status": "unavailable"``) when none
+is. It names mounts, never filesystem paths. ``GET /.well-known/vend/metrics`` answers
+Prometheus' text format. The Apache vhost keeps this prefix off the public side.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response
+from starlette.routing import Route
+
+if TYPE_CHECKING:
+    from app.asgi import VendApp
+
+
+def create_operator_app(vend: VendApp) -> Starlette:
+    """Build the operator endpoints of one vend application.
+
+    Args:
+        vend: the application whose mounts and metrics are reported.
+
+    Returns:
+        A Starlette application routing ``/.well-known/vend/health`` and ``.../metrics``;
+        other paths under the prefix are 404, other methods 405.
+    """
+
+    async def health(request: Request) -> Response:
+        mounts = [
+            {
+                "name": mount.name,
+                "state": "up"
+                if mount.real_root is not None and mount.last_error is None
+                else "down",
+                "last_error": mount.last_error,
+            }
+            for mount in vend.mounts
+        ]
+        usable = any(m["state"] == "up" for m in mounts)
+        body = {"status": "ok" if usable else "unavailable", "mounts": mounts}
+        return JSONResponse(
+            body, status_code=200 if usable else 503, headers={"cache-control": "no-store"}
+        )
+
+    async def metrics(request: Request) -> Response:
+        return Response(vend.metrics.render(), media_type=vend.metrics.content_type)
+
+    return Starlette(
+        routes=[
+            Route("/.well-known/vend/health", health, methods=["GET", "HEAD"]),
+            Route("/.well-known/vend/metrics", metrics, methods=["GET", "HEAD"]),
+        ]
+    )

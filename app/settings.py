@@ -1,0 +1,260 @@
+"""Settings: what an operator configures, validated once at start.
+
+Sources, highest priority first: command-line options (``vend serve --port``), the
+environment (prefix ``VEND_``, nested fields with ``__``, lists and tables as JSON), then
+an optional TOML file (``--config FILE`` or ``VEND_CONFIG``). Anything invalid raises
+``SettingsError`` with one line naming the field; the CLI prints it and exits 2.
+
+This module only validates; it touches no mount (a hung NFS server must not hang
+``vend check`` or start-up while the settings are read).
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import tomllib
+from pathlib import Path
+from typing import Annotated, Any, Final, Literal
+
+from pydantic import (
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
+from pydantic_settings import (
+    BaseSettings,
+    PydanticBaseSettingsSource,
+    SettingsConfigDict,
+    TomlConfigSettingsSource,
+)
+
+from app.names import compile_pattern
+
+SAMPLE_MOUNTS_DIR: Final = Path(__file__).resolve().parent.parent / "examples" / "mounts"
+"""The sample content shipped in the repository, served when no mount is configured."""
+
+
+class SettingsError(Exception):
+    """Settings are invalid; the message is one line that names the field."""
+
+
+class MountSettings(BaseModel):
+    """One mount: a directory whose tree is served, typically an NFS export's mount point.
+
+    Attributes:
+        path: the directory (absolute; a relative one is taken from the working directory).
+        name: the name operators see in logs, health and metrics (never a path). Defaults
+            to the directory's name, or its parent's where directory names repeat
+            (``/server1/content`` is ``server1``), else ``mountN``.
+        sendfile: send bodies with sendfile(2); off for filesystems that serve it badly.
+        require_mountpoint: refuse to serve unless ``path`` is really a mount point
+            (production NFS mounts), not the empty directory beneath an unmounted export.
+    """
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    path: Path
+    name: str = ""
+    sendfile: bool = True
+    require_mountpoint: bool = False
+
+    @field_validator("path")
+    @classmethod
+    def _absolute(cls, value: Path) -> Path:
+        return Path(os.path.abspath(value.expanduser()))
+
+    @field_validator("name")
+    @classmethod
+    def _plain_name(cls, value: str) -> str:
+        if value and not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}", value):
+            raise ValueError("a mount name is 1-64 letters, digits, '_', '.', '-'")
+        return value
+
+
+def _coerce_mount(value: Any) -> Any:
+    """Accept a bare path string as shorthand for ``{path = "..."}``."""
+    if isinstance(value, (str, Path)):
+        return {"path": value}
+    return value
+
+
+class Timeouts(BaseModel):
+    """Time limits, in seconds.
+
+    Attributes:
+        fs_op_s: one filesystem operation (stat, open, read, one sendfile call) on a mount.
+        send_s: a client that accepts no body bytes for this long is disconnected.
+        keep_alive_s: an idle keep-alive connection is closed after this long.
+        graceful_shutdown_s: on SIGTERM, in-flight requests get this long to finish.
+    """
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    fs_op_s: float = Field(default=10.0, gt=0, le=3600)
+    send_s: float = Field(default=60.0, gt=0, le=3600)
+    keep_alive_s: float = Field(default=5.0, gt=0, le=3600)
+    graceful_shutdown_s: float = Field(default=10.0, gt=0, le=3600)
+
+
+class Settings(BaseSettings):
+    """All of vend's settings (see the README's settings table for each env var).
+
+    Raises:
+        pydantic.ValidationError: on construction with invalid values; use
+            ``load_settings`` to get a one-line ``SettingsError`` instead.
+    """
+
+    model_config = SettingsConfigDict(
+        env_prefix="VEND_",
+        env_nested_delimiter="__",
+        extra="forbid",
+        frozen=True,
+    )
+
+    mounts: list[Annotated[MountSettings, BeforeValidator(_coerce_mount)]] = Field(
+        default_factory=list
+    )
+    name_pattern: str = "default"
+    # Old links point at content that rarely changes, but a replaced file should reach
+    # browsers within minutes; after that they revalidate cheaply with the strong ETag.
+    cache_control: str = "public, max-age=300"
+    mime_types: dict[str, str] = Field(default_factory=dict)
+    index_names: list[str] = Field(default_factory=list)
+    access_log: str = "off"
+    host: str = "127.0.0.1"
+    port: int = Field(default=8000, ge=1, le=65535)
+    workers: int = Field(default=1, ge=1, le=64)
+    trusted_proxies: list[str] = Field(default_factory=lambda: ["127.0.0.1", "::1"])
+    threads_per_mount: int = Field(default=8, ge=1, le=256)
+    timeouts: Timeouts = Field(default_factory=Timeouts)
+    log_level: Literal["debug", "info", "warning", "error"] = "info"
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        """Command line, then environment, then the TOML file (if any); no dotenv."""
+        sources: tuple[PydanticBaseSettingsSource, ...] = (init_settings, env_settings)
+        if settings_cls.model_config.get("toml_file"):
+            sources += (TomlConfigSettingsSource(settings_cls),)
+        return sources
+
+    @field_validator("name_pattern")
+    @classmethod
+    def _compiles(cls, value: str) -> str:
+        try:
+            compile_pattern(value)
+        except re.error as exc:
+            raise ValueError(f"not a valid regular expression: {exc}") from None
+        return value
+
+    @field_validator("index_names")
+    @classmethod
+    def _plain_files(cls, value: list[str]) -> list[str]:
+        for name in value:
+            if not name or "/" in name or name.startswith(".") or "\x00" in name:
+                raise ValueError("index names are plain file names, like index.html")
+        return value
+
+    @field_validator("mime_types")
+    @classmethod
+    def _extensions(cls, value: dict[str, str]) -> dict[str, str]:
+        for ext, media_type in value.items():
+            if not re.fullmatch(r"\.[A-Za-z0-9_+-]+", ext):
+                raise ValueError(f"{ext!r}: keys are extensions such as '.webp'")
+            if not re.fullmatch(r"[\w.+-]+/[\w.+-]+(;.*)?", media_type):
+                raise ValueError(f"{media_type!r} is not a media type")
+        return value
+
+    @field_validator("access_log")
+    @classmethod
+    def _log_target(cls, value: str) -> str:
+        if value not in ("off", "stdout") and not os.path.isabs(value):
+            raise ValueError("'off', 'stdout', or an absolute file path")
+        return value
+
+    @field_validator("cache_control")
+    @classmethod
+    def _header_safe(cls, value: str) -> str:
+        if not re.fullmatch(r"[\x20-\x7e]*", value):
+            raise ValueError("printable ASCII only")
+        return value
+
+    @model_validator(mode="after")
+    def _name_mounts(self) -> Settings:
+        mounts = self.mounts or [
+            MountSettings(path=SAMPLE_MOUNTS_DIR / "server1", name="server1"),
+            MountSettings(path=SAMPLE_MOUNTS_DIR / "server2", name="server2"),
+        ]
+        named = [
+            m.model_copy(update={"name": n})
+            for m, n in zip(mounts, _mount_names(mounts), strict=True)
+        ]
+        names = [m.name for m in named]
+        if len(set(names)) != len(names):
+            raise ValueError("mount names must be unique")
+        object.__setattr__(self, "mounts", named)
+        return self
+
+
+def _mount_names(mounts: list[MountSettings]) -> list[str]:
+    """Default names: the directory's, else its parent's where those repeat, else mountN."""
+    for level in (0, 1):
+        candidates = [m.name or (m.path.parent.name if level else m.path.name) for m in mounts]
+        valid = all(re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}", c) for c in candidates)
+        if valid and len(set(candidates)) == len(candidates):
+            return candidates
+    return [m.name or f"mount{i}" for i, m in enumerate(mounts, 1)]
+
+
+def _describe(error: ValidationError) -> str:
+    """One line naming the first invalid field."""
+    first = error.errors()[0]
+    field = ".".join(str(part) for part in first["loc"]) or "settings"
+    more = f" (and {error.error_count() - 1} more)" if error.error_count() > 1 else ""
+    return f"invalid setting {field}: {first['msg']}{more}"
+
+
+def load_settings(config_file: str | os.PathLike[str] | None = None, **overrides: Any) -> Settings:
+    """Load settings from the command line, the environment and a TOML file.
+
+    Args:
+        config_file: the TOML file; when None, ``VEND_CONFIG`` is used if set.
+        **overrides: values given on the command line (None values are ignored).
+
+    Returns:
+        The validated settings.
+
+    Raises:
+        SettingsError: a file is missing or not TOML, or a value is invalid; the message
+            is one line naming the field.
+    """
+    path = config_file or os.environ.get("VEND_CONFIG") or None
+    cls: type[Settings] = Settings
+    if path is not None:
+        try:
+            with open(path, "rb") as handle:
+                tomllib.load(handle)
+        except OSError as exc:
+            raise SettingsError(f"config file {path}: {exc.strerror}") from None
+        except tomllib.TOMLDecodeError as exc:
+            raise SettingsError(f"config file {path}: not valid TOML: {exc}") from None
+        config = SettingsConfigDict(**{**Settings.model_config, "toml_file": path})  # type: ignore[typeddict-item]
+        cls = type("Settings", (Settings,), {"model_config": config})
+    kwargs = {k: v for k, v in overrides.items() if v is not None}
+    try:
+        return cls(**kwargs)
+    except ValidationError as exc:
+        raise SettingsError(_describe(exc)) from None
+    except ValueError as exc:  # e.g. an environment value that is not JSON
+        raise SettingsError(f"invalid settings: {str(exc).splitlines()[0]}") from None
