@@ -1,0 +1,215 @@
+"""Test support: a real ``vend serve`` subprocess on a loopback port, and raw HTTP.
+
+``VendProcess`` starts vend exactly as an operator does (the ``vend`` console script of
+the virtual environment running the tests), on a free port of 127.0.0.1, and always
+stops its whole process group. ``raw_request`` sends bytes exactly as given on a TCP
+socket, because ordinary clients tidy ``..``, ``#`` and spaces away before sending.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import httpx
+
+REPO = Path(__file__).resolve().parent.parent
+SHARED = REPO.parent / "shared"
+VEND = Path(sys.executable).parent / "vend"
+
+
+def free_port() -> int:
+    """A TCP port on 127.0.0.1 that was free a moment ago."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+class VendProcess:
+    """``vend serve`` in its own process group on a free loopback port.
+
+    Args:
+        mounts: mount paths or tables, as in the settings' ``mounts``.
+        settings: other settings, written to a TOML-free environment (``VEND_*``).
+        args: extra command-line arguments.
+        command: the command to run instead of ``vend serve`` (the fallback test runs
+            plain uvicorn); ``{port}`` is replaced.
+    """
+
+    def __init__(
+        self,
+        mounts: Sequence[Any] | None = None,
+        settings: Mapping[str, Any] | None = None,
+        *,
+        args: Sequence[str] = (),
+        command: Sequence[str] | None = None,
+        extra_env: Mapping[str, str] | None = None,
+    ) -> None:
+        self.port = free_port()
+        env = {k: v for k, v in os.environ.items() if not k.startswith("VEND_")}
+        if mounts is not None:
+            env["VEND_MOUNTS"] = json.dumps([str(m) if isinstance(m, Path) else m for m in mounts])
+        for key, value in (settings or {}).items():
+            env[f"VEND_{key.upper()}"] = value if isinstance(value, str) else json.dumps(value)
+        env.update(extra_env or {})
+        self.env = env
+        if command is None:
+            command = [str(VEND), "serve", "--port", "{port}", *args]
+        self.command = [part.replace("{port}", str(self.port)) for part in command]
+        self.proc: subprocess.Popen[bytes] | None = None
+        self.output_path: Path | None = None
+
+    @property
+    def url(self) -> str:
+        """Base URL, without trailing slash."""
+        return f"http://127.0.0.1:{self.port}"
+
+    @property
+    def pid(self) -> int:
+        """The server's process id."""
+        assert self.proc is not None
+        return self.proc.pid
+
+    def start(self, output: Path, timeout_s: float = 15.0) -> VendProcess:
+        """Start the server and wait until it answers on its port.
+
+        Args:
+            output: file receiving the server's stdout and stderr.
+            timeout_s: how long to wait for it to answer, in seconds.
+
+        Raises:
+            RuntimeError: the server exited or did not answer in time (its output is
+                included).
+        """
+        self.output_path = output
+        with open(output, "wb") as sink:
+            self.proc = subprocess.Popen(
+                self.command,
+                env=self.env,
+                stdout=sink,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,
+            )
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"vend exited with {self.proc.returncode}:\n{self.output()}")
+            try:
+                with socket.create_connection(("127.0.0.1", self.port), timeout=0.5):
+                    return self
+            except OSError:
+                time.sleep(0.05)
+        self.stop()
+        raise RuntimeError(f"vend did not answer within {timeout_s} s:\n{self.output()}")
+
+    def output(self) -> str:
+        """What the server printed so far."""
+        return self.output_path.read_text(errors="replace") if self.output_path else ""
+
+    def stop(self, timeout_s: float = 10.0) -> int | None:
+        """SIGTERM the process group, SIGKILL it after ``timeout_s`` seconds.
+
+        Returns:
+            The exit status, or None if it was never started.
+        """
+        if self.proc is None:
+            return None
+        if self.proc.poll() is None:
+            try:
+                os.killpg(self.proc.pid, signal.SIGTERM)
+            except ProcessLookupError:
+                pass
+            try:
+                self.proc.wait(timeout_s)
+            except subprocess.TimeoutExpired:
+                os.killpg(self.proc.pid, signal.SIGKILL)
+                self.proc.wait(5)
+        return self.proc.returncode
+
+    def client(self, **kwargs: Any) -> httpx.Client:
+        """An httpx client for this server (the caller closes it)."""
+        return httpx.Client(base_url=self.url, timeout=30, **kwargs)
+
+
+def rss_bytes(pid: int) -> int:
+    """Resident set size of a process, in bytes (from /proc/PID/status)."""
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) * 1024
+    raise RuntimeError("no VmRSS")
+
+
+def open_fds(pid: int) -> int:
+    """How many descriptors a process has open."""
+    return len(os.listdir(f"/proc/{pid}/fd"))
+
+
+@dataclass
+class RawResponse:
+    """A response read off a socket: status, lower-case headers, body as received."""
+
+    status: int
+    headers: dict[str, str]
+    body: bytes
+
+
+def raw_request(port: int, request: bytes, timeout_s: float = 10.0) -> RawResponse:
+    """Send raw request bytes to 127.0.0.1:port and read the response until close.
+
+    Args:
+        port: the server's port.
+        request: the whole request, CRLFs included; it should ask for ``Connection: close``.
+        timeout_s: overall bound, in seconds.
+
+    Returns:
+        The parsed status line and headers and the raw body (no chunked decoding).
+
+    Raises:
+        TimeoutError: the server did not close the connection in time.
+    """
+    deadline = time.monotonic() + timeout_s
+    chunks = []
+    with socket.create_connection(("127.0.0.1", port), timeout=timeout_s) as sock:
+        sock.sendall(request)
+        while True:
+            sock.settimeout(max(0.01, deadline - time.monotonic()))
+            try:
+                data = sock.recv(65536)
+            except TimeoutError:
+                raise TimeoutError("server did not close the connection") from None
+            except ConnectionResetError:
+                break
+            if not data:
+                break
+            chunks.append(data)
+    raw = b"".join(chunks)
+    head, _, body = raw.partition(b"\r\n\r\n")
+    lines = head.split(b"\r\n")
+    status = int(lines[0].split()[1]) if lines and lines[0].startswith(b"HTTP/") else 0
+    headers = {}
+    for line in lines[1:]:
+        name, _, value = line.partition(b":")
+        headers[name.strip().lower().decode("latin-1")] = value.strip().decode("latin-1")
+    return RawResponse(status, headers, body)
+
+
+def get_raw(port: int, target: bytes, method: bytes = b"GET", extra: bytes = b"") -> RawResponse:
+    """``raw_request`` for one request line with Host and ``Connection: close``."""
+    return raw_request(
+        port,
+        method
+        + b" "
+        + target
+        + b" HTTP/1.1\r\nHost: legacy.example.org\r\n"
+        + extra
+        + b"Connection: close\r\n\r\n",
+    )
