@@ -1,0 +1,165 @@
+"""vend as the tests run it behind Apache: ``vend serve`` subprocesses on loopback ports.
+
+Each process runs in its own process group, so ``Vend.stop`` can end it and anything it
+forked, and fixtures call it in ``finally`` even when a test fails.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import http.client
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from .httpd import free_port, stop_process_group
+
+
+class VendError(RuntimeError):
+    """``vend serve`` exited or did not answer its health endpoint in time."""
+
+
+def vend_command() -> list[str]:
+    """Return the command that runs vend's CLI from the environment running the tests."""
+    script = Path(sys.executable).with_name("vend")
+    if script.exists():
+        return [str(script)]
+    found = shutil.which("vend")
+    if found:
+        return [found]
+    return [sys.executable, "-c", "from app.cli import main; main()"]
+
+
+def get_status(port: int, path: str, *, timeout_s: float = 2.0) -> int:
+    """Return the status of ``GET path`` on ``127.0.0.1:port`` (plain HTTP/1.1).
+
+    Raises:
+        OSError: the connection failed.
+        http.client.HTTPException: the answer was not HTTP.
+    """
+    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=timeout_s)
+    try:
+        conn.request("GET", path)
+        response = conn.getresponse()
+        response.read()
+        return response.status
+    finally:
+        conn.close()
+
+
+@dataclass
+class Vend:
+    """One ``vend serve`` process.
+
+    Attributes:
+        port: its loopback TCP port.
+        process: the process (leader of its own process group).
+        access_log: the file its access log goes to.
+        output: the file that holds its stdout and stderr.
+    """
+
+    port: int
+    process: subprocess.Popen[bytes]
+    access_log: Path
+    output: Path
+    _stopped: bool = field(default=False, repr=False)
+
+    @property
+    def address(self) -> str:
+        """``127.0.0.1:PORT``, as the vhost's ``VEND_BACKEND`` wants it."""
+        return f"127.0.0.1:{self.port}"
+
+    def access_lines(self) -> list[str]:
+        """Return the access log's lines so far."""
+        if not self.access_log.exists():
+            return []
+        return self.access_log.read_text(errors="replace").splitlines()
+
+    def signal(self, sig: signal.Signals) -> None:
+        """Send ``sig`` to the vend process itself (not its group)."""
+        with contextlib.suppress(ProcessLookupError):
+            self.process.send_signal(sig)
+
+    def stop(self, *, timeout_s: float = 15.0) -> None:
+        """SIGTERM the process group, SIGKILL it after ``timeout_s`` seconds; idempotent."""
+        if self._stopped:
+            return
+        self._stopped = True
+        stop_process_group(self.process, timeout_s=timeout_s)
+
+
+def start_vend(
+    workdir: Path,
+    *,
+    mounts: Sequence[Path],
+    port: int | None = None,
+    trusted_proxies: Sequence[str] | None = None,
+    timeout_s: float = 20.0,
+) -> Vend:
+    """Start ``vend serve`` on a loopback port and wait until its health endpoint answers 200.
+
+    The caller must call ``Vend.stop`` (fixtures do it in ``finally``).
+
+    Args:
+        workdir: an existing directory for its access log and output.
+        mounts: the mount directories, first has priority.
+        port: the TCP port; a free one when None.
+        trusted_proxies: vend's ``trusted_proxies`` setting; vend's default when None.
+        timeout_s: seconds to wait for a 200 from ``/.well-known/vend/health``.
+
+    Returns:
+        The running vend.
+
+    Raises:
+        VendError: vend exited or did not answer in time; the message has its output.
+    """
+    port = port or free_port()
+    access_log = workdir / f"vend-{port}-access.log"
+    output = workdir / f"vend-{port}.out"
+    env = {k: v for k, v in os.environ.items() if not k.startswith("VEND_")}
+    env["VEND_MOUNTS"] = json.dumps([str(m) for m in mounts])
+    env["VEND_ACCESS_LOG"] = str(access_log)
+    if trusted_proxies is not None:
+        env["VEND_TRUSTED_PROXIES"] = json.dumps(list(trusted_proxies))
+    command = [*vend_command(), "serve", "--host", "127.0.0.1", "--port", str(port)]
+    with open(output, "ab") as sink:
+        process = subprocess.Popen(
+            command,
+            env=env,
+            stdin=subprocess.DEVNULL,
+            stdout=sink,
+            stderr=sink,
+            start_new_session=True,
+        )
+    vend = Vend(port=port, process=process, access_log=access_log, output=output)
+    deadline = time.monotonic() + timeout_s
+    try:
+        while True:
+            if process.poll() is not None:
+                raise VendError(f"vend exited with {process.returncode}:\n{output.read_text()}")
+            try:
+                if get_status(port, "/.well-known/vend/health") == 200:
+                    return vend
+            except (OSError, http.client.HTTPException):
+                pass
+            if time.monotonic() > deadline:
+                raise VendError(f"vend did not answer within {timeout_s} s:\n{output.read_text()}")
+            time.sleep(0.05)
+    except BaseException:
+        vend.stop()
+        raise
+
+
+def stop_abruptly(vend: Vend) -> None:
+    """SIGKILL vend's process group at once (a crash) and reap it."""
+    with contextlib.suppress(ProcessLookupError):
+        os.killpg(vend.process.pid, signal.SIGKILL)
+    vend.process.wait(timeout=10)
+    vend.stop()
