@@ -8,6 +8,7 @@ socket, because ordinary clients tidy ``..``, ``#`` and spaces away before sendi
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
@@ -124,10 +125,8 @@ class VendProcess:
         if self.proc is None:
             return None
         if self.proc.poll() is None:
-            try:
+            with contextlib.suppress(ProcessLookupError):
                 os.killpg(self.proc.pid, signal.SIGTERM)
-            except ProcessLookupError:
-                pass
             try:
                 self.proc.wait(timeout_s)
             except subprocess.TimeoutExpired:

@@ -1,0 +1,65 @@
+"""Validators and preconditions (app.conditional, RFC 9110 sections 8.8 and 13)."""
+
+from __future__ import annotations
+
+import pytest
+
+from app.conditional import Outcome, evaluate_preconditions, is_range_applicable, make_validators
+
+V = make_validators(1000, 1_700_000_000_123_456_789)
+LM = V.last_modified
+OLD = "Sat, 01 Jan 2000 00:00:00 GMT"
+NEW = "Fri, 01 Jan 2100 00:00:00 GMT"
+P, N, F = Outcome.PROCEED, Outcome.NOT_MODIFIED, Outcome.PRECONDITION_FAILED
+
+
+def test_validators_come_from_size_and_mtime_only() -> None:
+    """The ETag is strong and depends only on size and nanosecond mtime."""
+    assert V.etag == f'"{1000:x}-{1_700_000_000_123_456_789:x}"'
+    assert make_validators(1000, 1_700_000_000_123_456_789) == V
+    assert make_validators(1001, 1_700_000_000_123_456_789).etag != V.etag
+    assert LM == "Tue, 14 Nov 2023 22:13:20 GMT"
+
+
+CASES = [
+    ("none", "GET", {}, P),
+    ("if-match-same", "GET", {"if_match": V.etag}, P),
+    ("if-match-star", "GET", {"if_match": "*"}, P),
+    ("if-match-list", "GET", {"if_match": f'"a", {V.etag}'}, P),
+    ("if-match-other", "GET", {"if_match": '"other"'}, F),
+    ("if-match-weak-never-strong", "GET", {"if_match": f"W/{V.etag}"}, F),
+    ("if-match-malformed", "GET", {"if_match": "nonsense"}, F),
+    ("ius-older", "GET", {"if_unmodified_since": OLD}, F),
+    ("ius-same", "GET", {"if_unmodified_since": LM}, P),
+    ("ius-invalid-ignored", "GET", {"if_unmodified_since": "yesterday"}, P),
+    ("if-match-wins-over-ius", "GET", {"if_match": V.etag, "if_unmodified_since": OLD}, P),
+    ("inm-same", "GET", {"if_none_match": V.etag}, N),
+    ("inm-weak-matches", "HEAD", {"if_none_match": f"W/{V.etag}"}, N),
+    ("inm-star", "GET", {"if_none_match": "*"}, N),
+    ("inm-other", "GET", {"if_none_match": '"x", "y"'}, P),
+    ("ims-same", "GET", {"if_modified_since": LM}, N),
+    ("ims-newer", "GET", {"if_modified_since": NEW}, N),
+    ("ims-older", "GET", {"if_modified_since": OLD}, P),
+    ("ims-invalid", "GET", {"if_modified_since": "not a date"}, P),
+    ("ims-rfc850", "GET", {"if_modified_since": "Friday, 01-Jan-99 00:00:00 GMT"}, P),
+    ("ims-asctime", "GET", {"if_modified_since": "Fri Jan  1 00:00:00 2100"}, N),
+    ("inm-wins-over-ims", "GET", {"if_none_match": '"x"', "if_modified_since": NEW}, P),
+    ("412-before-304", "GET", {"if_match": '"x"', "if_none_match": V.etag}, F),
+]
+
+
+@pytest.mark.parametrize(("method", "fields", "expected"), [c[1:] for c in CASES], ids=[c[0] for c in CASES])
+def test_preconditions_in_rfc_order(method: str, fields: dict[str, str], expected: Outcome) -> None:
+    """Preconditions are evaluated in RFC 9110 section 13.2.2's order."""
+    kwargs = {"if_match": None, "if_none_match": None, "if_modified_since": None, "if_unmodified_since": None}
+    kwargs.update(fields)
+    assert evaluate_preconditions(method, V, **kwargs) is expected
+
+
+@pytest.mark.parametrize(
+    ("value", "applies"),
+    [(None, True), (V.etag, True), ('"other"', False), (f"W/{V.etag}", False), (LM, True), (OLD, False), ("junk", False)],
+)
+def test_if_range(value: str | None, applies: bool) -> None:
+    """If-Range honours Range only for a strongly matching ETag or the exact Last-Modified."""
+    assert is_range_applicable(value, V) is applies

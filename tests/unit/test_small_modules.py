@@ -1,0 +1,84 @@
+"""Media types, mountinfo parsing and containment checks."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from app.media_types import MediaTypes
+from app.mountinfo import filesystem_type
+from app.mounts import is_within
+
+
+@pytest.mark.parametrize(
+    ("name", "expected"),
+    [
+        ("a.html", "text/html"),
+        ("js/app.js", "text/javascript"),
+        ("site.CSS", "text/css"),
+        ("logo.png", "image/png"),
+        ("manual.pdf", "application/pdf"),
+        ("changelog.Debian.gz", "application/gzip"),
+        ("font.woff2", "font/woff2"),
+        ("README", "application/octet-stream"),
+        ("dir.d/noext", "application/octet-stream"),
+        ("x.unknownext", "application/octet-stream"),
+    ],
+)
+def test_media_types(name: str, expected: str) -> None:
+    """Content-Type follows the last extension, case-insensitively, from a fixed table."""
+    assert MediaTypes().for_name(name) == expected
+
+
+def test_operator_media_types_win() -> None:
+    """The mime_types setting adds and overrides extensions."""
+    types = MediaTypes({".js": "application/javascript", ".vend": "text/x-vend"})
+    assert types.for_name("a.js") == "application/javascript"
+    assert types.for_name("a.VEND") == "text/x-vend"
+
+
+MOUNTINFO = """\
+22 1 0:21 / / rw,relatime shared:1 - ext4 /dev/vda rw
+30 22 0:30 / /server1/content ro,relatime shared:5 - nfs4 fs1:/content ro,vers=4.2
+31 22 0:31 / /server2/content ro,relatime - fuse.sshfs user@host:/content ro
+32 22 0:32 / /srv/with\\040space rw - tmpfs tmpfs rw
+"""
+
+
+@pytest.mark.parametrize(
+    ("path", "fs"),
+    [
+        ("/server1/content/a/b", "nfs4"),
+        ("/server1/content", "nfs4"),
+        ("/server1/contentx", "ext4"),
+        ("/server2/content/x", "fuse.sshfs"),
+        ("/srv/with space/f", "tmpfs"),
+        ("/home", "ext4"),
+    ],
+)
+def test_filesystem_type_from_mountinfo(tmp_path: Path, path: str, fs: str) -> None:
+    """The deepest mount point containing the path gives its type (octal escapes undone)."""
+    info = tmp_path / "mountinfo"
+    info.write_text(MOUNTINFO)
+    assert filesystem_type(path, str(info)) == fs
+
+
+def test_filesystem_type_of_this_machine() -> None:
+    """On this machine /proc/self/mountinfo is readable and names the root's type."""
+    assert filesystem_type("/") not in (None, "")
+
+
+@pytest.mark.parametrize(
+    ("path", "root", "inside"),
+    [
+        ("/srv/content/a", "/srv/content", True),
+        ("/srv/content", "/srv/content", False),
+        ("/srv/content-old/a", "/srv/content", False),
+        ("/srv", "/srv/content", False),
+        ("/etc/passwd", "/srv/content", False),
+    ],
+)
+def test_is_within_uses_path_components(path: str, root: str, inside: bool) -> None:
+    """Containment compares path components, never string prefixes."""
+    assert is_within(path, root) is inside
