@@ -1,0 +1,253 @@
+"""Compares vend with the servers it replaces or competes with, side by side in one run.
+
+Run it through ``benchmarks/compare`` (which installs the peers and this script's
+packages first); see benchmarks/README.md for what each column means.
+
+Every server listens on 127.0.0.1 only, is pinned to core 0 and is stopped (its whole
+process group) before the next one starts; wrk runs on core 1, as does this script.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import os
+import signal
+import sys
+import time
+from pathlib import Path
+from typing import Final, NoReturn
+
+from harness.content import Probe, build_tree, mount_dirs
+from harness.loads import LoadPlan, Measurement, measure
+from harness.peers import PEERS, Context, Peer, Running
+from harness.probes import ProbeMismatchError, verify_peer
+from harness.processes import Registry, stop_server
+from harness.report import RunInfo, results_stem, write_results
+from harness.tls import make_certificates
+from harness.versions import collect_versions
+
+BENCH_DIR: Final = Path(__file__).resolve().parent
+REPO: Final = BENCH_DIR.parent
+WORK_DIR: Final = BENCH_DIR / "work"
+SERVER_CPU: Final = 0
+LOAD_CPU: Final = 1
+FULL_PLAN: Final = LoadPlan(
+    runs=3, duration_s=8, warmup_s=2, connections=256, server_cpu=SERVER_CPU, load_cpu=LOAD_CPU
+)
+QUICK_PLAN: Final = LoadPlan(
+    runs=1, duration_s=3, warmup_s=1, connections=256, server_cpu=SERVER_CPU, load_cpu=LOAD_CPU
+)
+PEERS_NEEDING_VEND: Final = ("vend", "tls-apache-vend")
+
+
+def parse_args(argv: list[str]) -> argparse.Namespace:
+    """Parses the command line.
+
+    Args:
+        argv: arguments without the program name.
+
+    Returns:
+        The options.
+
+    Raises:
+        SystemExit: on invalid arguments or after ``--list``.
+    """
+    parser = argparse.ArgumentParser(
+        prog="benchmarks/compare",
+        description="Benchmark vend against nginx, Apache, mod_php and Python peers on loopback.",
+    )
+    parser.add_argument(
+        "--quick",
+        action="store_true",
+        help=f"one {QUICK_PLAN.duration_s:g} s run per load (indicative only)",
+    )
+    parser.add_argument("--only", metavar="NAME[,NAME]", help="run only these peers (see --list)")
+    parser.add_argument("--list", action="store_true", help="list the peers and exit")
+    parser.add_argument(
+        "--connections",
+        type=int,
+        metavar="N",
+        help=f"concurrent connections per load (default {FULL_PLAN.connections})",
+    )
+    parser.add_argument(
+        "--results-dir",
+        type=Path,
+        default=BENCH_DIR / "results",
+        help="where the results files go (default benchmarks/results)",
+    )
+    options = parser.parse_args(argv)
+    if options.list:
+        for peer in PEERS.values():
+            print(f"{peer.name:20} {peer.label} [{', '.join(peer.sizes)}]")
+        raise SystemExit(0)
+    if options.only:
+        names = [name.strip() for name in options.only.split(",") if name.strip()]
+        unknown = [name for name in names if name not in PEERS]
+        if unknown:
+            parser.error(f"unknown peer(s) {', '.join(unknown)}; --list shows the names")
+        options.peers = [PEERS[name] for name in PEERS if name in names]
+    else:
+        options.peers = list(PEERS.values())
+    if options.connections is not None and not 1 <= options.connections <= 10_000:
+        parser.error("--connections must be between 1 and 10000")
+    return options
+
+
+def _raise_on_sigterm(signum: int, frame: object) -> NoReturn:
+    raise SystemExit(128 + signum)
+
+
+def _say(message: str) -> None:
+    print(message, file=sys.stderr, flush=True)
+
+
+def run_peer(
+    peer: Peer,
+    ctx: Context,
+    probes: dict[str, Probe],
+    plan: LoadPlan,
+    cafile: Path | None,
+    notes: list[str],
+) -> list[Measurement]:
+    """Starts one peer, checks its answers, measures each of its sizes, and stops it.
+
+    Args:
+        peer: the peer.
+        ctx: paths, registry and cores.
+        probes: probe key -> Probe.
+        plan: how loads are driven.
+        cafile: CA certificate for HTTPS peers.
+        notes: remarks for the results page (appended to).
+
+    Returns:
+        One measurement per size; failures are recorded in them, not raised.
+    """
+    peer_probes = [probes[size] for size in peer.sizes]
+    running: Running | None = None
+    try:
+        _say(f"[{peer.name}] starting")
+        running = peer.start(ctx)
+        check = verify_peer(
+            scheme=peer.scheme,
+            port=running.port,
+            probes=peer_probes,
+            check_body=peer.serves_probe_bytes,
+            cafile=cafile,
+        )
+        if check.honours_range is False:
+            notes.append(
+                f"{peer.label}: answers `Range: bytes=0-99` with the whole file (no byte ranges)."
+            )
+        results = []
+        for probe in peer_probes:
+            url = f"{peer.scheme}://127.0.0.1:{running.port}{probe.url_path}"
+            pgids = [server.pgid for server in running.servers]
+            result = measure(peer=peer.name, probe=probe, url=url, pgids=pgids, plan=plan)
+            _say(f"[{peer.name}] {probe.label}: " + _one_line(result))
+            results.append(result)
+        return results
+    except (RuntimeError, OSError, ProbeMismatchError) as error:
+        _say(f"[{peer.name}] failed: {error}")
+        notes.append(f"{peer.label}: not measured ({error}).")
+        return [
+            Measurement(peer=peer.name, probe=probe, error=str(error)[:200])
+            for probe in peer_probes
+        ]
+    finally:
+        if running is not None:
+            for server in reversed(running.servers):
+                stop_server(server, ctx.registry)
+
+
+def _one_line(m: Measurement) -> str:
+    if not m.ok:
+        return f"failed: {m.error}"
+    cpu = (
+        f"{m.cpu_s_per_gib:.2f} CPU s/GiB"
+        if m.probe.key == "256m" and m.cpu_s_per_gib
+        else f"{m.cpu_us_per_request or 0:.0f} CPU µs/req"
+    )
+    return (
+        f"{m.requests_per_s or 0:,.0f} req/s, {m.mib_per_s or 0:,.0f} MiB/s, "
+        f"p99 {m.p99_ms or 0:.1f} ms, {cpu}, RSS {m.peak_rss_mib or 0:.0f} MiB, "
+        f"wrk errors {m.wrk_errors}"
+    )
+
+
+def main(argv: list[str]) -> int:
+    """Runs the comparison and writes the results.
+
+    Args:
+        argv: command-line arguments without the program name.
+
+    Returns:
+        0 when results were written (even if some peers failed; the page says which),
+        1 when the machine cannot run the benchmark.
+    """
+    options = parse_args(argv)
+    signal.signal(signal.SIGTERM, _raise_on_sigterm)
+    if len(os.sched_getaffinity(0)) < 2 or not {SERVER_CPU, LOAD_CPU} <= os.sched_getaffinity(0):
+        _say(f"benchmarks/compare needs cores {SERVER_CPU} and {LOAD_CPU}")
+        return 1
+    os.sched_setaffinity(0, {LOAD_CPU})
+    plan = QUICK_PLAN if options.quick else FULL_PLAN
+    if options.connections:
+        plan = LoadPlan(**{**vars(plan), "connections": options.connections})
+    started_wall = datetime.datetime.now().replace(microsecond=0)
+    started = time.monotonic()
+    notes: list[str] = []
+
+    peers: list[Peer] = options.peers
+    vend_bin = REPO / ".venv" / "bin" / "vend"
+    if not vend_bin.is_file():
+        skipped = [peer for peer in peers if peer.name in PEERS_NEEDING_VEND]
+        if skipped:
+            notes.append(f"vend not measured: {vend_bin} does not exist.")
+            _say(f"{vend_bin} missing: skipping {', '.join(p.name for p in skipped)}")
+        peers = [peer for peer in peers if peer.name not in PEERS_NEEDING_VEND]
+
+    loads = sum(len(peer.sizes) for peer in peers)
+    estimate_s = loads * (plan.warmup_s + plan.runs * plan.duration_s + 2) + 5 * len(peers)
+    _say(f"{len(peers)} peers, {loads} loads, about {estimate_s / 60:.0f} min")
+    _say("building the content tree under benchmarks/work/mounts")
+    probes = build_tree(WORK_DIR)
+    tls_files = cafile = None
+    if any(peer.scheme == "https" for peer in peers):
+        tls_files, cafile = make_certificates(WORK_DIR / "run" / "tls")
+    registry = Registry(WORK_DIR / "run" / "pgids")
+    registry.reset()
+    ctx = Context(
+        repo=REPO,
+        work_dir=WORK_DIR,
+        mounts=mount_dirs(WORK_DIR),
+        bench_python=Path(sys.executable),
+        registry=registry,
+        server_cpu=SERVER_CPU,
+        connections=plan.connections,
+        tls=tls_files,
+    )
+
+    measurements: list[Measurement] = []
+    for peer in peers:
+        measurements += run_peer(peer, ctx, probes, plan, cafile, notes)
+
+    versions = collect_versions(repo=REPO, vend_python=REPO / ".venv" / "bin" / "python")
+    info = RunInfo(
+        started=started_wall.isoformat(),
+        elapsed_s=time.monotonic() - started,
+        plan=plan,
+        quick=options.quick,
+        partial=len(peers) < len(PEERS),
+        versions=versions,
+        notes=notes,
+    )
+    stem = results_stem(started_wall.date().isoformat(), quick=options.quick, partial=info.partial)
+    written = write_results(options.results_dir, stem, info, measurements)
+    print(written[0].read_text())
+    _say("wrote " + ", ".join(str(path) for path in written))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))

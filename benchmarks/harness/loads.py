@@ -1,0 +1,197 @@
+"""One measurement: a peer, a probe, a warm-up, then wrk several times with the server's
+CPU time and memory read around each run.
+"""
+
+from __future__ import annotations
+
+import statistics
+import subprocess
+from dataclasses import dataclass, field
+from typing import Final
+
+from harness.content import Probe
+from harness.processes import (
+    MemorySampler,
+    core_busy_fraction,
+    core_times,
+    cpu_seconds_between,
+    cpu_ticks,
+)
+from harness.wrk import WrkResult, run_wrk
+
+GIB: Final = 2**30
+MIB: Final = 2**20
+
+
+@dataclass(frozen=True)
+class LoadPlan:
+    """How every load of one run is driven.
+
+    Attributes:
+        runs: measured wrk runs per (peer, size); the median is reported.
+        duration_s: seconds per measured run.
+        warmup_s: seconds of load before the measured runs, discarded (0 for none).
+        connections: concurrent keep-alive connections.
+        server_cpu: the core the servers run on.
+        load_cpu: the core wrk runs on.
+    """
+
+    runs: int
+    duration_s: float
+    warmup_s: float
+    connections: int
+    server_cpu: int
+    load_cpu: int
+
+
+@dataclass(frozen=True)
+class RunSample:
+    """One measured wrk run.
+
+    Attributes:
+        wrk: wrk's totals.
+        cpu_s: CPU seconds (user + system) the server's process groups used meanwhile.
+        peak_rss_bytes: highest summed VmRSS of the server's processes seen meanwhile.
+        peak_pss_bytes: highest summed Pss of the server's processes seen meanwhile.
+        server_core_busy: fraction of the server core's time that was busy (any process,
+            interrupts included); near 1 means the server core was the bottleneck.
+        load_core_busy: the same for wrk's core; near 1 means wrk was the bottleneck.
+    """
+
+    wrk: WrkResult
+    cpu_s: float
+    peak_rss_bytes: int
+    peak_pss_bytes: int
+    server_core_busy: float
+    load_core_busy: float
+
+    @property
+    def cpu_us_per_request(self) -> float | None:
+        """Server CPU microseconds per completed response (None if none completed)."""
+        return self.cpu_s / self.wrk.requests * 1e6 if self.wrk.requests else None
+
+    @property
+    def cpu_s_per_gib(self) -> float | None:
+        """Server CPU seconds per GiB received by wrk (None if nothing was received)."""
+        return self.cpu_s / (self.wrk.bytes_read / GIB) if self.wrk.bytes_read else None
+
+
+@dataclass
+class Measurement:
+    """All runs of one (peer, probe) pair, with medians over the runs.
+
+    Attributes:
+        peer: the peer's name.
+        probe: the probe that was requested.
+        samples: the measured runs, in order.
+        error: why the measurement failed (the peer did not start, answered wrongly, or
+            wrk failed), or None.
+    """
+
+    peer: str
+    probe: Probe
+    samples: list[RunSample] = field(default_factory=list)
+    error: str | None = None
+
+    def _median(self, values: list[float | None]) -> float | None:
+        present = [value for value in values if value is not None]
+        return statistics.median(present) if present else None
+
+    @property
+    def ok(self) -> bool:
+        """Whether there are samples and no failure."""
+        return self.error is None and bool(self.samples)
+
+    @property
+    def requests_per_s(self) -> float | None:
+        """Median completed responses per second."""
+        return self._median([s.wrk.requests_per_s for s in self.samples])
+
+    @property
+    def mib_per_s(self) -> float | None:
+        """Median MiB per second received (headers and partial bodies included)."""
+        return self._median([s.wrk.mib_per_s for s in self.samples])
+
+    @property
+    def p99_ms(self) -> float | None:
+        """Median over runs of the 99th percentile latency, in milliseconds."""
+        return self._median([s.wrk.p99_us / 1000 if s.wrk.requests else None for s in self.samples])
+
+    @property
+    def cpu_us_per_request(self) -> float | None:
+        """Median server CPU microseconds per response."""
+        return self._median([s.cpu_us_per_request for s in self.samples])
+
+    @property
+    def cpu_s_per_gib(self) -> float | None:
+        """Median server CPU seconds per GiB sent."""
+        return self._median([s.cpu_s_per_gib for s in self.samples])
+
+    @property
+    def peak_rss_mib(self) -> float | None:
+        """Highest summed RSS over all runs, in MiB."""
+        return max(s.peak_rss_bytes for s in self.samples) / MIB if self.samples else None
+
+    @property
+    def peak_pss_mib(self) -> float | None:
+        """Highest summed PSS over all runs, in MiB."""
+        return max(s.peak_pss_bytes for s in self.samples) / MIB if self.samples else None
+
+    @property
+    def server_core_busy(self) -> float | None:
+        """Median busy fraction of the server core."""
+        return self._median([s.server_core_busy for s in self.samples])
+
+    @property
+    def load_core_busy(self) -> float | None:
+        """Median busy fraction of wrk's core."""
+        return self._median([s.load_core_busy for s in self.samples])
+
+    @property
+    def wrk_errors(self) -> int:
+        """Errors wrk counted over all runs (non-2xx/3xx, socket errors, timeouts)."""
+        return sum(s.wrk.error_count for s in self.samples)
+
+
+def measure(*, peer: str, probe: Probe, url: str, pgids: list[int], plan: LoadPlan) -> Measurement:
+    """Warms a peer up on one URL, then measures it ``plan.runs`` times.
+
+    Args:
+        peer: the peer's name.
+        probe: the probe behind ``url``.
+        url: full URL on 127.0.0.1.
+        pgids: the process groups whose CPU and memory count as the server's.
+        plan: runs, durations, connections and load core.
+
+    Returns:
+        The measurement; wrk failures are recorded in ``error``, not raised.
+    """
+    result = Measurement(peer=peer, probe=probe)
+    try:
+        if plan.warmup_s > 0:
+            run_wrk(url, connections=plan.connections, duration_s=plan.warmup_s, cpu=plan.load_cpu)
+        for _ in range(plan.runs):
+            cores = [plan.server_cpu, plan.load_cpu]
+            with MemorySampler(pgids) as memory:
+                before, cores_before = cpu_ticks(pgids), core_times(cores)
+                wrk = run_wrk(
+                    url, connections=plan.connections, duration_s=plan.duration_s, cpu=plan.load_cpu
+                )
+                after, cores_after = cpu_ticks(pgids), core_times(cores)
+            result.samples.append(
+                RunSample(
+                    wrk=wrk,
+                    cpu_s=cpu_seconds_between(before, after),
+                    peak_rss_bytes=memory.peak_rss_bytes,
+                    peak_pss_bytes=memory.peak_pss_bytes,
+                    server_core_busy=core_busy_fraction(
+                        cores_before[plan.server_cpu], cores_after[plan.server_cpu]
+                    ),
+                    load_core_busy=core_busy_fraction(
+                        cores_before[plan.load_cpu], cores_after[plan.load_cpu]
+                    ),
+                )
+            )
+    except (RuntimeError, OSError, subprocess.TimeoutExpired) as error:
+        result.error = str(error)
+    return result

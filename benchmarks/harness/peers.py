@@ -1,0 +1,423 @@
+"""The servers compared, and how each is started on loopback with its own configuration.
+
+Each ``Peer`` has a short ``name`` (what ``--only`` takes), a table label, the probe sizes
+it is loaded with, and a ``start`` function that writes its configuration under
+``<work>/run/<name>/``, starts its processes pinned to the server core, waits until the
+port accepts connections and returns a ``Running`` peer. The production-path peers
+("tls-*") are reached over HTTPS.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import pwd
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Final, Literal
+
+from harness import configs
+from harness.processes import (
+    Registry,
+    ServerProcess,
+    free_port,
+    start_server,
+    stop_server,
+    wait_for_port,
+    wait_for_settled_group,
+)
+
+ALL_SIZES: Final = ("4k", "100k", "256m")
+PEERS_DIR: Final = Path(__file__).resolve().parent.parent / "peers"
+
+
+@dataclass(frozen=True)
+class Context:
+    """What every peer's start function needs.
+
+    Attributes:
+        repo: the vend checkout (holds .venv/bin/vend).
+        work_dir: benchmarks/work (run files and logs go to ``work_dir/run``).
+        mounts: the three mount directories, in search order.
+        bench_python: the Python of the benchmark venv (peers' packages).
+        registry: where started process groups are recorded.
+        server_cpu: the core servers are pinned to.
+        connections: concurrent connections the loads open (servers are sized for them).
+        tls: certificate and key for the HTTPS peers, or None when none is needed.
+    """
+
+    repo: Path
+    work_dir: Path
+    mounts: list[Path]
+    bench_python: Path
+    registry: Registry
+    server_cpu: int
+    connections: int
+    tls: configs.TlsFiles | None = None
+
+    @property
+    def is_root(self) -> bool:
+        """Whether the harness runs as root (servers then drop to www-data)."""
+        return os.geteuid() == 0
+
+    @property
+    def vend_bin(self) -> Path:
+        """The vend console script of the checkout's .venv."""
+        return self.repo / ".venv" / "bin" / "vend"
+
+    def run_dir(self, name: str) -> Path:
+        """Returns (creating it) the directory for one peer's config, pid and logs."""
+        path = self.work_dir / "run" / name
+        path.mkdir(parents=True, exist_ok=True)
+        return path
+
+    def bench_bin(self, script: str) -> str:
+        """Returns the path of a console script in the benchmark venv."""
+        return str(self.bench_python.parent / script)
+
+
+@dataclass
+class Running:
+    """A started peer.
+
+    Attributes:
+        port: the TCP port on 127.0.0.1 the load is sent to.
+        servers: every process group the peer consists of (Apache and vend for the
+            production path); CPU and memory are summed over all of them.
+    """
+
+    port: int
+    servers: list[ServerProcess] = field(default_factory=list)
+
+
+@dataclass(frozen=True)
+class Peer:
+    """One server in the comparison.
+
+    Attributes:
+        name: short identifier for ``--only`` and file names.
+        label: description used in the results table.
+        start: starts the peer; raises RuntimeError or OSError when it cannot.
+        sizes: probe keys it is loaded with.
+        scheme: "http", or "https" for the production-path peers.
+        serves_probe_bytes: False for a peer answering from memory (the body is checked
+            for length only).
+        federates: True when the peer searches all three mounts; False when it serves
+            only the last one.
+    """
+
+    name: str
+    label: str
+    start: Callable[[Context], Running]
+    sizes: tuple[str, ...] = ALL_SIZES
+    scheme: Literal["http", "https"] = "http"
+    serves_probe_bytes: bool = True
+    federates: bool = True
+
+
+def _launch(
+    ctx: Context,
+    name: str,
+    argv: list[str],
+    port: int,
+    *,
+    env: dict[str, str] | None = None,
+    cwd: Path | None = None,
+) -> ServerProcess:
+    server = start_server(
+        name,
+        argv,
+        cpu=ctx.server_cpu,
+        log_path=ctx.run_dir(name) / "out.log",
+        registry=ctx.registry,
+        env=env,
+        cwd=cwd,
+    )
+    wait_for_port(port, server)
+    wait_for_settled_group([server.pgid])
+    return server
+
+
+def _start_nginx(ctx: Context, name: str, body: str) -> Running:
+    port = free_port()
+    prefix = ctx.run_dir(name)
+    (prefix / "tmp").mkdir(exist_ok=True)
+    conf = prefix / "nginx.conf"
+    conf.write_text(
+        configs.nginx_conf(
+            prefix=prefix, port=port, body=body, is_root=ctx.is_root, connections=ctx.connections
+        )
+    )
+    argv = ["nginx", "-p", f"{prefix}/", "-c", str(conf), "-e", str(prefix / "error.log")]
+    return Running(port, [_launch(ctx, name, argv, port)])
+
+
+def _start_apache(
+    ctx: Context,
+    name: str,
+    *,
+    mpm: configs.ApacheMpm,
+    body: str,
+    modules: list[tuple[str, str]],
+    port: int | None = None,
+    tls: bool = False,
+) -> ServerProcess:
+    port = port or free_port()
+    root = ctx.run_dir(name)
+    if ctx.is_root:
+        # Children run as www-data and must be able to write the TLS session cache.
+        os.chown(root, *_www_data_ids())
+    conf = root / "httpd.conf"
+    conf.write_text(
+        configs.apache_conf(
+            server_root=root,
+            port=port,
+            mpm=mpm,
+            modules=modules,
+            body=body,
+            is_root=ctx.is_root,
+            connections=ctx.connections,
+            tls=ctx.tls if tls else None,
+        )
+    )
+    return _launch(ctx, name, ["apache2", "-f", str(conf), "-DFOREGROUND"], port)
+
+
+def _www_data_ids() -> tuple[int, int]:
+    entry = pwd.getpwnam(configs.RUN_USER)
+    return entry.pw_uid, entry.pw_gid
+
+
+def _python_env(ctx: Context) -> dict[str, str]:
+    env = {key: value for key, value in os.environ.items() if not key.startswith("VEND_")}
+    env["BENCH_MOUNTS"] = ":".join(str(mount) for mount in ctx.mounts)
+    return env
+
+
+def _uvicorn_argv(ctx: Context, target: str, port: int) -> list[str]:
+    return [
+        ctx.bench_bin("uvicorn"),
+        target,
+        "--host",
+        "127.0.0.1",
+        "--port",
+        str(port),
+        "--loop",
+        "uvloop",
+        "--http",
+        "httptools",
+        "--no-access-log",
+        "--log-level",
+        "warning",
+    ]
+
+
+def start_nginx_one_root(ctx: Context) -> Running:
+    """Starts nginx serving the last mount. Returns: the running peer."""
+    return _start_nginx(ctx, "nginx", configs.nginx_one_root(ctx.mounts[-1]))
+
+
+def start_nginx_try_files(ctx: Context) -> Running:
+    """Starts nginx with ``try_files`` over the three mounts. Returns: the running peer."""
+    return _start_nginx(ctx, "nginx-try-files", configs.nginx_try_files(ctx.mounts))
+
+
+def start_apache_event(ctx: Context) -> Running:
+    """Starts Apache (event MPM) serving the last mount. Returns: the running peer."""
+    port = free_port()
+    server = _start_apache(
+        ctx,
+        "apache-event",
+        mpm="event",
+        port=port,
+        modules=[],
+        body=configs.apache_static(ctx.mounts[-1]),
+    )
+    return Running(port, [server])
+
+
+def start_apache_php(ctx: Context) -> Running:
+    """Starts Apache prefork + mod_php running benchmarks/peers/legacy.php.
+
+    Returns:
+        The running peer.
+    """
+    port = free_port()
+    body = configs.apache_mod_php(PEERS_DIR / "legacy.php", ctx.mounts)
+    server = _start_apache(
+        ctx, "apache-php", mpm="prefork", port=port, modules=configs.php_modules(), body=body
+    )
+    return Running(port, [server])
+
+
+def start_granian(ctx: Context) -> Running:
+    """Starts granian serving peers/starlette_fileresponse.py. Returns: the running peer."""
+    port = free_port()
+    argv = [
+        ctx.bench_bin("granian"),
+        "--interface",
+        "asgi",
+        "--host",
+        "127.0.0.1",
+        "--port",
+        str(port),
+        "--workers",
+        "1",
+        "--http",
+        "1",
+        "--no-ws",
+        "--loop",
+        "uvloop",
+        "--log-level",
+        "warning",
+        "starlette_fileresponse:app",
+    ]
+    server = _launch(ctx, "granian", argv, port, env=_python_env(ctx), cwd=PEERS_DIR)
+    return Running(port, [server])
+
+
+def start_aiohttp(ctx: Context) -> Running:
+    """Starts aiohttp's web.static over the last mount. Returns: the running peer."""
+    port = free_port()
+    argv = [
+        str(ctx.bench_python),
+        str(PEERS_DIR / "aiohttp_static.py"),
+        "--port",
+        str(port),
+        "--root",
+        str(ctx.mounts[-1]),
+    ]
+    return Running(port, [_launch(ctx, "aiohttp", argv, port, env=_python_env(ctx))])
+
+
+def start_starlette_static(ctx: Context) -> Running:
+    """Starts Starlette StaticFiles over the three mounts under uvicorn.
+
+    Returns:
+        The running peer.
+    """
+    port = free_port()
+    argv = _uvicorn_argv(ctx, "starlette_static:app", port)
+    server = _launch(ctx, "starlette-static", argv, port, env=_python_env(ctx), cwd=PEERS_DIR)
+    return Running(port, [server])
+
+
+def start_starlette_memory(ctx: Context) -> Running:
+    """Starts uvicorn + Starlette answering 4 KiB from memory. Returns: the running peer."""
+    port = free_port()
+    argv = _uvicorn_argv(ctx, "starlette_memory:app", port)
+    server = _launch(ctx, "starlette-memory", argv, port, env=_python_env(ctx), cwd=PEERS_DIR)
+    return Running(port, [server])
+
+
+def _start_vend_process(ctx: Context, name: str) -> tuple[int, ServerProcess]:
+    if not ctx.vend_bin.is_file():
+        raise RuntimeError(f"{ctx.vend_bin} is missing: install vend into the checkout's .venv")
+    port = free_port()
+    env = {key: value for key, value in os.environ.items() if not key.startswith("VEND_")}
+    env["VEND_MOUNTS"] = json.dumps([str(mount) for mount in ctx.mounts])
+    argv = [str(ctx.vend_bin), "serve", "--port", str(port)]
+    return port, _launch(ctx, name, argv, port, env=env, cwd=ctx.run_dir(name))
+
+
+def start_vend(ctx: Context) -> Running:
+    """Starts ``vend serve --port P`` with only ``mounts`` set (VEND_MOUNTS).
+
+    Returns:
+        The running peer.
+
+    Raises:
+        RuntimeError: if the checkout has no .venv/bin/vend or it does not start.
+    """
+    port, server = _start_vend_process(ctx, "vend")
+    return Running(port, [server])
+
+
+def start_tls_apache_static(ctx: Context) -> Running:
+    """Starts Apache (event, TLS) serving the last mount itself. Returns: the running peer."""
+    port = free_port()
+    server = _start_apache(
+        ctx,
+        "tls-apache-static",
+        mpm="event",
+        port=port,
+        modules=[],
+        body=configs.apache_static(ctx.mounts[-1]),
+        tls=True,
+    )
+    return Running(port, [server])
+
+
+def start_tls_apache_vend(ctx: Context) -> Running:
+    """Starts vend, then Apache (event, TLS) proxying every path to it: the production path.
+
+    Both share the server core, as they would share a host.
+
+    Returns:
+        The running peer (Apache's port; both process groups).
+    """
+    vend_port, vend = _start_vend_process(ctx, "tls-vend")
+    running = Running(0, [vend])
+    try:
+        port = free_port()
+        running.servers.append(
+            _start_apache(
+                ctx,
+                "tls-apache-vend",
+                mpm="event",
+                port=port,
+                modules=configs.PROXY_MODULES,
+                body=configs.apache_reverse_proxy(vend_port),
+                tls=True,
+            )
+        )
+        running.port = port
+    except BaseException:
+        # The caller only learns of servers through the return value: stop vend here.
+        stop_server(vend, ctx.registry)
+        raise
+    return running
+
+
+PEERS: Final = {
+    peer.name: peer
+    for peer in [
+        Peer("nginx", "nginx, one root, sendfile", start_nginx_one_root, federates=False),
+        Peer("nginx-try-files", "nginx, try_files over three roots", start_nginx_try_files),
+        Peer("apache-event", "Apache event, static", start_apache_event, federates=False),
+        Peer(
+            "apache-php",
+            "Apache prefork + mod_php loop (the design vend replaces)",
+            start_apache_php,
+        ),
+        Peer("granian", "granian + Starlette FileResponse", start_granian),
+        Peer("aiohttp", "aiohttp web.static (sendfile)", start_aiohttp, federates=False),
+        Peer("starlette-static", "Starlette StaticFiles under uvicorn", start_starlette_static),
+        Peer(
+            "starlette-memory",
+            "uvicorn + Starlette, 4 KiB from memory",
+            start_starlette_memory,
+            sizes=("4k",),
+            serves_probe_bytes=False,
+        ),
+        Peer("vend", "vend serve (one worker)", start_vend),
+        Peer(
+            "tls-apache-static",
+            "Apache TLS serving the file itself",
+            start_tls_apache_static,
+            scheme="https",
+            federates=False,
+        ),
+        Peer(
+            "tls-apache-vend",
+            "Apache TLS -> vend (production path)",
+            start_tls_apache_vend,
+            scheme="https",
+        ),
+    ]
+}
+# Ratios in the plain table are taken to these two; the TLS table to "tls-apache-static".
+NGINX_REFERENCE: Final = "nginx-try-files"
+LEGACY_REFERENCE: Final = "apache-php"
+TLS_REFERENCE: Final = "tls-apache-static"

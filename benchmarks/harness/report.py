@@ -1,0 +1,490 @@
+"""Writes a run's results: a markdown table, the raw wrk output, a JSON dump and a chart.
+
+Files, for a run started on YYYY-MM-DD (``-quick`` and ``-partial`` are added to the stem
+for ``--quick`` runs and ``--only`` runs)::
+
+    results/YYYY-MM-DD.md         the tables, the versions, the targets of issue 5
+    results/YYYY-MM-DD-wrk.txt    every wrk report, in run order
+    results/YYYY-MM-DD.json       every number, per run, for machines
+    results/YYYY-MM-DD.png        bar chart of the headline numbers
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Final
+
+from harness.content import PROBE_SIZES
+from harness.loads import LoadPlan, Measurement
+from harness.peers import LEGACY_REFERENCE, NGINX_REFERENCE, PEERS, TLS_REFERENCE
+
+SIZE_LABELS: Final = {key: label for key, label, _ in PROBE_SIZES}
+LARGE_SIZE: Final = "256m"
+
+
+@dataclass(frozen=True)
+class RunInfo:
+    """Facts about the run printed above the tables.
+
+    Attributes:
+        started: local start time, ISO 8601 to the second.
+        elapsed_s: wall time of the whole run in seconds.
+        plan: how the loads were driven.
+        quick: whether this was a ``--quick`` run (numbers are indicative only).
+        partial: whether ``--only`` left peers out.
+        versions: component -> version.
+        notes: remarks gathered during the run (peers skipped or failed, Range support).
+    """
+
+    started: str
+    elapsed_s: float
+    plan: LoadPlan
+    quick: bool
+    partial: bool
+    versions: dict[str, str]
+    notes: list[str]
+
+
+def results_stem(date: str, *, quick: bool, partial: bool) -> str:
+    """Returns the file stem for a run's results.
+
+    Args:
+        date: YYYY-MM-DD.
+        quick: a ``--quick`` run.
+        partial: an ``--only`` run.
+
+    Returns:
+        e.g. "2024-06-05", "2024-06-05-quick", "2024-06-05-quick-partial".
+    """
+    return date + ("-quick" if quick else "") + ("-partial" if partial else "")
+
+
+def _num(value: float | None, digits: int = 0) -> str:
+    if value is None:
+        return "-"
+    return f"{value:,.{digits}f}"
+
+
+def _ms(value: float | None) -> str:
+    if value is None:
+        return "-"
+    return f"{value:,.1f}" if value >= 10 else f"{value:.2f}"
+
+
+def _ratio(value: float | None, reference: float | None) -> str:
+    if value is None or not reference:
+        return "-"
+    return f"{value / reference:.2f}x"
+
+
+def _busy(m: Measurement) -> str:
+    if m.server_core_busy is None or m.load_core_busy is None:
+        return "-"
+    return f"{m.server_core_busy * 100:.0f} / {m.load_core_busy * 100:.0f}"
+
+
+def _headline(measurement: Measurement) -> float | None:
+    """req/s for small files, MiB/s for the large one: what a size's ratio compares."""
+    if measurement.probe.key == LARGE_SIZE:
+        return measurement.mib_per_s
+    return measurement.requests_per_s
+
+
+def _size_table(
+    size: str, rows: list[Measurement], references: list[tuple[str, Measurement | None]]
+) -> list[str]:
+    large = size == LARGE_SIZE
+    ratio_heads = [_reference_heading(name) for name, _ in references]
+    heads = [
+        "server",
+        "req/s",
+        "MiB/s",
+        "p99 ms",
+        "CPU s/GiB" if large else "CPU µs/req",
+        "peak RSS MiB",
+        "peak PSS MiB",
+        *ratio_heads,
+        "busy % server/wrk core",
+        "wrk errors",
+    ]
+    lines = [
+        f"### {SIZE_LABELS[size]}",
+        "",
+        "| " + " | ".join(heads) + " |",
+        "|---|" + "---:|" * (len(heads) - 1),
+    ]
+    for m in rows:
+        label = _row_label(m.peer)
+        if not m.ok:
+            lines.append(
+                f"| {label} | failed: {m.error or 'no samples'} |" + " |" * (len(heads) - 2)
+            )
+            continue
+        cpu = _num(m.cpu_s_per_gib, 2) if large else _num(m.cpu_us_per_request)
+        ratios = [
+            _ratio(_headline(m), _headline(ref) if ref and ref.ok else None)
+            for _, ref in references
+        ]
+        lines.append(
+            "| "
+            + " | ".join(
+                [
+                    label,
+                    _num(m.requests_per_s, 1 if large else 0),
+                    _num(m.mib_per_s),
+                    _ms(m.p99_ms),
+                    cpu,
+                    _num(m.peak_rss_mib),
+                    _num(m.peak_pss_mib),
+                    *ratios,
+                    _busy(m),
+                    str(m.wrk_errors),
+                ]
+            )
+            + " |"
+        )
+    return [*lines, ""]
+
+
+def _reference_heading(name: str) -> str:
+    return {
+        NGINX_REFERENCE: "x nginx try_files",
+        LEGACY_REFERENCE: "x mod_php",
+        TLS_REFERENCE: "x Apache TLS static",
+    }.get(name, f"x {name}")
+
+
+def _row_label(name: str) -> str:
+    peer = PEERS[name]
+    label = f"**{peer.label}**" if "vend" in name else peer.label
+    return label if peer.federates else f"{label} (last mount only)"
+
+
+def _by_peer_size(measurements: Iterable[Measurement]) -> dict[tuple[str, str], Measurement]:
+    return {(m.peer, m.probe.key): m for m in measurements}
+
+
+def _section(
+    title: str, measurements: list[Measurement], reference_names: list[str], intro: str
+) -> list[str]:
+    if not measurements:
+        return []
+    index = _by_peer_size(measurements)
+    lines = [f"## {title}", "", intro, ""]
+    for size, _, _ in PROBE_SIZES:
+        rows = [m for m in measurements if m.probe.key == size]
+        if rows:
+            refs = [(name, index.get((name, size))) for name in reference_names]
+            lines += _size_table(size, rows, refs)
+    return lines
+
+
+def _targets(measurements: list[Measurement]) -> list[str]:
+    """Issue 5's targets, checked against this run's ratios (vend rows only)."""
+    index = _by_peer_size(measurements)
+
+    def ratio(
+        peer: str, ref: str, size: str, metric: Callable[[Measurement], float | None] = _headline
+    ) -> float | None:
+        a, b = index.get((peer, size)), index.get((ref, size))
+        if not (a and b and a.ok and b.ok):
+            return None
+        top, bottom = metric(a), metric(b)
+        return top / bottom if top is not None and bottom else None
+
+    checks: list[tuple[str, float | None, Callable[[float], bool]]] = []
+    for size in ("4k", "100k"):
+        label = SIZE_LABELS[size]
+        checks += [
+            (
+                f"{label}: vend / mod_php >= 1.5 (aim 2.5)",
+                ratio("vend", LEGACY_REFERENCE, size),
+                lambda r: r >= 1.5,
+            ),
+            (
+                f"{label}: vend / Starlette StaticFiles >= 10",
+                ratio("vend", "starlette-static", size),
+                lambda r: r >= 10,
+            ),
+            (
+                f"{label}: vend / nginx try_files (aim about 0.4)",
+                ratio("vend", NGINX_REFERENCE, size),
+                lambda r: r >= 0.4,
+            ),
+        ]
+    checks += [
+        (
+            "256 MiB: vend / nginx try_files MiB/s >= 0.9",
+            ratio("vend", NGINX_REFERENCE, LARGE_SIZE),
+            lambda r: r >= 0.9,
+        ),
+        (
+            "256 MiB: vend / nginx try_files CPU s per GiB <= 2",
+            ratio("vend", NGINX_REFERENCE, LARGE_SIZE, lambda m: m.cpu_s_per_gib),
+            lambda r: r <= 2,
+        ),
+        (
+            "TLS 4 KiB: Apache->vend / Apache static (aim 0.5)",
+            ratio("tls-apache-vend", TLS_REFERENCE, "4k"),
+            lambda r: r >= 0.5,
+        ),
+        (
+            "TLS 256 MiB: Apache->vend / Apache static (aim 0.8)",
+            ratio("tls-apache-vend", TLS_REFERENCE, LARGE_SIZE),
+            lambda r: r >= 0.8,
+        ),
+    ]
+    rows = [
+        f"| {name} | {value:.2f} | {'met' if passes(value) else 'missed'} |"
+        for name, value, passes in checks
+        if value is not None
+    ]
+    vend_rss = [
+        m.peak_rss_mib
+        for (peer, _), m in index.items()
+        if peer == "vend" and m.ok and m.peak_rss_mib is not None
+    ]
+    if vend_rss:
+        worst = max(vend_rss)
+        rows.append(
+            f"| vend peak RSS <= 100 MiB (one worker) | {worst:.0f} MiB | "
+            f"{'met' if worst <= 100 else 'missed'} |"
+        )
+    if not rows:
+        return []
+    return [
+        "## Targets of issue 5 (ratios within this run)",
+        "",
+        "| target | measured | |",
+        "|---|---:|---|",
+        *rows,
+        "",
+    ]
+
+
+def render_markdown(info: RunInfo, measurements: list[Measurement]) -> str:
+    """Renders the results page.
+
+    Args:
+        info: facts about the run.
+        measurements: every (peer, size) measurement, in run order.
+
+    Returns:
+        Markdown text.
+    """
+    plan = info.plan
+    title = f"# vend benchmark, {info.started[:10]}"
+    if info.quick:
+        title += " (QUICK RUN: one short run per load, indicative only)"
+    plain = [m for m in measurements if PEERS[m.peer].scheme == "http"]
+    tls = [m for m in measurements if PEERS[m.peer].scheme == "https"]
+    lines = [
+        title,
+        "",
+        f"Started {info.started}, took {info.elapsed_s / 60:.1f} min. "
+        f"Server pinned to core 0, wrk (1 thread) to core 1; HTTP/1.1 keep-alive, "
+        f"{plan.connections} connections; {plan.warmup_s:g} s warm-up, then "
+        f"{plan.runs} run(s) of {plan.duration_s:g} s per load, median reported. "
+        "The probe files exist only on the last of three mounts. "
+        "Columns are explained in benchmarks/README.md; raw wrk output is in the "
+        "`-wrk.txt` file beside this one.",
+        "",
+    ]
+    lines += _section(
+        "Direct (plain HTTP on loopback)",
+        plain,
+        [NGINX_REFERENCE, LEGACY_REFERENCE],
+        "Ratios compare req/s (4 KiB, 100 KiB) or MiB/s (256 MiB) within this run.",
+    )
+    lines += _section(
+        "Production path (TLS)",
+        tls,
+        [TLS_REFERENCE],
+        "wrk -> Apache (TLS, event MPM) -> vend over HTTP, Apache and vend on the same "
+        "core; compared with Apache serving the file itself over TLS.",
+    )
+    lines += _targets(measurements)
+    if info.notes:
+        lines += ["## Notes", "", *[f"- {note}" for note in info.notes], ""]
+    lines += [
+        "## Versions",
+        "",
+        "| component | version |",
+        "|---|---|",
+        *[f"| {name} | {value} |" for name, value in info.versions.items()],
+        "",
+    ]
+    return "\n".join(lines)
+
+
+def render_raw(measurements: list[Measurement]) -> str:
+    """Concatenates every measured wrk report with a header naming its load.
+
+    Args:
+        measurements: every measurement, in run order.
+
+    Returns:
+        Plain text.
+    """
+    parts = []
+    for m in measurements:
+        for number, sample in enumerate(m.samples, start=1):
+            parts.append(
+                f"===== {m.peer} {m.probe.url_path} run {number} "
+                f"(server CPU {sample.cpu_s:.2f} s) =====\n{sample.wrk.raw}"
+            )
+        if m.error:
+            parts.append(f"===== {m.peer} {m.probe.url_path} FAILED =====\n{m.error}\n")
+    return "\n".join(parts)
+
+
+def render_json(info: RunInfo, measurements: list[Measurement]) -> str:
+    """Dumps every number of the run.
+
+    Args:
+        info: facts about the run.
+        measurements: every measurement.
+
+    Returns:
+        JSON text (one object: "run", "versions", "notes", "measurements").
+    """
+    data = {
+        "run": {
+            "started": info.started,
+            "elapsed_s": round(info.elapsed_s, 1),
+            "quick": info.quick,
+            "partial": info.partial,
+            **vars(info.plan),
+        },
+        "versions": info.versions,
+        "notes": info.notes,
+        "measurements": [
+            {
+                "peer": m.peer,
+                "size": m.probe.key,
+                "url_path": m.probe.url_path,
+                "error": m.error,
+                "median": {
+                    "requests_per_s": m.requests_per_s,
+                    "mib_per_s": m.mib_per_s,
+                    "p99_ms": m.p99_ms,
+                    "cpu_us_per_request": m.cpu_us_per_request,
+                    "cpu_s_per_gib": m.cpu_s_per_gib,
+                },
+                "peak_rss_mib": m.peak_rss_mib,
+                "peak_pss_mib": m.peak_pss_mib,
+                "runs": [
+                    {
+                        "duration_s": s.wrk.duration_s,
+                        "requests": s.wrk.requests,
+                        "bytes": s.wrk.bytes_read,
+                        "errors": s.wrk.errors,
+                        "p50_us": s.wrk.p50_us,
+                        "p90_us": s.wrk.p90_us,
+                        "p99_us": s.wrk.p99_us,
+                        "max_us": s.wrk.max_us,
+                        "server_cpu_s": s.cpu_s,
+                        "peak_rss_bytes": s.peak_rss_bytes,
+                        "peak_pss_bytes": s.peak_pss_bytes,
+                        "server_core_busy": round(s.server_core_busy, 3),
+                        "load_core_busy": round(s.load_core_busy, 3),
+                    }
+                    for s in m.samples
+                ],
+            }
+            for m in measurements
+        ],
+    }
+    return json.dumps(data, indent=2) + "\n"
+
+
+def render_chart(path: Path, title: str, measurements: list[Measurement]) -> None:
+    """Draws one horizontal bar panel per load (req/s or MiB/s, vend highlighted).
+
+    Args:
+        path: the PNG file to write.
+        title: figure title.
+        measurements: every measurement; failed ones are left out.
+
+    Raises:
+        OSError: when the file cannot be written.
+    """
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    panels = []
+    for scheme, prefix in (("http", ""), ("https", "TLS ")):
+        for size, label, _ in PROBE_SIZES:
+            rows = [
+                m
+                for m in measurements
+                if m.ok
+                and m.probe.key == size
+                and PEERS[m.peer].scheme == scheme
+                and _headline(m) is not None
+            ]
+            if rows:
+                unit = "MiB/s" if size == LARGE_SIZE else "req/s"
+                panels.append((f"{prefix}{label}: {unit}", rows))
+    if not panels:
+        return
+    heights = [0.45 * len(rows) + 1.2 for _, rows in panels]
+    figure, axes = plt.subplots(
+        len(panels),
+        1,
+        figsize=(10, sum(heights)),
+        gridspec_kw={"height_ratios": heights},
+        squeeze=False,
+    )
+    for axis, (panel_title, rows) in zip(axes[:, 0], panels, strict=True):
+        values = [_headline(m) or 0.0 for m in rows]
+        labels = [PEERS[m.peer].label for m in rows]
+        colours = ["#d62728" if "vend" in m.peer else "#7f7f7f" for m in rows]
+        bars = axis.barh(range(len(rows)), values, color=colours)
+        axis.set_yticks(range(len(rows)), labels, fontsize=8)
+        axis.invert_yaxis()
+        axis.set_title(panel_title, fontsize=10, loc="left")
+        axis.bar_label(bars, labels=[f"{v:,.0f}" for v in values], fontsize=7, padding=3)
+        axis.set_xlim(0, max(values) * 1.15 or 1)
+        axis.tick_params(axis="x", labelsize=7)
+    figure.suptitle(title, fontsize=11)
+    figure.tight_layout()
+    figure.savefig(path, dpi=110)
+    plt.close(figure)
+
+
+def write_results(
+    directory: Path, stem: str, info: RunInfo, measurements: list[Measurement]
+) -> list[Path]:
+    """Writes the markdown, raw wrk, JSON and PNG files of a run.
+
+    Args:
+        directory: benchmarks/results.
+        stem: file stem from ``results_stem``.
+        info: facts about the run.
+        measurements: every measurement.
+
+    Returns:
+        The paths written.
+
+    Raises:
+        OSError: when a file cannot be written.
+    """
+    directory.mkdir(parents=True, exist_ok=True)
+    paths = {
+        "md": directory / f"{stem}.md",
+        "raw": directory / f"{stem}-wrk.txt",
+        "json": directory / f"{stem}.json",
+        "png": directory / f"{stem}.png",
+    }
+    paths["md"].write_text(render_markdown(info, measurements))
+    paths["raw"].write_text(render_raw(measurements))
+    paths["json"].write_text(render_json(info, measurements))
+    title = f"vend benchmark {info.started[:10]}" + (" (quick run)" if info.quick else "")
+    render_chart(paths["png"], title, measurements)
+    return [path for path in paths.values() if path.exists()]
