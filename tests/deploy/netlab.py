@@ -15,6 +15,7 @@ import signal
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -82,6 +83,7 @@ class Lab:
         self.namespaces: list[str] = []
         self.processes: list[subprocess.Popen[bytes]] = []
         self.mounts: list[Path] = []
+        self.cleanups: list[Callable[[], object]] = []
 
     def netns(self, role: str) -> str:
         """Create a namespace with loopback up; return its name."""
@@ -140,6 +142,17 @@ class Lab:
         self.processes.append(proc)
         return proc
 
+    def on_close(self, cleanup: Callable[[], object]) -> None:
+        """Have ``close`` call ``cleanup`` first (e.g. ``netplumb down``), before anything else."""
+        self.cleanups.append(cleanup)
+
+    def pids(self, ns: str) -> list[int]:
+        """Return the PIDs of the processes in ``ns`` (``ip netns pids``)."""
+        out = subprocess.run(
+            ["ip", "netns", "pids", ns], capture_output=True, text=True, check=False, timeout=10
+        ).stdout
+        return [int(pid) for pid in out.split()]
+
     def track_mount(self, path: Path) -> None:
         """Have ``close`` unmount this FUSE mount point."""
         self.mounts.append(path)
@@ -191,6 +204,11 @@ class Lab:
             One line per step that failed (every step is tried regardless).
         """
         errors: list[str] = []
+        for cleanup in reversed(self.cleanups):
+            try:
+                cleanup()
+            except Exception as exc:  # keep going: the rest must still be removed
+                errors.append(f"cleanup {cleanup!r}: {exc!r}")
         for mount in reversed(self.mounts):
             done = subprocess.run(
                 ["fusermount3", "-u", "-z", str(mount)], capture_output=True, text=True, check=False
@@ -200,12 +218,9 @@ class Lab:
         for proc in reversed(self.processes):
             stop_group(proc)
         for ns in reversed(self.namespaces):
-            pids = subprocess.run(
-                ["ip", "netns", "pids", ns], capture_output=True, text=True, check=False
-            ).stdout.split()
-            for pid in pids:  # started by this test (udhcpc, netplumb's supervisor, ssh)
+            for pid in self.pids(ns):  # started by this test (udhcpc, netplumb's supervisor, ssh)
                 with contextlib.suppress(ProcessLookupError):
-                    os.kill(int(pid), signal.SIGKILL)
+                    os.kill(pid, signal.SIGKILL)
             done = subprocess.run(
                 ["ip", "netns", "del", ns], capture_output=True, text=True, check=False
             )
