@@ -48,17 +48,32 @@ CASES = [
 ]
 
 
-@pytest.mark.parametrize(("method", "fields", "expected"), [c[1:] for c in CASES], ids=[c[0] for c in CASES])
+@pytest.mark.parametrize(
+    ("method", "fields", "expected"), [c[1:] for c in CASES], ids=[c[0] for c in CASES]
+)
 def test_preconditions_in_rfc_order(method: str, fields: dict[str, str], expected: Outcome) -> None:
     """Preconditions are evaluated in RFC 9110 section 13.2.2's order."""
-    kwargs = {"if_match": None, "if_none_match": None, "if_modified_since": None, "if_unmodified_since": None}
+    kwargs = {
+        "if_match": None,
+        "if_none_match": None,
+        "if_modified_since": None,
+        "if_unmodified_since": None,
+    }
     kwargs.update(fields)
     assert evaluate_preconditions(method, V, **kwargs) is expected
 
 
 @pytest.mark.parametrize(
     ("value", "applies"),
-    [(None, True), (V.etag, True), ('"other"', False), (f"W/{V.etag}", False), (LM, True), (OLD, False), ("junk", False)],
+    [
+        (None, True),
+        (V.etag, True),
+        ('"other"', False),
+        (f"W/{V.etag}", False),
+        (LM, True),
+        (OLD, False),
+        ("junk", False),
+    ],
 )
 def test_if_range(value: str | None, applies: bool) -> None:
     """If-Range honours Range only for a strongly matching ETag or the exact Last-Modified."""

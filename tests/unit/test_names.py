@@ -100,7 +100,9 @@ PATTERN_CASES = [
 ]
 
 
-@pytest.mark.parametrize(("name", "default", "strict"), PATTERN_CASES, ids=[c[0] or "empty" for c in PATTERN_CASES])
+@pytest.mark.parametrize(
+    ("name", "default", "strict"), PATTERN_CASES, ids=[c[0] or "empty" for c in PATTERN_CASES]
+)
 def test_presets(name: str, default: bool, strict: bool) -> None:
     """The default preset accepts realistic legacy names; strict is the original a-z rule."""
     assert is_allowed_name(name, DEFAULT) is default

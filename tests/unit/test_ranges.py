@@ -33,12 +33,24 @@ CASES = [
     ("only-commas", "bytes=,,", 1000, None),
     ("non-ascii-digits", "bytes=\u0661-\u0662", 1000, None),
     ("overlapping", "bytes=0-10,5-20", 1000, None),
-    ("too-many", "bytes=" + ",".join(f"{i * 2}-{i * 2}" for i in range(MAX_RANGES + 1)), 1000, None),
-    ("max-allowed", "bytes=" + ",".join(f"{i * 2}-{i * 2}" for i in range(MAX_RANGES)), 1000, "n16"),
+    (
+        "too-many",
+        "bytes=" + ",".join(f"{i * 2}-{i * 2}" for i in range(MAX_RANGES + 1)),
+        1000,
+        None,
+    ),
+    (
+        "max-allowed",
+        "bytes=" + ",".join(f"{i * 2}-{i * 2}" for i in range(MAX_RANGES)),
+        1000,
+        "n16",
+    ),
 ]
 
 
-@pytest.mark.parametrize(("header", "size", "expected"), [c[1:] for c in CASES], ids=[c[0] for c in CASES])
+@pytest.mark.parametrize(
+    ("header", "size", "expected"), [c[1:] for c in CASES], ids=[c[0] for c in CASES]
+)
 def test_parse_range(header: str, size: int, expected: object) -> None:
     """Each header yields the ranges, UNSATISFIABLE (416), or None (ignore: 200)."""
     result = parse_range(header, size)

@@ -21,14 +21,19 @@ def _clean_env(monkeypatch: pytest.MonkeyPatch) -> None:
 def test_defaults_serve_the_sample_mounts() -> None:
     """With no settings at all, the two sample mounts shipped in the repo are served."""
     settings = load_settings()
-    assert [m.path for m in settings.mounts] == [SAMPLE_MOUNTS_DIR / "server1", SAMPLE_MOUNTS_DIR / "server2"]
+    assert [m.path for m in settings.mounts] == [
+        SAMPLE_MOUNTS_DIR / "server1",
+        SAMPLE_MOUNTS_DIR / "server2",
+    ]
     assert (settings.host, settings.port, settings.workers) == ("127.0.0.1", 8000, 1)
     assert settings.index_names == [] and settings.name_pattern == "default"
 
 
 def test_env_mounts_as_json_with_tables(monkeypatch: pytest.MonkeyPatch) -> None:
     """VEND_MOUNTS takes paths and tables; names default from the paths without repeating."""
-    monkeypatch.setenv("VEND_MOUNTS", '["/server1/content", {"path": "/server2/content", "sendfile": false}]')
+    monkeypatch.setenv(
+        "VEND_MOUNTS", '["/server1/content", {"path": "/server2/content", "sendfile": false}]'
+    )
     settings = load_settings()
     assert [(m.name, str(m.path), m.sendfile) for m in settings.mounts] == [
         ("server1", "/server1/content", True),
@@ -36,10 +41,14 @@ def test_env_mounts_as_json_with_tables(monkeypatch: pytest.MonkeyPatch) -> None
     ]
 
 
-def test_toml_file_env_and_command_line_precedence(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+def test_toml_file_env_and_command_line_precedence(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
     """Command line beats environment, which beats the TOML file, which beats defaults."""
     config = tmp_path / "vend.toml"
-    config.write_text('mounts = ["/a", {path = "/b", name = "bee"}]\nport = 9000\n[timeouts]\nsend_s = 5\n')
+    config.write_text(
+        'mounts = ["/a", {path = "/b", name = "bee"}]\nport = 9000\n[timeouts]\nsend_s = 5\n'
+    )
     settings = load_settings(config)
     assert [m.name for m in settings.mounts] == ["a", "bee"]
     assert settings.port == 9000 and settings.timeouts.send_s == 5
@@ -59,13 +68,19 @@ BAD = [
     ("index-name", {"index_names": ["../x"]}, "index_names"),
     ("mime", {"mime_types": {"webp": "image/webp"}}, "mime_types"),
     ("mount-extra-key", {"mounts": [{"path": "/a", "colour": "red"}]}, "mounts.0.colour"),
-    ("duplicate-names", {"mounts": [{"path": "/a", "name": "x"}, {"path": "/b", "name": "x"}]}, "unique"),
+    (
+        "duplicate-names",
+        {"mounts": [{"path": "/a", "name": "x"}, {"path": "/b", "name": "x"}]},
+        "unique",
+    ),
     ("bad-timeout", {"timeouts": {"fs_op_s": -1}}, "timeouts.fs_op_s"),
 ]
 
 
 @pytest.mark.parametrize(("overrides", "field"), [b[1:] for b in BAD], ids=[b[0] for b in BAD])
-def test_invalid_settings_give_one_line_naming_the_field(overrides: dict[str, object], field: str) -> None:
+def test_invalid_settings_give_one_line_naming_the_field(
+    overrides: dict[str, object], field: str
+) -> None:
     """Each invalid value raises SettingsError with one line that names the field."""
     with pytest.raises(SettingsError) as caught:
         load_settings(**overrides)
@@ -79,7 +94,11 @@ def test_unknown_key_in_file_and_bad_toml(tmp_path: Path) -> None:
     typo.write_text('mountz = ["/a"]\n')
     broken = tmp_path / "broken.toml"
     broken.write_text("mounts = [\n")
-    for path, word in ((typo, "mountz"), (broken, "not valid TOML"), (tmp_path / "none.toml", "none.toml")):
+    for path, word in (
+        (typo, "mountz"),
+        (broken, "not valid TOML"),
+        (tmp_path / "none.toml", "none.toml"),
+    ):
         with pytest.raises(SettingsError, match=word):
             load_settings(path)
 

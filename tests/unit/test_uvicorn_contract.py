@@ -22,7 +22,11 @@ def test_uvicorn_is_the_pinned_minor_version() -> None:
 
 def test_protocol_hooks_exist_with_their_signatures() -> None:
     """on_message_begin builds self.scope; _start_asgi_task(cycle, app) starts each request."""
-    assert list(inspect.signature(HttpToolsProtocol._start_asgi_task).parameters) == ["self", "cycle", "app"]
+    assert list(inspect.signature(HttpToolsProtocol._start_asgi_task).parameters) == [
+        "self",
+        "cycle",
+        "app",
+    ]
     assert "self.scope = {" in inspect.getsource(HttpToolsProtocol.on_message_begin)
     assert "cycle.run_asgi(app)" in inspect.getsource(HttpToolsProtocol._start_asgi_task)
 

@@ -1,0 +1,164 @@
+"""What operators do: the vend command's exit codes and output, the access log, permissions."""
+
+from __future__ import annotations
+
+import os
+import re
+import shutil
+import subprocess
+import tempfile
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from app.settings import SAMPLE_MOUNTS_DIR
+from tests.support import VEND, get_raw
+
+pytestmark = pytest.mark.live
+
+
+def _vend(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+    clean = {k: v for k, v in os.environ.items() if not k.startswith("VEND_")}
+    return subprocess.run(
+        [str(VEND), *args], env={**clean, **(env or {})}, capture_output=True, text=True, timeout=60
+    )
+
+
+def test_serve_with_no_settings_serves_the_samples(start_vend: Any) -> None:
+    """Plain `vend serve` prints a sample URL and serves every sample type byte-exact."""
+    proc = start_vend(None)
+    assert re.search(r"try http://127\.0\.0\.1:\d+/about\.html", proc.output())
+    with proc.client() as client:
+        about = client.get("/about.html")
+        assert about.content == (SAMPLE_MOUNTS_DIR / "server1" / "about.html").read_bytes()
+        for name, media_type in (
+            ("images/logo.png", "image/png"),
+            ("docs/manual.pdf", "application/pdf"),
+            ("css/site.css", "text/css"),
+            ("js/app.js", "text/javascript"),
+            ("js/jquery.min.js", "text/javascript"),
+        ):
+            response = client.get(f"/{name}")
+            assert response.status_code == 200, name
+            assert response.headers["content-type"] == media_type
+            on_disk = next(p for p in SAMPLE_MOUNTS_DIR.glob(f"*/{name}"))
+            assert response.content == on_disk.read_bytes()
+
+
+def test_serve_refuses_invalid_settings_in_one_line() -> None:
+    """Invalid settings: exit 2 and one line naming the field, no traceback."""
+    result = _vend("serve", env={"VEND_PORT": "70000"})
+    assert result.returncode == 2
+    assert result.stderr.strip().count("\n") == 0 and "port" in result.stderr
+    assert "Traceback" not in result.stderr
+
+
+def test_check_reports_each_mount(tmp_path: Path) -> None:
+    """`vend check` shows every mount with its filesystem; exit 0 all usable, 1 otherwise."""
+    good = _vend("check")
+    assert good.returncode == 0, good.stdout + good.stderr
+    assert "server1" in good.stdout and "server2" in good.stdout and "filesystem=" in good.stdout
+    mounts = f'["{SAMPLE_MOUNTS_DIR / "server1"}", "{tmp_path / "missing"}"]'
+    bad = _vend("check", env={"VEND_MOUNTS": mounts})
+    assert bad.returncode == 1
+    assert "UNUSABLE (ENOENT)" in bad.stdout
+    config = tmp_path / "bad.toml"
+    config.write_text("mounts = 3\n")
+    assert _vend("check", "--config", str(config)).returncode == 2
+
+
+def test_locate_names_the_serving_mount_and_shadowed_copies() -> None:
+    """`vend locate` says which mount serves a name and which copies it shadows."""
+    shadowed = _vend("locate", "about.html")
+    assert shadowed.returncode == 0
+    assert re.search(r"^server1: serves \(\d+ bytes", shadowed.stdout, re.M)
+    assert re.search(r"^server2: shadowed", shadowed.stdout, re.M)
+    assert _vend("locate", "/docs/manual.pdf").stdout.splitlines() == [
+        "server1: absent",
+        _vend("locate", "docs/manual.pdf").stdout.splitlines()[1],
+    ]
+    assert _vend("locate", "nothing-here.txt").returncode == 1
+    assert _vend("locate", "../etc/passwd").returncode == 2
+    assert _vend("locate", ".htaccess").returncode == 2
+
+
+def test_access_log_combined_format_with_mount_and_duration(
+    tmp_path: Path, start_vend: Any
+) -> None:
+    """Each request is one combined-format line plus the mount and microseconds; XFF trusted."""
+    log = tmp_path / "access.log"
+    proc = start_vend(None, {"access_log": str(log)})
+    with proc.client() as client:
+        client.get("/about.html", headers={"User-Agent": 'ua "quoted"', "Referer": "http://ref/"})
+        client.get("/nothing.txt", headers={"X-Forwarded-For": "203.0.113.9"})
+    get_raw(proc.port, b'/q"x.txt', extra=b'User-Agent: evil\xff"\r\n')
+    lines = log.read_text().splitlines()
+    assert len(lines) == 3
+    first = re.fullmatch(
+        r'127\.0\.0\.1 - - \[\d\d/\w{3}/\d{4}:\d\d:\d\d:\d\d [+-]\d{4}\] "GET /about\.html HTTP/1\.1" 200 (\d+)'
+        r' "http://ref/" "ua \\x22quoted\\x22" server1 (\d+)',
+        lines[0],
+    )
+    assert first, lines[0]
+    assert int(first.group(1)) == (SAMPLE_MOUNTS_DIR / "server1" / "about.html").stat().st_size
+    assert lines[1].startswith("203.0.113.9 - - [") and '" 404 10 "-"' in lines[1]
+    assert lines[1].split()[-2] == "-"
+    assert '"GET /q\\x22x.txt HTTP/1.1" 400' in lines[2], lines[2]
+    assert '"evil\\xff\\x22"' in lines[2]
+
+
+def test_forwarded_for_ignored_from_untrusted_peers(tmp_path: Path, start_vend: Any) -> None:
+    """With trusted_proxies empty, X-Forwarded-For is not believed: the peer is logged."""
+    log = tmp_path / "access.log"
+    proc = start_vend(None, {"access_log": str(log), "trusted_proxies": []})
+    with proc.client() as client:
+        client.get("/about.html", headers={"X-Forwarded-For": "203.0.113.9"})
+    assert log.read_text().startswith("127.0.0.1 - - [")
+
+
+@pytest.fixture
+def world_readable_tree() -> Iterator[Path]:
+    """A content tree an unprivileged user can traverse, with one file only root may read."""
+    base = Path(tempfile.mkdtemp(prefix="vend-perm-"))
+    try:
+        base.chmod(0o755)
+        mount = base / "m1"
+        mount.mkdir()
+        mount.chmod(0o755)
+        (mount / "open.txt").write_text("readable")
+        (mount / "open.txt").chmod(0o644)
+        (mount / "secret.txt").write_text("root only")
+        (mount / "secret.txt").chmod(0o600)
+        yield base
+    finally:
+        shutil.rmtree(base)
+
+
+@pytest.mark.skipif(
+    os.geteuid() != 0 or shutil.which("setpriv") is None, reason="needs root to drop to nobody"
+)
+def test_permission_denied_is_403_for_an_unprivileged_vend(
+    world_readable_tree: Path, start_vend: Any
+) -> None:
+    """vend running as nobody answers 403 for a file it may not read, and serves the others."""
+    if not os.access(VEND, os.X_OK) or (VEND.stat().st_mode & 0o005) != 0o005:
+        pytest.skip("the virtual environment is not readable by nobody")
+    proc = start_vend(
+        [str(world_readable_tree / "m1")],
+        command=[
+            "setpriv",
+            "--reuid=nobody",
+            "--regid=nogroup",
+            "--clear-groups",
+            str(VEND),
+            "serve",
+            "--port",
+            "{port}",
+        ],
+    )
+    with proc.client() as client:
+        assert client.get("/open.txt").text == "readable"
+        denied = client.get("/secret.txt")
+    assert denied.status_code == 403 and denied.text == "Forbidden\n"
