@@ -1,0 +1,133 @@
+"""Stand-in backends for what vend cannot be made to do on purpose: one that records the
+exact requests Apache sends it, and one that hangs up without answering.
+
+Both listen on a free loopback port in a thread and are closed by their fixtures.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import socket
+import threading
+from dataclasses import dataclass, field
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+from .httpd import free_port
+
+
+@dataclass(frozen=True)
+class RecordedRequest:
+    """One request as the backend received it.
+
+    Attributes:
+        request_line: the request line exactly as sent (``GET /x HTTP/1.1``).
+        headers: header fields as sent, names lower-cased, in order.
+    """
+
+    request_line: str
+    headers: list[tuple[str, str]]
+
+    @property
+    def target(self) -> str:
+        """The request-target of the request line."""
+        return self.request_line.split(" ")[1]
+
+    def header(self, name: str) -> list[str]:
+        """Return every value of header ``name`` (case-insensitive)."""
+        return [v for k, v in self.headers if k == name.lower()]
+
+
+@dataclass
+class Recorder:
+    """An HTTP/1.1 backend that answers 200 ``ok`` to everything and records each request.
+
+    Attributes:
+        port: its loopback port.
+        requests: what it received, in order.
+        connections: how many TCP connections it has accepted.
+    """
+
+    port: int
+    requests: list[RecordedRequest] = field(default_factory=list)
+    connections: int = 0
+    _server: ThreadingHTTPServer | None = field(default=None, repr=False)
+
+    @property
+    def address(self) -> str:
+        """``127.0.0.1:PORT``."""
+        return f"127.0.0.1:{self.port}"
+
+    def start(self) -> Recorder:
+        """Listen and serve in a daemon thread; returns self."""
+        recorder = self
+
+        class Handler(BaseHTTPRequestHandler):
+            protocol_version = "HTTP/1.1"
+
+            def setup(self) -> None:
+                recorder.connections += 1
+                super().setup()
+
+            def do_any(self) -> None:
+                headers = [(k.lower(), v) for k, v in self.headers.items()]
+                recorder.requests.append(RecordedRequest(self.requestline, headers))
+                self.send_response(200)
+                self.send_header("Content-Type", "text/plain")
+                self.send_header("Content-Length", "3")
+                self.end_headers()
+                if self.command != "HEAD":
+                    self.wfile.write(b"ok\n")
+
+            do_GET = do_HEAD = do_POST = do_any
+
+            def log_message(self, format: str, *args: object) -> None:
+                """Keep the test output quiet."""
+
+        self._server = ThreadingHTTPServer(("127.0.0.1", self.port), Handler)
+        self._server.daemon_threads = True
+        threading.Thread(target=self._server.serve_forever, daemon=True).start()
+        return self
+
+    def close(self) -> None:
+        """Stop serving and close the listening socket."""
+        if self._server is not None:
+            self._server.shutdown()
+            self._server.server_close()
+
+
+class SilentBackend:
+    """A backend that reads a request and closes the connection without answering.
+
+    Attributes:
+        port: its loopback port.
+    """
+
+    def __init__(self) -> None:
+        self.port = free_port()
+        self._sock = socket.create_server(("127.0.0.1", self.port))
+        self._sock.settimeout(0.2)
+        self._closed = threading.Event()
+        self._thread = threading.Thread(target=self._serve, daemon=True)
+        self._thread.start()
+
+    @property
+    def address(self) -> str:
+        """``127.0.0.1:PORT``."""
+        return f"127.0.0.1:{self.port}"
+
+    def _serve(self) -> None:
+        while not self._closed.is_set():
+            try:
+                conn, _ = self._sock.accept()
+            except OSError:
+                continue
+            with conn:
+                conn.settimeout(2)
+                with contextlib.suppress(OSError):
+                    conn.recv(65536)
+
+    def close(self) -> None:
+        """Stop accepting and close the listening socket."""
+        self._closed.set()
+        self._thread.join(timeout=5)
+        self._sock.close()
