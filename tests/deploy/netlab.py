@@ -217,10 +217,19 @@ class Lab:
                 errors.append(f"fusermount3 -u {mount}: {done.stderr.strip()}")
         for proc in reversed(self.processes):
             stop_group(proc)
-        for ns in reversed(self.namespaces):
-            for pid in self.pids(ns):  # started by this test (udhcpc, netplumb's supervisor, ssh)
+        # Whatever is left in the namespaces was started by this test (netplumb's
+        # supervisor, udhcpc, sshfs's ssh): SIGTERM first, so that the supervisor
+        # stops the udhcpc it runs, then SIGKILL after at most 5 s.
+        for sig in (signal.SIGTERM, signal.SIGKILL):
+            left = [pid for ns in self.namespaces for pid in self.pids(ns)]
+            for pid in left:
                 with contextlib.suppress(ProcessLookupError):
-                    os.kill(pid, signal.SIGKILL)
+                    os.kill(pid, sig)
+            deadline = time.monotonic() + 5
+            while left and time.monotonic() < deadline:
+                left = [pid for ns in self.namespaces for pid in self.pids(ns)]
+                time.sleep(0.05)
+        for ns in reversed(self.namespaces):
             done = subprocess.run(
                 ["ip", "netns", "del", ns], capture_output=True, text=True, check=False
             )
