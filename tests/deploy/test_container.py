@@ -69,7 +69,14 @@ def instructions(text: str) -> list[tuple[str, str]]:
 def compose_config() -> dict[str, Any]:
     """Return compose.yaml as Docker Compose resolves it (``docker-compose config``)."""
     proc = subprocess.run(
-        [tool("docker-compose"), "-f", str(CONTAINER / "compose.yaml"), "config", "--format", "json"],
+        [
+            tool("docker-compose"),
+            "-f",
+            str(CONTAINER / "compose.yaml"),
+            "config",
+            "--format",
+            "json",
+        ],
         capture_output=True,
         text=True,
         timeout=60,
@@ -88,7 +95,7 @@ def test_hadolint_reports_nothing() -> None:
 
 
 def test_hadolint_settings_still_catch_problems() -> None:
-    """With the same settings, an unpinned base image is reported, so the clean lint means something."""
+    """With the same settings an unpinned base image is reported: the clean lint means something."""
     text = CONTAINERFILE.read_text().replace("FROM ${PYTHON_IMAGE}\n", "FROM python:latest\n")
     status, findings = hadolint(text)
     assert status == 1
@@ -96,7 +103,7 @@ def test_hadolint_settings_still_catch_problems() -> None:
 
 
 def test_every_ignored_rule_has_a_reason() -> None:
-    """Each rule hadolint.yaml ignores is listed on its own line with a comment giving the reason."""
+    """Each rule hadolint.yaml ignores is on its own line with a comment giving the reason."""
     text = HADOLINT_CONFIG.read_text()
     inline = re.search(r"^ignored:\s*\[(.*)\]", text, re.MULTILINE)
     if inline:
@@ -165,7 +172,7 @@ def test_healthcheck_command_follows_vend_health(
 
 
 def test_compose_file_is_valid_and_uses_macvlan_on_a_vlan() -> None:
-    """compose.yaml validates, puts vend on a macvlan network over a VLAN sub-interface, read-only."""
+    """compose.yaml validates and puts vend, read-only, on macvlan over a VLAN sub-interface."""
     config = compose_config()
     (network,) = config["networks"].values()
     assert network["driver"] == "macvlan"
