@@ -2,12 +2,18 @@
 
 How a request travels::
 
-    raw_path ──names.parse_request_path──► name ──whitelist──► federation.find_file
-        (400 on refusal)                                           │ mounts, in order,
-                                                                   │ each in its own threads
-    responses.send_file ◄── open file (403 / 404 / 503 / 301) ◄────┘
+    raw_path ─names.parse_request_path─► name ─whitelist─► cache.NameCache ─hit─┐
+        (400 on refusal)                                          │ miss or stale   │
+                                                 federation.find_file               │
+                                                   mounts, in order, each in        │
+                                                   its own threads (403/404/503/301)│
+    responses.send_representation ◄── small file's bytes or open file ◄─────────────┘
         │ conditional.py (304/412), ranges.py (206/416)
-        └► body: zero-copy send (app.protocol, sendfile) or threaded reads
+        └► body: from memory (cache), zero-copy send (app.protocol: sendfile),
+                 or reads in the mount's threads
+
+A cache hit for a small file costs no thread hand-off and no filesystem call (see
+``app.cache`` for the staleness bound).
 
 Paths under ``/.well-known/vend/`` go to the operator endpoints (``app.operator``); the
 whitelist refuses that prefix as content (a segment starting with a dot), so operator
@@ -24,14 +30,24 @@ import time
 from typing import Final
 
 from app.accesslog import AccessLog
+from app.cache import CachedMiss, NameCache
 from app.federation import Miss, Redirect, find_file
 from app.media_types import MediaTypes
 from app.metrics import Metrics
-from app.mounts import Mount, OpenFile, build_mounts
+from app.mounts import Mount, SmallFile, build_mounts
 from app.names import NameRefused, compile_pattern, is_allowed_name, parse_request_path
 from app.operator import create_operator_app
 from app.protocol import ZEROCOPY
-from app.responses import Sent, read_request_fields, send_error, send_file, send_redirect
+from app.responses import (
+    FileBody,
+    MemoryBody,
+    Sent,
+    make_representation,
+    read_request_fields,
+    send_error,
+    send_redirect,
+    send_representation,
+)
 from app.settings import Settings
 from app.types import Message, Receive, Scope, Send
 
@@ -62,6 +78,14 @@ class VendApp:
         self._pattern = compile_pattern(settings.name_pattern)
         self._media_types = MediaTypes(settings.mime_types)
         self._operator = create_operator_app(self)
+        c = settings.cache
+        self.cache = NameCache(
+            ttl_s=c.ttl_s,
+            miss_ttl_s=c.miss_ttl_s,
+            max_entries=c.max_entries,
+            max_bytes=c.max_bytes,
+            max_file_bytes=c.max_file_bytes,
+        )
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         """ASGI entry point: HTTP requests and the lifespan protocol."""
@@ -123,33 +147,53 @@ class VendApp:
             status = 404 if request_name.wants_index else 400
             return await send_error(send, status, head=head), None
 
+        name = candidates[0]
+        cacheable = not request_name.wants_index
+        if cacheable:
+            cached = self.cache.get(name, time.monotonic())
+            if isinstance(cached, CachedMiss):
+                return await send_error(send, 404, head=head), None
+            if cached is not None and cached.body is not None:
+                fields = read_request_fields(method, scope["headers"])
+                sent = await send_representation(send, fields, cached.rep, MemoryBody(cached.body))
+                return sent, cached.mount.name
+
+        checked_at = time.monotonic()
         found = await find_file(
             self.mounts,
             candidates,
             redirect_directories=bool(index_names) and not request_name.wants_index,
+            max_read_bytes=self.cache.max_file_bytes,
         )
         if isinstance(found, Miss):
+            if found is Miss.NOT_FOUND and cacheable:
+                self.cache.put_miss(name, checked_at)
             return await send_error(send, found.value, head=head), None
         if isinstance(found, Redirect):
             location = raw_path + b"/"
             if scope.get("query_string"):
                 location += b"?" + scope["query_string"]
             return await send_redirect(send, location, head=head), found.mount.name
-        return await self._send_open_file(scope, found, send), found.mount.name
-
-    async def _send_open_file(self, scope: Scope, file: OpenFile, send: Send) -> Sent:
+        rep = make_representation(
+            found.size,
+            found.mtime_ns,
+            self._media_types.for_name(found.name),
+            self.settings.cache_control,
+        )
+        if cacheable:
+            small = found.body if isinstance(found, SmallFile) else None
+            self.cache.put_file(name, found.mount, rep, small, checked_at)
+        fields = read_request_fields(method, scope["headers"])
+        if isinstance(found, SmallFile):
+            return await send_representation(
+                send, fields, rep, MemoryBody(found.body)
+            ), found.mount.name
         try:
-            zerocopy = ZEROCOPY in scope.get("extensions", {}) and file.mount.settings.sendfile
-            return await send_file(
-                send,
-                read_request_fields(scope["method"], scope["headers"]),
-                file,
-                media_type=self._media_types.for_name(file.name),
-                cache_control=self.settings.cache_control,
-                zerocopy=zerocopy,
-            )
+            zerocopy = ZEROCOPY in scope.get("extensions", {}) and found.mount.settings.sendfile
+            body = FileBody(found, zerocopy=zerocopy and method == "GET")
+            return await send_representation(send, fields, rep, body), found.mount.name
         finally:
-            file.close()
+            found.close()
 
     async def _call_operator(self, scope: Scope, receive: Receive, send: Send) -> int:
         status = 500

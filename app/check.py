@@ -14,7 +14,7 @@ from dataclasses import dataclass
 
 from app.federation import list_copies
 from app.mountinfo import filesystem_type
-from app.mounts import Lookup, Mount, MountUnavailable, OpenFile, build_mounts
+from app.mounts import Lookup, Mount, MountUnavailable, OpenFile, SmallFile, build_mounts
 from app.settings import Settings
 
 
@@ -128,7 +128,7 @@ async def locate_name(settings: Settings, name: str) -> list[Copy]:
     try:
         copies = []
         for mount, found in await list_copies(mounts, name):
-            if isinstance(found, OpenFile):
+            if isinstance(found, (OpenFile, SmallFile)):
                 copies.append(Copy(mount.name, "file", found.size, found.mtime_ns))
             elif isinstance(found, Lookup):
                 copies.append(Copy(mount.name, found.value))

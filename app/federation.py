@@ -17,7 +17,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from enum import Enum
 
-from app.mounts import Lookup, Mount, MountUnavailable, OpenFile
+from app.mounts import Lookup, Mount, MountUnavailable, OpenFile, SmallFile
 
 
 class Miss(Enum):
@@ -40,8 +40,12 @@ class Redirect:
 
 
 async def find_file(
-    mounts: Sequence[Mount], candidates: Sequence[str], *, redirect_directories: bool
-) -> OpenFile | Redirect | Miss:
+    mounts: Sequence[Mount],
+    candidates: Sequence[str],
+    *,
+    redirect_directories: bool,
+    max_read_bytes: int = 0,
+) -> OpenFile | SmallFile | Redirect | Miss:
     """Find the first mount holding one of ``candidates`` as a regular file.
 
     Args:
@@ -51,19 +55,22 @@ async def find_file(
         redirect_directories: answer a directory with a ``Redirect`` (index names are
             configured and the request had no trailing ``/``); otherwise a directory is
             treated as absent.
+        max_read_bytes: files of at most this size are read whole in the mount's thread
+            and returned as a ``SmallFile`` (0: never).
 
     Returns:
-        The open file (the caller closes it), a ``Redirect``, or a ``Miss``.
+        The small file's bytes, the open file (the caller closes it), a ``Redirect``, or
+        a ``Miss``.
     """
     failed = False
     for mount in mounts:
         for name in candidates:
             try:
-                found = await mount.lookup(name)
+                found = await mount.lookup(name, max_read_bytes)
             except MountUnavailable:
                 failed = True
                 break
-            if isinstance(found, OpenFile):
+            if isinstance(found, (OpenFile, SmallFile)):
                 return found
             if found is Lookup.FORBIDDEN:
                 return Miss.FORBIDDEN
@@ -74,7 +81,7 @@ async def find_file(
 
 async def list_copies(
     mounts: Sequence[Mount], name: str
-) -> list[tuple[Mount, OpenFile | Lookup | str]]:
+) -> list[tuple[Mount, OpenFile | SmallFile | Lookup | str]]:
     """Look ``name`` up on every mount, for ``vend locate``.
 
     Args:
@@ -85,7 +92,7 @@ async def list_copies(
         One ``(mount, outcome)`` per mount: an ``OpenFile`` (closed already), a ``Lookup``,
         or the errno name of a failure.
     """
-    copies: list[tuple[Mount, OpenFile | Lookup | str]] = []
+    copies: list[tuple[Mount, OpenFile | SmallFile | Lookup | str]] = []
     for mount in mounts:
         try:
             found = await mount.lookup(name)

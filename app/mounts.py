@@ -101,16 +101,61 @@ def is_within(real_path: str, root: str) -> bool:
         return False
 
 
-def open_in_mount(root: str, name: str, mount: Mount) -> OpenFile | Lookup:
+@dataclass(frozen=True, slots=True, eq=False)
+class SmallFile:
+    """A regular file read whole inside a mount (its descriptor is already closed).
+
+    Attributes:
+        body: the file's bytes.
+        mtime_ns: modification time in nanoseconds since the epoch.
+        name: the name that was read, relative to the mount.
+        mount: the mount that holds it.
+    """
+
+    body: bytes
+    mtime_ns: int
+    name: str
+    mount: Mount
+
+    @property
+    def size(self) -> int:
+        """Size in bytes."""
+        return len(self.body)
+
+
+def _read_small(fd: int, st: os.stat_result, max_bytes: int) -> bytes | None:
+    """The whole file if it has at most ``max_bytes`` and did not change while read."""
+    if st.st_size > max_bytes:
+        return None
+    chunks = []
+    total = 0
+    while total <= max_bytes:
+        chunk = os.pread(fd, max_bytes + 1 - total, total)
+        if not chunk:
+            break
+        chunks.append(chunk)
+        total += len(chunk)
+    after = os.fstat(fd)
+    if total > max_bytes or (after.st_size, after.st_mtime_ns) != (total, st.st_mtime_ns):
+        return None  # growing or being rewritten: serve it from the descriptor instead
+    return b"".join(chunks)
+
+
+def open_in_mount(
+    root: str, name: str, mount: Mount, max_read_bytes: int = 0
+) -> OpenFile | SmallFile | Lookup:
     """Open ``name`` under the mount's real path, race-free. Blocking: run in a thread.
 
     Args:
         root: the mount's real path (no symlinks).
         name: a validated relative name (no empty, ``.`` or ``..`` segments).
         mount: the mount, recorded in the result.
+        max_read_bytes: read files of at most this many bytes whole, in the same thread
+            (0: never).
 
     Returns:
-        An ``OpenFile`` for a regular file whose real path is inside ``root``; otherwise
+        A ``SmallFile`` for a small regular file, an ``OpenFile`` for a larger one (the
+        caller closes it), when its real path is inside ``root``; otherwise
         ``Lookup.ABSENT``, ``Lookup.DIRECTORY`` or ``Lookup.FORBIDDEN``.
 
     Raises:
@@ -138,9 +183,13 @@ def open_in_mount(root: str, name: str, mount: Mount) -> OpenFile | Lookup:
         if stat.S_ISDIR(st.st_mode):
             os.close(fd)
             return Lookup.DIRECTORY
+        body = _read_small(fd, st, max_read_bytes) if max_read_bytes else None
     except BaseException:
         os.close(fd)
         raise
+    if body is not None:
+        os.close(fd)
+        return SmallFile(body=body, mtime_ns=st.st_mtime_ns, name=name, mount=mount)
     return OpenFile(fd=fd, size=st.st_size, mtime_ns=st.st_mtime_ns, name=name, mount=mount)
 
 
@@ -223,11 +272,12 @@ class Mount:
         self.last_error = None
         return True
 
-    async def lookup(self, name: str) -> OpenFile | Lookup:
+    async def lookup(self, name: str, max_read_bytes: int = 0) -> OpenFile | SmallFile | Lookup:
         """Look ``name`` up under this mount.
 
         Args:
             name: a validated relative name.
+            max_read_bytes: read files up to this size whole (see ``open_in_mount``).
 
         Returns:
             See ``open_in_mount``.
@@ -238,7 +288,7 @@ class Mount:
         if self.real_root is None and not await self.prepare():
             raise MountUnavailable(self.last_error or "EIO")
         assert self.real_root is not None
-        return await self.call(open_in_mount, self.real_root, name, self)
+        return await self.call(open_in_mount, self.real_root, name, self, max_read_bytes)
 
     def close(self) -> None:
         """Stop accepting work; threads blocked in the kernel are left to finish."""

@@ -19,7 +19,7 @@ import asyncio
 import secrets
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Final
+from typing import Final, Protocol
 
 import aiofiles
 
@@ -83,6 +83,16 @@ class RequestFields:
     if_none_match: str | None = None
     if_modified_since: str | None = None
     if_unmodified_since: str | None = None
+
+    @property
+    def has_conditions(self) -> bool:
+        """True when any precondition field is present (RFC 9110 section 13.1)."""
+        return not (
+            self.if_match is None
+            and self.if_none_match is None
+            and self.if_modified_since is None
+            and self.if_unmodified_since is None
+        )
 
 
 _FIELD_NAMES: Final = {
@@ -173,39 +183,91 @@ async def send_redirect(send: Send, location: bytes, *, head: bool) -> Sent:
     return Sent(301, 0 if head else len(body))
 
 
-def representation_headers(
-    validators: Validators, media_type: str, cache_control: str
-) -> list[tuple[bytes, bytes]]:
-    """Headers every 200, 206 and 304 of a file carries (RFC 9110 sections 8 and 15.4.5).
+@dataclass(frozen=True, slots=True)
+class Representation:
+    """What a file response says about the file, computed once per version of the file.
+
+    Attributes:
+        size: the representation's length in bytes.
+        validators: its ETag and Last-Modified.
+        media_type: its Content-Type.
+        headers: the headers every 200, 206 and 304 carries (RFC 9110 section 15.4.5),
+            Content-Type first (a 304 drops it).
+        headers_200: ``headers`` plus Content-Length, for a 200.
+    """
+
+    size: int
+    validators: Validators
+    media_type: str
+    headers: tuple[tuple[bytes, bytes], ...]
+    headers_200: list[tuple[bytes, bytes]]
+
+
+def make_representation(
+    size: int, mtime_ns: int, media_type: str, cache_control: str
+) -> Representation:
+    """Build a file's representation metadata.
 
     Args:
-        validators: the file's ETag and Last-Modified.
-        media_type: its Content-Type.
+        size: length in bytes.
+        mtime_ns: modification time in nanoseconds since the epoch.
+        media_type: the Content-Type.
         cache_control: the configured Cache-Control value.
 
     Returns:
-        ASGI header pairs; Content-Type is first (a 304 drops it).
+        The representation, with its response headers prepared.
     """
-    return [
+    validators = make_validators(size, mtime_ns)
+    headers = (
         (b"content-type", media_type.encode()),
         (b"etag", validators.etag.encode()),
         (b"last-modified", validators.last_modified.encode()),
         (b"cache-control", cache_control.encode()),
         (b"accept-ranges", b"bytes"),
         (b"x-content-type-options", b"nosniff"),
-    ]
+    )
+    return Representation(
+        size=size,
+        validators=validators,
+        media_type=media_type,
+        headers=headers,
+        headers_200=[*headers, (b"content-length", str(size).encode())],
+    )
 
 
-async def send_file(
-    send: Send,
-    request: RequestFields,
-    file: OpenFile,
-    *,
-    media_type: str,
-    cache_control: str,
-    zerocopy: bool,
+class BodySource(Protocol):
+    """Where a response body's bytes come from."""
+
+    async def write_range(self, send: Send, offset: int, count: int, *, more_body: bool) -> None:
+        """Send ``count`` bytes from ``offset`` (bytes) as one or more body messages."""
+
+
+class MemoryBody:
+    """A body held in memory (a small file from the cache).
+
+    Args:
+        data: the whole file.
+    """
+
+    __slots__ = ("data",)
+
+    def __init__(self, data: bytes) -> None:
+        self.data = data
+
+    async def write_range(self, send: Send, offset: int, count: int, *, more_body: bool) -> None:
+        """Send the bytes ``offset .. offset+count-1``; no thread, no filesystem."""
+        data = (
+            self.data
+            if (offset, count) == (0, len(self.data))
+            else self.data[offset : offset + count]
+        )
+        await send({"type": "http.response.body", "body": data, "more_body": more_body})
+
+
+async def send_representation(
+    send: Send, request: RequestFields, rep: Representation, body: BodySource
 ) -> Sent:
-    """Answer a GET or HEAD for an open file, per RFC 9110.
+    """Answer a GET or HEAD for a file, per RFC 9110.
 
     Evaluates preconditions (section 13.2.2: 412 or 304), then Range and If-Range
     (section 14: 206, multipart/byteranges for several ranges, or 416), else 200.
@@ -213,11 +275,8 @@ async def send_file(
     Args:
         send: the ASGI send callable.
         request: the method and conditional/range fields.
-        file: the open file; the caller closes it afterwards.
-        media_type: the Content-Type.
-        cache_control: the Cache-Control value.
-        zerocopy: the server offers ``http.response.zerocopysend`` and the mount allows
-            sendfile.
+        rep: the file's representation metadata.
+        body: where the bytes come from (memory, or an open file).
 
     Returns:
         What was sent.
@@ -227,92 +286,106 @@ async def send_file(
             the server then ends the connection.
         OSError, TimeoutError: a read failed or timed out after the headers were sent.
     """
-    validators = make_validators(file.size, file.mtime_ns)
-    outcome = evaluate_preconditions(
-        request.method,
-        validators,
-        if_match=request.if_match,
-        if_none_match=request.if_none_match,
-        if_modified_since=request.if_modified_since,
-        if_unmodified_since=request.if_unmodified_since,
-    )
     head = request.method == "HEAD"
-    if outcome is Outcome.PRECONDITION_FAILED:
-        return await send_error(send, 412, head=head)
-    headers = representation_headers(validators, media_type, cache_control)
-    if outcome is Outcome.NOT_MODIFIED:
-        await send({"type": "http.response.start", "status": 304, "headers": headers[1:]})
-        await send({"type": "http.response.body", "body": b""})
-        return Sent(304, 0)
+    if request.has_conditions:
+        outcome = evaluate_preconditions(
+            request.method,
+            rep.validators,
+            if_match=request.if_match,
+            if_none_match=request.if_none_match,
+            if_modified_since=request.if_modified_since,
+            if_unmodified_since=request.if_unmodified_since,
+        )
+        if outcome is Outcome.PRECONDITION_FAILED:
+            return await send_error(send, 412, head=head)
+        if outcome is Outcome.NOT_MODIFIED:
+            await send({"type": "http.response.start", "status": 304, "headers": rep.headers[1:]})
+            await send({"type": "http.response.body", "body": b""})
+            return Sent(304, 0)
 
     ranges = None
-    if request.range is not None and not head and is_range_applicable(request.if_range, validators):
-        ranges = parse_range(request.range, file.size)
+    if (
+        request.range is not None
+        and not head
+        and is_range_applicable(request.if_range, rep.validators)
+    ):
+        ranges = parse_range(request.range, rep.size)
     if isinstance(ranges, Unsatisfiable):
         return await send_error(
-            send, 416, headers=[(b"content-range", f"bytes */{file.size}".encode())]
+            send, 416, headers=[(b"content-range", f"bytes */{rep.size}".encode())]
         )
-    body = _BodyWriter(send, file, zerocopy=zerocopy and not head)
     if not ranges:
-        headers.append((b"content-length", str(file.size).encode()))
-        await send({"type": "http.response.start", "status": 200, "headers": headers})
+        await send({"type": "http.response.start", "status": 200, "headers": rep.headers_200})
         if head:
             await send({"type": "http.response.body", "body": b""})
             return Sent(200, 0)
-        await body.write_range(0, file.size, more_body=False)
-        return Sent(200, file.size)
+        await body.write_range(send, 0, rep.size, more_body=False)
+        return Sent(200, rep.size)
     if len(ranges) == 1:
         only = ranges[0]
-        headers.append((b"content-range", only.content_range(file.size).encode()))
-        headers.append((b"content-length", str(only.length).encode()))
+        headers = [
+            *rep.headers,
+            (b"content-range", only.content_range(rep.size).encode()),
+            (b"content-length", str(only.length).encode()),
+        ]
         await send({"type": "http.response.start", "status": 206, "headers": headers})
-        await body.write_range(only.first, only.length, more_body=False)
+        await body.write_range(send, only.first, only.length, more_body=False)
         return Sent(206, only.length)
-    return await _send_multipart(send, body, headers, ranges, file.size, media_type)
+    return await _send_multipart(send, body, rep, ranges)
 
 
 async def _send_multipart(
-    send: Send,
-    body: _BodyWriter,
-    headers: list[tuple[bytes, bytes]],
-    ranges: tuple[ByteRange, ...],
-    size: int,
-    media_type: str,
+    send: Send, body: BodySource, rep: Representation, ranges: tuple[ByteRange, ...]
 ) -> Sent:
     """206 with ``multipart/byteranges`` (RFC 9110 section 14.6), CRLF line endings."""
     boundary = secrets.token_hex(16).encode()
     part_heads = [
         b"--%s\r\nContent-Type: %s\r\nContent-Range: %s\r\n\r\n"
-        % (boundary, media_type.encode(), r.content_range(size).encode())
+        % (boundary, rep.media_type.encode(), r.content_range(rep.size).encode())
         for r in ranges
     ]
     closing = b"--%s--\r\n" % boundary
     total = sum(len(h) + r.length + 2 for h, r in zip(part_heads, ranges, strict=True)) + len(
         closing
     )
-    headers[0] = (b"content-type", b"multipart/byteranges; boundary=" + boundary)
-    headers.append((b"content-length", str(total).encode()))
+    headers = [
+        (b"content-type", b"multipart/byteranges; boundary=" + boundary),
+        *rep.headers[1:],
+        (b"content-length", str(total).encode()),
+    ]
     await send({"type": "http.response.start", "status": 206, "headers": headers})
     for index, (part_head, r) in enumerate(zip(part_heads, ranges, strict=True)):
         lead = part_head if index == 0 else b"\r\n" + part_head
         await send({"type": "http.response.body", "body": lead, "more_body": True})
-        await body.write_range(r.first, r.length, more_body=True)
+        await body.write_range(send, r.first, r.length, more_body=True)
     await send({"type": "http.response.body", "body": b"\r\n" + closing, "more_body": False})
     return Sent(206, total)
 
 
-class _BodyWriter:
-    """Writes byte ranges of an open file with zero-copy send or threaded reads."""
+class FileBody:
+    """A body read from an open file: zero-copy send, or reads in the mount's threads.
 
-    def __init__(self, send: Send, file: OpenFile, *, zerocopy: bool) -> None:
-        self._send = send
+    Args:
+        file: the open file (the caller closes it).
+        zerocopy: the server offers ``http.response.zerocopysend`` and the mount allows
+            sendfile.
+    """
+
+    __slots__ = ("_file", "_zerocopy")
+
+    def __init__(self, file: OpenFile, *, zerocopy: bool) -> None:
         self._file = file
         self._zerocopy = zerocopy
 
-    async def write_range(self, offset: int, count: int, *, more_body: bool) -> None:
-        """Send ``count`` bytes from ``offset`` (bytes), as one or more body messages."""
+    async def write_range(self, send: Send, offset: int, count: int, *, more_body: bool) -> None:
+        """Send ``count`` bytes from ``offset`` (bytes), as one or more body messages.
+
+        Raises:
+            ShortFileError: the file ended early (thread fallback).
+            OSError, TimeoutError: a read failed or took longer than the mount's timeout.
+        """
         if self._zerocopy:
-            await self._send(
+            await send(
                 {
                     "type": "http.response.zerocopysend",
                     "file": self._file,
@@ -325,12 +398,14 @@ class _BodyWriter:
                 }
             )
             return
-        await self._write_by_reading(offset, count, more_body=more_body)
+        await self._write_by_reading(send, offset, count, more_body=more_body)
 
-    async def _write_by_reading(self, offset: int, count: int, *, more_body: bool) -> None:
+    async def _write_by_reading(
+        self, send: Send, offset: int, count: int, *, more_body: bool
+    ) -> None:
         mount = self._file.mount
         if count == 0:
-            await self._send({"type": "http.response.body", "body": b"", "more_body": more_body})
+            await send({"type": "http.response.body", "body": b"", "more_body": more_body})
             return
         async with aiofiles.open(
             self._file.fd, "rb", buffering=0, closefd=False, executor=mount.executor
@@ -338,13 +413,12 @@ class _BodyWriter:
             await asyncio.wait_for(handle.seek(offset), mount.fs_op_s)
             remaining = count
             while remaining > 0:
-                data = await asyncio.wait_for(
-                    handle.read(min(CHUNK_BYTES, remaining)), mount.fs_op_s
-                )
+                wanted = min(CHUNK_BYTES, remaining)
+                data = await asyncio.wait_for(handle.read(wanted), mount.fs_op_s)
                 if not data:
                     raise ShortFileError("file shrank while being sent")
                 remaining -= len(data)
-                await self._send(
+                await send(
                     {
                         "type": "http.response.body",
                         "body": data,

@@ -101,6 +101,27 @@ class Timeouts(BaseModel):
     graceful_shutdown_s: float = Field(default=10.0, gt=0, le=3600)
 
 
+class CacheSettings(BaseModel):
+    """The name cache of the hot path (see ``app.cache`` for the staleness bound).
+
+    Attributes:
+        ttl_s: how long a found name is served without looking at the mounts, in
+            seconds; at most NFS's minimum attribute cache time (3 s); 0 turns the cache off.
+        miss_ttl_s: how long "no mount has it" is remembered, in seconds.
+        max_entries: most names remembered.
+        max_bytes: most bytes of small files held in memory, in bytes.
+        max_file_bytes: largest file held in memory, in bytes; larger ones use sendfile.
+    """
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    ttl_s: float = Field(default=2.0, ge=0, le=3)
+    miss_ttl_s: float = Field(default=1.0, ge=0, le=3)
+    max_entries: int = Field(default=50_000, ge=1)
+    max_bytes: int = Field(default=32 * 1024 * 1024, ge=0)
+    max_file_bytes: int = Field(default=256 * 1024, ge=0)
+
+
 class Settings(BaseSettings):
     """All of vend's settings (see the README's settings table for each env var).
 
@@ -132,6 +153,7 @@ class Settings(BaseSettings):
     trusted_proxies: list[str] = Field(default_factory=lambda: ["127.0.0.1", "::1"])
     threads_per_mount: int = Field(default=8, ge=1, le=256)
     timeouts: Timeouts = Field(default_factory=Timeouts)
+    cache: CacheSettings = Field(default_factory=CacheSettings)
     log_level: Literal["debug", "info", "warning", "error"] = "info"
 
     @classmethod

@@ -1,0 +1,81 @@
+"""The name cache: bounded staleness after a file changes on a mount (app.cache)."""
+
+from __future__ import annotations
+
+import os
+import time
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from app.cache import NameCache
+from app.responses import make_representation
+
+pytestmark = pytest.mark.live
+
+TTL_S = 2.0  # the documented default of cache.ttl_s
+
+
+def _poll_until(client: Any, path: str, wanted: bytes, bound_s: float) -> float:
+    """Seconds until ``path`` serves ``wanted``; fails past ``bound_s``."""
+    started = time.monotonic()
+    while time.monotonic() - started < bound_s:
+        if client.get(path).content == wanted:
+            return time.monotonic() - started
+        time.sleep(0.05)
+    pytest.fail(f"{path} still stale after {bound_s} s")
+
+
+def test_replaced_file_is_served_new_within_the_ttl(tmp_path: Path, start_vend: Any) -> None:
+    """A small file replaced on its mount is served in its new version within ttl_s."""
+    m1, m2 = tmp_path / "m1", tmp_path / "m2"
+    m1.mkdir()
+    m2.mkdir()
+    (m2 / "page.html").write_bytes(b"version 1")
+    proc = start_vend([str(m1), str(m2)])
+    with proc.client() as client:
+        assert client.get("/page.html").content == b"version 1"
+        assert client.get("/page.html").content == b"version 1"  # now from the cache
+        (m2 / "page.html.tmp").write_bytes(b"version 2, longer")
+        os.replace(m2 / "page.html.tmp", m2 / "page.html")
+        waited = _poll_until(client, "/page.html", b"version 2, longer", TTL_S + 1.0)
+        # A copy appearing on an earlier mount takes over within the same bound.
+        (m1 / "page.html").write_bytes(b"from m1")
+        waited = max(waited, _poll_until(client, "/page.html", b"from m1", TTL_S + 1.0))
+        # A deleted file stops being served within the bound too.
+        (m1 / "page.html").unlink()
+        (m2 / "page.html").unlink()
+        started = time.monotonic()
+        while client.get("/page.html").status_code != 404:
+            assert time.monotonic() - started < TTL_S + 1.0
+            time.sleep(0.05)
+    assert waited <= TTL_S + 1.0
+
+
+def test_a_new_file_is_found_after_a_cached_miss(tmp_path: Path, start_vend: Any) -> None:
+    """A 404 is remembered only briefly: a file created afterwards is served within miss_ttl_s."""
+    m1 = tmp_path / "m1"
+    m1.mkdir()
+    proc = start_vend([str(m1)])
+    with proc.client() as client:
+        assert client.get("/late.txt").status_code == 404
+        (m1 / "late.txt").write_bytes(b"here now")
+        _poll_until(client, "/late.txt", b"here now", 1.0 + 1.0)
+
+
+def test_cache_bounds_entries_and_bytes() -> None:
+    """Least recently used entries leave first; bodies over max_file_bytes are not kept."""
+    cache = NameCache(ttl_s=2, miss_ttl_s=1, max_entries=3, max_bytes=10, max_file_bytes=4)
+    rep = make_representation(4, 0, "text/plain", "no-cache")
+    mount: Any = object()
+    for name in ("a", "b", "c"):
+        cache.put_file(name, mount, rep, b"1234", now=0.0)
+    assert len(cache) == 2 and cache.body_bytes == 8  # 12 bytes > 10: "a" left
+    assert cache.get("a", 0.0) is None and cache.get("b", 0.0) is not None
+    big = cache.put_file("d", mount, rep, b"12345", now=0.0)
+    assert big.body is None
+    cache.put_miss("e", now=0.0)
+    assert len(cache) == 3
+    assert cache.get("b", 1.99) is not None and cache.get("b", 2.0) is None
+    assert cache.get("e", 0.99) is not None and cache.get("e", 1.0) is None
