@@ -219,7 +219,7 @@ def test_vend_serves_a_file_from_an_sshfs_mount_behind_the_jump_host(
 
 
 def test_dead_content_host_fails_fast_and_recovers(lab: Lab, start_vend: Any) -> None:
-    """With the content host cut off, vend answers 503 within seconds; once back, it serves again."""
+    """Content host cut off: 503 within seconds and the mount reported down; once back, served again."""
     site = build_site(lab)
     mountpoint = mount_export(lab, site, keepalive=TEST_KEEPALIVE)
     (site.export / "legacy" / "later.html").write_bytes(PAGE)
@@ -235,6 +235,9 @@ def test_dead_content_host_fails_fast_and_recovers(lab: Lab, start_vend: Any) ->
         assert response.status_code == 503
         assert "retry-after" in response.headers
         assert elapsed < 15, f"took {elapsed:.1f} s"
+        health = client.get("/.well-known/vend/health")
+        assert health.status_code == 503
+        assert [m["state"] for m in health.json()["mounts"]] == ["down"]
 
         lab.ip(site.content, "link", "set", site.content_link, "up")
         deadline = time.monotonic() + 30
