@@ -108,3 +108,18 @@ def test_env_value_that_is_not_json(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("VEND_MOUNTS", "/a,/b")
     with pytest.raises(SettingsError, match="mounts"):
         load_settings()
+
+
+def test_example_file_lists_every_setting_with_its_default(monkeypatch: pytest.MonkeyPatch) -> None:
+    """examples/vend.toml names every setting, each at its default (mounts aside)."""
+    monkeypatch.chdir(SAMPLE_MOUNTS_DIR.parent.parent)
+    example = load_settings("examples/vend.toml")
+    defaults = load_settings()
+    assert example.model_dump(exclude={"mounts"}) == defaults.model_dump(exclude={"mounts"})
+    assert [m.path for m in example.mounts] == [m.path for m in defaults.mounts]
+    import tomllib
+
+    listed = tomllib.loads((SAMPLE_MOUNTS_DIR.parent / "vend.toml").read_text())
+    assert set(listed) == set(type(defaults).model_fields)
+    assert set(listed["timeouts"]) == set(type(defaults.timeouts).model_fields)
+    assert set(listed["cache"]) == set(type(defaults.cache).model_fields)
