@@ -26,7 +26,7 @@ from typing import Any
 import httpx
 import pytest
 
-from tests.deploy.netlab import DEPLOY, Lab, clean_env
+from tests.deploy.netlab import DEPLOY, Lab, clean_env, needs_fuse, needs_root
 
 OPERATOR, JUMP_OUTER, JUMP_INNER, CONTENT = "10.231.3.2", "10.231.3.1", "10.231.4.1", "10.231.4.2"
 #: The fail-fast options as deploy/ssh/fstab.example documents them, and the
@@ -35,12 +35,7 @@ DOCUMENTED_KEEPALIVE = "ServerAliveInterval=5,ServerAliveCountMax=3,ConnectTimeo
 TEST_KEEPALIVE = "ServerAliveInterval=1,ServerAliveCountMax=2,ConnectTimeout=3"
 PAGE = b"<html><body>served from behind the jump host</body></html>\n"
 
-pytestmark = [
-    pytest.mark.netns,
-    pytest.mark.fuse,
-    pytest.mark.skipif(os.geteuid() != 0, reason="creates network namespaces: needs root"),
-    pytest.mark.skipif(not Path("/dev/fuse").exists(), reason="mounts sshfs: needs /dev/fuse"),
-]
+pytestmark = [pytest.mark.netns, pytest.mark.fuse, needs_root, needs_fuse]
 
 
 @dataclass

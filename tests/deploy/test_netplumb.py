@@ -22,12 +22,21 @@ import os
 import signal
 import subprocess
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import pytest
 
-from tests.deploy.netlab import DEPLOY, SAMPLE_MOUNT, Lab, vend_command, write_vend_config
+from tests.deploy.netlab import (
+    DEPLOY,
+    SAMPLE_MOUNT,
+    Lab,
+    needs_root,
+    vend_command,
+    write_vend_config,
+)
 
 NETPLUMB = DEPLOY / "netplumb"
 RESERVED_ID = "vend-web1"
@@ -36,10 +45,7 @@ ROUTER_LAN = "10.231.1.1"
 FW_ADDRESS = "10.231.2.2"
 VEND_PORT = 8080
 
-pytestmark = [
-    pytest.mark.netns,
-    pytest.mark.skipif(os.geteuid() != 0, reason="creates network namespaces: needs root"),
-]
+pytestmark = [pytest.mark.netns, needs_root]
 
 
 @dataclass
@@ -141,7 +147,7 @@ def netplumb(
     )
 
 
-def addresses(lab: Lab, ns: str, ifname: str) -> list[dict[str, object]]:
+def addresses(lab: Lab, ns: str, ifname: str) -> list[dict[str, Any]]:
     """Return the IPv4 addresses of an interface, as ``ip -j addr`` describes them."""
     (link,) = json.loads(lab.ip(ns, "-j", "-4", "addr", "show", "dev", ifname))
     return [a for a in link["addr_info"] if a["family"] == "inet"]
@@ -164,10 +170,10 @@ def is_alive(pid: int | None) -> bool:
     return stat.rpartition(")")[2].split()[0] not in ("Z", "X")
 
 
-def wait_until(predicate: object, timeout_s: float, what: str) -> None:
+def wait_until(predicate: Callable[[], object], timeout_s: float, what: str) -> None:
     """Poll ``predicate()`` every 0.1 s until true; fail after ``timeout_s`` seconds."""
     deadline = time.monotonic() + timeout_s
-    while not predicate():  # type: ignore[operator]
+    while not predicate():
         if time.monotonic() > deadline:
             pytest.fail(f"not within {timeout_s} s: {what}")
         time.sleep(0.1)
