@@ -16,8 +16,8 @@ from typing import Final, Literal
 
 APACHE_MODULE_DIR: Final = Path("/usr/lib/apache2/modules")
 NGINX_MIME_TYPES: Final = Path("/etc/nginx/mime.types")
-# Apache event threads per child process (its compiled-in ThreadLimit default).
-EVENT_THREADS_PER_CHILD: Final = 64
+# Apache event threads beyond one per client connection.
+EVENT_SPARE_THREADS: Final = 64
 # The unprivileged account Debian's web servers run as; the harness runs as root.
 RUN_USER: Final = "www-data"
 
@@ -135,8 +135,8 @@ def apache_conf(
     Args:
         server_root: ServerRoot; holds the pid file, logs and runtime files.
         port: TCP port on 127.0.0.1.
-        mpm: "event" (threads, one process per 64 connections) or "prefork" (one process
-            per connection, as mod_php requires).
+        mpm: "event" (one process, a thread per connection and some spare) or "prefork"
+            (one process per connection, as mod_php requires).
         modules: extra (module identifier, file name) pairs to load, e.g.
             ("rewrite_module", "mod_rewrite.so").
         body: directives appended after the common part (DocumentRoot, handlers, rules).
@@ -158,17 +158,18 @@ def apache_conf(
     loads = "\n".join(_load(module, filename) for module, filename in base + modules)
     user = f"User {RUN_USER}\nGroup {RUN_USER}\n" if is_root else ""
     if mpm == "event":
-        # One spare process of headroom: when every thread of a process is busy, event
-        # closes keep-alive connections (wrk counts read errors), and a TLS write keeps
-        # its thread busy. All processes start up front, so none is forked during a load.
-        processes = -(-connections // EVENT_THREADS_PER_CHILD) + 1
-        mpm_block = f"""StartServers {processes}
-ServerLimit {processes}
-ThreadsPerChild {EVENT_THREADS_PER_CHILD}
-ThreadLimit {EVENT_THREADS_PER_CHILD}
-MaxRequestWorkers {processes * EVENT_THREADS_PER_CHILD}
+        # One process with a thread for every connection plus headroom: with several
+        # processes the connections spread unevenly, and an event process whose threads
+        # are all busy closes its keep-alive connections (wrk counts read errors). A TLS
+        # write keeps its thread busy, hence the headroom.
+        threads = connections + EVENT_SPARE_THREADS
+        mpm_block = f"""StartServers 1
+ServerLimit 1
+ThreadsPerChild {threads}
+ThreadLimit {threads}
+MaxRequestWorkers {threads}
 MinSpareThreads 1
-MaxSpareThreads {processes * EVENT_THREADS_PER_CHILD}
+MaxSpareThreads {threads}
 MaxConnectionsPerChild 0"""
     else:
         # Prefork holds one process per keep-alive connection: start them all up front so

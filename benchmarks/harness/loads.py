@@ -10,7 +10,7 @@ from dataclasses import dataclass, field
 from typing import Final
 
 from harness.content import Probe
-from harness.processes import (
+from harness.procstat import (
     MemorySampler,
     core_busy_fraction,
     core_times,
@@ -21,6 +21,8 @@ from harness.wrk import WrkResult, run_wrk
 
 GIB: Final = 2**30
 MIB: Final = 2**20
+# The probe measured by throughput (MiB/s) rather than by request rate.
+LARGE_SIZE: Final = "256m"
 
 
 @dataclass(frozen=True)
@@ -64,6 +66,11 @@ class RunSample:
     peak_pss_bytes: int
     server_core_busy: float
     load_core_busy: float
+
+    @property
+    def server_cpu_share(self) -> float:
+        """Server CPU seconds per wall second: 1.0 is one whole core."""
+        return self.cpu_s / self.wrk.duration_s
 
     @property
     def cpu_us_per_request(self) -> float | None:
@@ -138,6 +145,11 @@ class Measurement:
         return max(s.peak_pss_bytes for s in self.samples) / MIB if self.samples else None
 
     @property
+    def server_cpu_share(self) -> float | None:
+        """Median server CPU seconds per wall second (1.0 is one whole core)."""
+        return self._median([s.server_cpu_share for s in self.samples])
+
+    @property
     def server_core_busy(self) -> float | None:
         """Median busy fraction of the server core."""
         return self._median([s.server_core_busy for s in self.samples])
@@ -195,3 +207,17 @@ def measure(*, peer: str, probe: Probe, url: str, pgids: list[int], plan: LoadPl
     except (RuntimeError, OSError, subprocess.TimeoutExpired) as error:
         result.error = str(error)
     return result
+
+
+def headline(measurement: Measurement) -> float | None:
+    """Returns what a load's ratios compare: req/s for small files, MiB/s for the large one.
+
+    Args:
+        measurement: one (peer, size) measurement.
+
+    Returns:
+        The median value, or None without samples.
+    """
+    if measurement.probe.key == LARGE_SIZE:
+        return measurement.mib_per_s
+    return measurement.requests_per_s

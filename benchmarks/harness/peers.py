@@ -144,6 +144,7 @@ def _start_nginx(ctx: Context, name: str, body: str) -> Running:
     prefix = ctx.run_dir(name)
     (prefix / "tmp").mkdir(exist_ok=True)
     conf = prefix / "nginx.conf"
+    (prefix / "error.log").unlink(missing_ok=True)
     conf.write_text(
         configs.nginx_conf(
             prefix=prefix, port=port, body=body, is_root=ctx.is_root, connections=ctx.connections
@@ -169,6 +170,7 @@ def _start_apache(
         # Children run as www-data and must be able to write the TLS session cache.
         os.chown(root, *_www_data_ids())
     conf = root / "httpd.conf"
+    (root / "error.log").unlink(missing_ok=True)
     conf.write_text(
         configs.apache_conf(
             server_root=root,

@@ -17,12 +17,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Final
 
+from harness.chart import render_chart
 from harness.content import PROBE_SIZES
-from harness.loads import LoadPlan, Measurement
+from harness.loads import LARGE_SIZE, LoadPlan, Measurement, headline
 from harness.peers import LEGACY_REFERENCE, NGINX_REFERENCE, PEERS, TLS_REFERENCE
 
 SIZE_LABELS: Final = {key: label for key, label, _ in PROBE_SIZES}
-LARGE_SIZE: Final = "256m"
 
 
 @dataclass(frozen=True)
@@ -81,16 +81,10 @@ def _ratio(value: float | None, reference: float | None) -> str:
 
 
 def _busy(m: Measurement) -> str:
-    if m.server_core_busy is None or m.load_core_busy is None:
+    shares = (m.server_cpu_share, m.server_core_busy, m.load_core_busy)
+    if any(share is None for share in shares):
         return "-"
-    return f"{m.server_core_busy * 100:.0f} / {m.load_core_busy * 100:.0f}"
-
-
-def _headline(measurement: Measurement) -> float | None:
-    """req/s for small files, MiB/s for the large one: what a size's ratio compares."""
-    if measurement.probe.key == LARGE_SIZE:
-        return measurement.mib_per_s
-    return measurement.requests_per_s
+    return " / ".join(f"{(share or 0) * 100:.0f}" for share in shares)
 
 
 def _size_table(
@@ -107,7 +101,7 @@ def _size_table(
         "peak RSS MiB",
         "peak PSS MiB",
         *ratio_heads,
-        "busy % server/wrk core",
+        "CPU % server / core 0 / core 1",
         "wrk errors",
     ]
     lines = [
@@ -125,8 +119,7 @@ def _size_table(
             continue
         cpu = _num(m.cpu_s_per_gib, 2) if large else _num(m.cpu_us_per_request)
         ratios = [
-            _ratio(_headline(m), _headline(ref) if ref and ref.ok else None)
-            for _, ref in references
+            _ratio(headline(m), headline(ref) if ref and ref.ok else None) for _, ref in references
         ]
         lines.append(
             "| "
@@ -187,7 +180,7 @@ def _targets(measurements: list[Measurement]) -> list[str]:
     index = _by_peer_size(measurements)
 
     def ratio(
-        peer: str, ref: str, size: str, metric: Callable[[Measurement], float | None] = _headline
+        peer: str, ref: str, size: str, metric: Callable[[Measurement], float | None] = headline
     ) -> float | None:
         a, b = index.get((peer, size)), index.get((ref, size))
         if not (a and b and a.ok and b.ok):
@@ -399,63 +392,6 @@ def render_json(info: RunInfo, measurements: list[Measurement]) -> str:
         ],
     }
     return json.dumps(data, indent=2) + "\n"
-
-
-def render_chart(path: Path, title: str, measurements: list[Measurement]) -> None:
-    """Draws one horizontal bar panel per load (req/s or MiB/s, vend highlighted).
-
-    Args:
-        path: the PNG file to write.
-        title: figure title.
-        measurements: every measurement; failed ones are left out.
-
-    Raises:
-        OSError: when the file cannot be written.
-    """
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    panels = []
-    for scheme, prefix in (("http", ""), ("https", "TLS ")):
-        for size, label, _ in PROBE_SIZES:
-            rows = [
-                m
-                for m in measurements
-                if m.ok
-                and m.probe.key == size
-                and PEERS[m.peer].scheme == scheme
-                and _headline(m) is not None
-            ]
-            if rows:
-                unit = "MiB/s" if size == LARGE_SIZE else "req/s"
-                panels.append((f"{prefix}{label}: {unit}", rows))
-    if not panels:
-        return
-    heights = [0.45 * len(rows) + 1.2 for _, rows in panels]
-    figure, axes = plt.subplots(
-        len(panels),
-        1,
-        figsize=(10, sum(heights)),
-        gridspec_kw={"height_ratios": heights},
-        squeeze=False,
-    )
-    for axis, (panel_title, rows) in zip(axes[:, 0], panels, strict=True):
-        values = [_headline(m) or 0.0 for m in rows]
-        labels = [PEERS[m.peer].label for m in rows]
-        colours = ["#d62728" if "vend" in m.peer else "#7f7f7f" for m in rows]
-        bars = axis.barh(range(len(rows)), values, color=colours)
-        axis.set_yticks(range(len(rows)), labels, fontsize=8)
-        axis.invert_yaxis()
-        axis.set_title(panel_title, fontsize=10, loc="left")
-        axis.bar_label(bars, labels=[f"{v:,.0f}" for v in values], fontsize=7, padding=3)
-        axis.set_xlim(0, max(values) * 1.15 or 1)
-        axis.tick_params(axis="x", labelsize=7)
-    figure.suptitle(title, fontsize=11)
-    figure.tight_layout()
-    figure.savefig(path, dpi=110)
-    plt.close(figure)
 
 
 def write_results(

@@ -1,0 +1,189 @@
+"""What a process group uses, read from /proc: CPU time, memory, and core busy time.
+
+CPU time comes from ``/proc/PID/stat`` (utime + stime + cutime + cstime, in clock
+ticks); memory from ``/proc/PID/status`` (VmRSS) and ``/proc/PID/smaps_rollup`` (Pss);
+per-core busy time from ``/proc/stat``. Sources: proc(5).
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+from pathlib import Path
+from typing import Final
+
+CLOCK_TICKS_PER_S: Final = os.sysconf("SC_CLK_TCK")
+MEMORY_SAMPLE_INTERVAL_S: Final = 0.5
+
+
+def _read_stat_fields(pid: int) -> list[str] | None:
+    """Returns /proc/PID/stat split into fields, fields[0] being the pid, or None."""
+    try:
+        raw = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return None
+    # The command name (field 2) is in parentheses and may hold spaces.
+    head, _, tail = raw.rpartition(")")
+    pid_part, _, comm = head.partition(" (")
+    return [pid_part, comm, *tail.split()]
+
+
+def group_members(pgid: int) -> list[int]:
+    """Lists the live (not zombie) processes of a process group.
+
+    Args:
+        pgid: the process group id.
+
+    Returns:
+        Their pids, in no particular order.
+    """
+    members = []
+    for entry in os.scandir("/proc"):
+        if not entry.name.isdigit():
+            continue
+        fields = _read_stat_fields(int(entry.name))
+        if fields and fields[2] != "Z" and int(fields[4]) == pgid:
+            members.append(int(entry.name))
+    return members
+
+
+def cpu_ticks(pgids: list[int]) -> dict[int, int]:
+    """Reads the CPU time of each process in some process groups.
+
+    Children's times (cutime, cstime) are included so that a worker which exits and is
+    reaped during a measurement still counts, through its parent.
+
+    Args:
+        pgids: the process group ids.
+
+    Returns:
+        pid -> utime + stime + cutime + cstime, in clock ticks (``CLOCK_TICKS_PER_S``).
+    """
+    ticks = {}
+    for pgid in pgids:
+        for pid in group_members(pgid):
+            fields = _read_stat_fields(pid)
+            if fields:
+                ticks[pid] = sum(int(value) for value in fields[13:17])
+    return ticks
+
+
+def cpu_seconds_between(before: dict[int, int], after: dict[int, int]) -> float:
+    """Returns the CPU seconds a group used between two ``cpu_ticks`` readings.
+
+    A process absent from ``before`` (started in between) counts from zero.
+
+    Args:
+        before: the earlier reading.
+        after: the later reading.
+
+    Returns:
+        CPU seconds, user plus system.
+    """
+    used = sum(total - before.get(pid, 0) for pid, total in after.items())
+    return max(used, 0) / CLOCK_TICKS_PER_S
+
+
+def memory_bytes(pgid: int) -> tuple[int, int]:
+    """Sums resident and proportional set sizes over a process group.
+
+    Args:
+        pgid: the process group id.
+
+    Returns:
+        (sum of VmRSS, sum of Pss) in bytes. RSS counts pages shared between processes
+        once per process; PSS divides them among the sharers.
+    """
+    rss = pss = 0
+    for pid in group_members(pgid):
+        rss += _read_kib(f"/proc/{pid}/status", "VmRSS:")
+        pss += _read_kib(f"/proc/{pid}/smaps_rollup", "Pss:")
+    return rss * 1024, pss * 1024
+
+
+def _read_kib(path: str, key: str) -> int:
+    try:
+        with open(path) as lines:
+            for line in lines:
+                if line.startswith(key):
+                    return int(line.split()[1])
+    except OSError:
+        pass
+    return 0
+
+
+class MemorySampler:
+    """Samples the summed memory of process groups in a thread and keeps the peaks.
+
+    Use as a context manager around a load. Attributes after exit: ``peak_rss_bytes``,
+    ``peak_pss_bytes`` (sums over all the groups' processes at the sampled instant).
+
+    Args:
+        pgids: the process groups to sample together.
+        interval_s: seconds between samples.
+    """
+
+    def __init__(self, pgids: list[int], *, interval_s: float = MEMORY_SAMPLE_INTERVAL_S) -> None:
+        self.pgids = list(pgids)
+        self.interval_s = interval_s
+        self.peak_rss_bytes = 0
+        self.peak_pss_bytes = 0
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def __enter__(self) -> MemorySampler:
+        self._sample()
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self._stop.set()
+        self._thread.join(timeout=10)
+        self._sample()
+
+    def _run(self) -> None:
+        while not self._stop.wait(self.interval_s):
+            self._sample()
+
+    def _sample(self) -> None:
+        rss = pss = 0
+        for pgid in self.pgids:
+            group_rss, group_pss = memory_bytes(pgid)
+            rss += group_rss
+            pss += group_pss
+        self.peak_rss_bytes = max(self.peak_rss_bytes, rss)
+        self.peak_pss_bytes = max(self.peak_pss_bytes, pss)
+
+
+def core_times(cores: list[int]) -> dict[int, tuple[int, int]]:
+    """Reads busy and total time of some cores from /proc/stat.
+
+    Args:
+        cores: core numbers.
+
+    Returns:
+        core -> (busy ticks, total ticks); busy is everything but idle and iowait.
+    """
+    times = {}
+    with open("/proc/stat") as stat:
+        for line in stat:
+            name, *values = line.split()
+            if name.startswith("cpu") and name[3:].isdigit() and int(name[3:]) in cores:
+                ticks = [int(value) for value in values[:8]]
+                idle = ticks[3] + ticks[4]
+                times[int(name[3:])] = (sum(ticks) - idle, sum(ticks))
+    return times
+
+
+def core_busy_fraction(before: tuple[int, int], after: tuple[int, int]) -> float:
+    """Returns the fraction of time a core was busy between two ``core_times`` readings.
+
+    Args:
+        before: (busy, total) ticks at the start.
+        after: (busy, total) ticks at the end.
+
+    Returns:
+        A fraction between 0 and 1 (0 when no time passed).
+    """
+    total = after[1] - before[1]
+    return (after[0] - before[0]) / total if total > 0 else 0.0
