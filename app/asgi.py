@@ -25,13 +25,17 @@ answered 500.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
+import signal
 import time
+from collections.abc import Callable
 from typing import Final
 
 from app.accesslog import AccessLog
 from app.cache import CachedMiss, NameCache
 from app.federation import Miss, Redirect, find_file
+from app.health import probe_forever
 from app.media_types import MediaTypes
 from app.metrics import Metrics
 from app.mounts import Mount, SmallFile, build_mounts
@@ -54,6 +58,9 @@ from app.types import Message, Receive, Scope, Send
 log = logging.getLogger("vend.app")
 
 OPERATOR_PREFIX: Final = b"/.well-known/vend/"
+RETIRE_AFTER_S: Final = 300.0
+"""After a reload, removed mounts keep their threads this long (seconds) for requests
+that started before it."""
 _ALLOW: Final = [(b"allow", b"GET, HEAD")]
 
 
@@ -62,22 +69,52 @@ class VendApp:
 
     Args:
         settings: validated settings.
+        reload_settings: reads the settings anew from their sources (``vend serve``
+            passes one); SIGHUP then reloads them. None: no reload.
 
     Attributes:
         mounts: the run-time mounts, in priority order.
         metrics: this application's Prometheus metrics.
+        cache: the name cache of the hot path.
     """
 
-    def __init__(self, settings: Settings) -> None:
-        self.settings = settings
-        self.mounts: list[Mount] = build_mounts(
-            settings.mounts, fs_op_s=settings.timeouts.fs_op_s, threads=settings.threads_per_mount
-        )
+    def __init__(
+        self, settings: Settings, reload_settings: Callable[[], Settings] | None = None
+    ) -> None:
         self.metrics = Metrics()
+        self.mounts: list[Mount] = []
+        self._reload_settings = reload_settings
+        self._probe_task: asyncio.Task[None] | None = None
+        self._operator = create_operator_app(self)
+        self._apply(settings)
+
+    def _apply(self, settings: Settings) -> tuple[list[Mount], list[Mount]]:
+        """Make ``settings`` current.
+
+        Mounts whose settings did not change keep their threads, health and real path.
+
+        Returns:
+            The mounts that are new (not yet probed) and those that were removed (the
+            caller retires them once requests in flight are done with them).
+        """
+        kept = {m.settings: m for m in self.mounts if m.fs_op_s == settings.timeouts.fs_op_s}
+        mounts = []
+        fresh = []
+        for mount_settings in settings.mounts:
+            mount = kept.pop(mount_settings, None)
+            if mount is None:
+                (mount,) = build_mounts(
+                    [mount_settings],
+                    fs_op_s=settings.timeouts.fs_op_s,
+                    threads=settings.threads_per_mount,
+                )
+                mount.observer = self._observe_lookup
+                fresh.append(mount)
+            mounts.append(mount)
+        self.settings = settings
         self.access_log = AccessLog(settings.access_log)
         self._pattern = compile_pattern(settings.name_pattern)
         self._media_types = MediaTypes(settings.mime_types)
-        self._operator = create_operator_app(self)
         c = settings.cache
         self.cache = NameCache(
             ttl_s=c.ttl_s,
@@ -86,6 +123,14 @@ class VendApp:
             max_bytes=c.max_bytes,
             max_file_bytes=c.max_file_bytes,
         )
+        self.mounts = mounts
+        return fresh, list(kept.values())
+
+    def _observe_lookup(self, mount: Mount, outcome: str, seconds: float) -> None:
+        self.metrics.lookups.labels(mount.name, outcome).inc()
+        if outcome in ("hit", "miss"):
+            self.metrics.lookup_seconds.labels(mount.name).observe(seconds)
+        self.metrics.mount_up.labels(mount.name).set(1 if mount.up else 0)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         """ASGI entry point: HTTP requests and the lifespan protocol."""
@@ -149,25 +194,33 @@ class VendApp:
 
         name = candidates[0]
         cacheable = not request_name.wants_index
+        cache, mounts = self.cache, self.mounts  # one consistent table, even across a reload
         if cacheable:
-            cached = self.cache.get(name, time.monotonic())
+            cached = cache.get(name, time.monotonic())
             if isinstance(cached, CachedMiss):
+                self.metrics.cache.labels("miss_remembered").inc()
                 return await send_error(send, 404, head=head), None
             if cached is not None and cached.body is not None:
+                self.metrics.cache.labels("hit").inc()
                 fields = read_request_fields(method, scope["headers"])
                 sent = await send_representation(send, fields, cached.rep, MemoryBody(cached.body))
                 return sent, cached.mount.name
+            self.metrics.cache.labels("miss").inc()
+        known_mount = None
+        if cacheable and self.settings.down_mount_policy == "unavailable":
+            known_mount = cache.last_known_mount(name)
 
         checked_at = time.monotonic()
         found = await find_file(
-            self.mounts,
+            mounts,
             candidates,
             redirect_directories=bool(index_names) and not request_name.wants_index,
-            max_read_bytes=self.cache.max_file_bytes,
+            max_read_bytes=cache.max_file_bytes,
+            known_mount=known_mount,
         )
         if isinstance(found, Miss):
             if found is Miss.NOT_FOUND and cacheable:
-                self.cache.put_miss(name, checked_at)
+                cache.put_miss(name, checked_at)
             return await send_error(send, found.value, head=head), None
         if isinstance(found, Redirect):
             location = raw_path + b"/"
@@ -182,7 +235,7 @@ class VendApp:
         )
         if cacheable:
             small = found.body if isinstance(found, SmallFile) else None
-            self.cache.put_file(name, found.mount, rep, small, checked_at)
+            cache.put_file(name, found.mount, rep, small, checked_at)
         fields = read_request_fields(method, scope["headers"])
         if isinstance(found, SmallFile):
             return await send_representation(
@@ -207,32 +260,81 @@ class VendApp:
         await self._operator(scope, receive, capture)
         return status
 
-    async def prepare_mounts(self) -> None:
-        """Probe every mount at once (each in its own threads, with its timeout)."""
-        results = await asyncio.gather(*(mount.prepare() for mount in self.mounts))
-        for mount, usable in zip(self.mounts, results, strict=True):
-            self.metrics.mount_up.labels(mount.name).set(1 if usable else 0)
-            if not usable:
+    async def prepare_mounts(self, mounts: list[Mount] | None = None) -> None:
+        """Probe mounts at once (each in its own probe thread, with its timeout).
+
+        Args:
+            mounts: the mounts to probe; None: all current mounts.
+        """
+        for mount in await _probe_all(self.mounts if mounts is None else mounts):
+            self.metrics.mount_up.labels(mount.name).set(1 if mount.up else 0)
+            if not mount.up:
                 log.error("mount %s is not usable: %s", mount.name, mount.last_error)
 
+    async def reload(self) -> bool:
+        """Read the settings anew (SIGHUP) and switch to them without dropping a request.
+
+        New mounts are probed before the switch; requests already running finish on
+        the table they started with. Invalid settings are refused with a logged error
+        and the current ones stay.
+
+        Returns:
+            True when the new settings are in force.
+        """
+        if self._reload_settings is None:
+            log.warning("SIGHUP ignored: no settings source to reload from")
+            return False
+        try:
+            settings = await asyncio.to_thread(self._reload_settings)
+        except Exception as exc:
+            log.error("reload refused, keeping the current settings: %s", exc)
+            return False
+        for field in ("host", "port", "workers"):
+            if getattr(settings, field) != getattr(self.settings, field):
+                log.warning("reload: %s changes only on restart", field)
+        new_mounts, gone = self._apply(settings)
+        await self.prepare_mounts(new_mounts)
+        for mount in gone:
+            # Requests that started on the old table may still use it for a while.
+            asyncio.get_running_loop().call_later(RETIRE_AFTER_S, mount.close)
+        log.warning("reloaded settings: mounts %s", ", ".join(m.name for m in self.mounts))
+        return True
+
     async def _lifespan(self, receive: Receive, send: Send) -> None:
+        loop = asyncio.get_running_loop()
         while True:
             message = await receive()
             if message["type"] == "lifespan.startup":
                 await self.prepare_mounts()
+                interval = self.settings.timeouts.probe_interval_s
+                self._probe_task = loop.create_task(probe_forever(lambda: self.mounts, interval))
+                with contextlib.suppress(NotImplementedError, RuntimeError, ValueError):
+                    loop.add_signal_handler(signal.SIGHUP, lambda: loop.create_task(self.reload()))
                 await send({"type": "lifespan.startup.complete"})
             elif message["type"] == "lifespan.shutdown":
+                if self._probe_task is not None:
+                    self._probe_task.cancel()
+                with contextlib.suppress(NotImplementedError, RuntimeError, ValueError):
+                    loop.remove_signal_handler(signal.SIGHUP)
                 for mount in self.mounts:
                     mount.close()
                 await send({"type": "lifespan.shutdown.complete"})
                 return
 
 
-def create_app(settings: Settings) -> VendApp:
+async def _probe_all(mounts: list[Mount]) -> list[Mount]:
+    await asyncio.gather(*(mount.probe() for mount in mounts))
+    return mounts
+
+
+def create_app(
+    settings: Settings, reload_settings: Callable[[], Settings] | None = None
+) -> VendApp:
     """Build the ASGI application.
 
     Args:
         settings: validated settings (see ``app.settings.load_settings``).
+        reload_settings: reads settings anew for SIGHUP, or None.
 
     Returns:
         The application; mounts are probed when the server sends lifespan startup.
@@ -240,4 +342,4 @@ def create_app(settings: Settings) -> VendApp:
     Raises:
         OSError: the access log file cannot be opened.
     """
-    return VendApp(settings)
+    return VendApp(settings, reload_settings)

@@ -10,6 +10,7 @@ the TOML file, then the defaults), so each default is written once, in ``app.set
 from __future__ import annotations
 
 import asyncio
+import os
 import sys
 import time
 from urllib.parse import quote
@@ -51,14 +52,17 @@ def serve(config_file: str | None, host: str | None, port: int | None, workers: 
     """Serve the configured mounts over HTTP until SIGINT or SIGTERM."""
     from app.serve import serve as run_server
 
-    settings = _load(config_file, host=host, port=port, workers=workers)
+    overrides = {
+        k: v for k, v in {"host": host, "port": port, "workers": workers}.items() if v is not None
+    }
+    settings = _load(config_file, **overrides)
     host_part = f"[{settings.host}]" if ":" in settings.host else settings.host
     base = f"http://{host_part}:{settings.port}"
     names = ", ".join(m.name for m in settings.mounts)
     click.echo(f"vend: serving mounts {names} on {base}/", err=True)
     if all(m.path.is_relative_to(SAMPLE_MOUNTS_DIR) for m in settings.mounts):
         click.echo(f"vend: sample content, try {base}/about.html", err=True)
-    sys.exit(run_server(settings))
+    sys.exit(run_server(settings, config_file or os.environ.get("VEND_CONFIG"), overrides))
 
 
 @main.command()

@@ -6,9 +6,10 @@ regular file serves it; copies on later mounts are shadowed. What else can happe
 - a directory, where ``index_names`` is set and the request has no trailing ``/``:
   a redirect to the same path with ``/`` added, as Apache's mod_dir does;
 - ``EACCES`` on the first mount that has the name: 403, the search stops there;
-- a mount that fails (I/O error, timeout): the search goes on with the next mounts, and
-  when none has the name the answer is 503 rather than 404, because the failed mount may
-  hold it.
+- a mount that is down or fails (I/O error, timeout): if it is the mount that served
+  the name last (``known_mount``, from the cache), 503: a later mount may hold an older
+  copy. Otherwise the search goes on with the next mounts, and when none has the name
+  the answer is 503 rather than 404, because the failed mount may hold it.
 """
 
 from __future__ import annotations
@@ -45,6 +46,7 @@ async def find_file(
     *,
     redirect_directories: bool,
     max_read_bytes: int = 0,
+    known_mount: Mount | None = None,
 ) -> OpenFile | SmallFile | Redirect | Miss:
     """Find the first mount holding one of ``candidates`` as a regular file.
 
@@ -57,6 +59,9 @@ async def find_file(
             treated as absent.
         max_read_bytes: files of at most this size are read whole in the mount's thread
             and returned as a ``SmallFile`` (0: never).
+        known_mount: the mount that served this name last (from the cache); when it is
+            down or fails, the answer is 503 rather than an older copy from a later
+            mount (``down_mount_policy = "unavailable"``). None: skip failed mounts.
 
     Returns:
         The small file's bytes, the open file (the caller closes it), a ``Redirect``, or
@@ -68,6 +73,8 @@ async def find_file(
             try:
                 found = await mount.lookup(name, max_read_bytes)
             except MountUnavailable:
+                if mount is known_mount:
+                    return Miss.UNAVAILABLE
                 failed = True
                 break
             if isinstance(found, (OpenFile, SmallFile)):

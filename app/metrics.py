@@ -16,7 +16,9 @@ class Metrics:
     Attributes:
         requests: requests answered, by status code.
         body_bytes: response body bytes handed to the server.
-        lookups: mount lookups by mount and outcome (``hit``, ``miss``, ``error``).
+        lookups: mount lookups by mount and outcome (``hit``, ``miss``, ``error``,
+            ``timeout``, ``skipped`` while the mount is down).
+        cache: name cache lookups by outcome.
         lookup_seconds: time of one mount lookup, in seconds.
         mount_up: 1 when the mount is usable, else 0.
     """
@@ -45,6 +47,12 @@ class Metrics:
             "Time of one mount lookup, in seconds.",
             ["mount"],
             buckets=(0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1.0, 5.0),
+            registry=self.registry,
+        )
+        self.cache = Counter(
+            "vend_cache_lookups",
+            "Name cache lookups: hit (from memory), miss, miss_remembered (a 404 from memory).",
+            ["outcome"],
             registry=self.registry,
         )
         self.mount_up = Gauge(

@@ -24,13 +24,15 @@ import errno
 import logging
 import os
 import stat
+import time
 from collections.abc import Callable, Sequence
-from concurrent.futures import Future, ThreadPoolExecutor
+from concurrent.futures import Future
 from dataclasses import dataclass, field
 from enum import Enum
 from typing import Any, Final, TypeVar
 
 from app.settings import MountSettings
+from app.threads import DaemonPool, PoolFull
 
 log = logging.getLogger("vend.mounts")
 
@@ -201,34 +203,98 @@ def _close_if_file(future: Future[Any]) -> None:
             result.close()
 
 
+# Failures that say the mount itself is in trouble: they open its breaker.
+_TRIPPING_ERRNOS: Final = frozenset(
+    {errno.EIO, errno.ETIMEDOUT, errno.ENOTCONN, errno.ESTALE, errno.EHOSTDOWN, errno.ENODEV}
+)
+
+Observer = Callable[["Mount", str, float], None]
+"""Called after each lookup with the mount, an outcome (``hit``, ``miss``, ``error``,
+``timeout``, ``skipped``) and the seconds it took."""
+
+
 @dataclass(eq=False)
 class Mount:
-    """A configured mount at run time: its settings, real path, threads and last error.
+    """A configured mount at run time: settings, real path, threads, and health.
+
+    Health is a circuit breaker: a timeout or an I/O error that means the mount is in
+    trouble (EIO, ETIMEDOUT, ENOTCONN, ESTALE after one retry...) marks the mount *down*,
+    and lookups then skip it at once instead of waiting on it; the background probe
+    (``app.health``) marks it up again when its root answers.
 
     Attributes:
         settings: the validated mount settings.
         fs_op_s: timeout of one filesystem operation, in seconds.
-        executor: this mount's own bounded thread pool.
-        real_root: the mount's real path, known once ``prepare`` succeeded.
+        threads: size of its thread pool.
+        executor: the mount's own pool (daemon threads, bounded queue).
+        real_root: the mount's real path, known once a probe succeeded.
+        up: False while the breaker is open.
         last_error: errno name of the last failure (``"ETIMEDOUT"``, ``"EIO"``...), or None.
+        probe_latency_s: how long the last successful probe took, in seconds.
+        observer: called after each lookup (metrics), or None.
     """
 
     settings: MountSettings
     fs_op_s: float
     threads: int
-    executor: ThreadPoolExecutor = field(init=False)
+    executor: DaemonPool = field(init=False)
+    probe_executor: DaemonPool = field(init=False)
     real_root: str | None = None
+    up: bool = True
     last_error: str | None = None
+    probe_latency_s: float | None = None
+    observer: Observer | None = None
 
     def __post_init__(self) -> None:
-        self.executor = ThreadPoolExecutor(
-            max_workers=self.threads, thread_name_prefix=f"vend-{self.settings.name}"
+        self.executor = DaemonPool(
+            self.threads, max_queued=64 * self.threads, name=f"vend-{self.name}"
         )
+        # Probes have their own thread, so a full request pool cannot starve them.
+        self.probe_executor = DaemonPool(1, max_queued=1, name=f"vend-{self.name}-probe")
 
     @property
     def name(self) -> str:
         """The mount's name, as operators see it."""
         return self.settings.name
+
+    def mark_down(self, error: str) -> None:
+        """Open the breaker: lookups skip this mount until a probe succeeds."""
+        if self.up:
+            log.error("mount %s is down: %s", self.name, error)
+        self.up = False
+        self.last_error = error
+
+    def mark_up(self, latency_s: float) -> None:
+        """Close the breaker after a successful probe that took ``latency_s`` seconds."""
+        if not self.up:
+            log.warning("mount %s is up again", self.name)
+        self.up = True
+        self.last_error = None
+        self.probe_latency_s = latency_s
+
+    async def _run(self, executor: DaemonPool, fn: Callable[..., T], *args: object) -> T:
+        """One call in ``executor`` with the timeout; ESTALE is retried once."""
+        for attempt in (1, 2):
+            try:
+                future = executor.submit(fn, *args)
+            except PoolFull:
+                raise MountUnavailable("EAGAIN") from None
+            try:
+                return await asyncio.wait_for(asyncio.wrap_future(future), self.fs_op_s)
+            except TimeoutError:
+                future.add_done_callback(_close_if_file)
+                self.mark_down("ETIMEDOUT")
+                raise MountUnavailable("ETIMEDOUT") from None
+            except OSError as exc:
+                if exc.errno == errno.ESTALE and attempt == 1:
+                    continue  # a stale NFS file handle: the path is looked up anew
+                name = errno.errorcode.get(exc.errno or 0, "EIO")
+                if exc.errno in _TRIPPING_ERRNOS or exc.errno is None:
+                    self.mark_down(name)
+                else:
+                    self.last_error = name
+                raise MountUnavailable(name) from None
+        raise AssertionError("unreachable")
 
     async def call(self, fn: Callable[..., T], *args: object) -> T:
         """Run a blocking filesystem call in this mount's pool, with the timeout.
@@ -241,36 +307,39 @@ class Mount:
             What ``fn`` returned.
 
         Raises:
-            MountUnavailable: the call took longer than ``fs_op_s`` seconds or failed with
-                an OSError; the mount's ``last_error`` is set to the errno name.
+            MountUnavailable: the mount is down (breaker open), its queue is full
+                (``EAGAIN``), the call took longer than ``fs_op_s`` seconds, or it failed
+                with an OSError; the message is the errno name.
         """
-        future = self.executor.submit(fn, *args)
-        try:
-            result = await asyncio.wait_for(asyncio.wrap_future(future), self.fs_op_s)
-        except TimeoutError:
-            future.add_done_callback(_close_if_file)
-            self.last_error = "ETIMEDOUT"
-            raise MountUnavailable("ETIMEDOUT") from None
-        except OSError as exc:
-            self.last_error = errno.errorcode.get(exc.errno or 0, "EIO")
-            raise MountUnavailable(self.last_error) from None
-        return result
+        if not self.up:
+            raise MountUnavailable(self.last_error or "EIO")
+        return await self._run(self.executor, fn, *args)
 
-    async def prepare(self) -> bool:
-        """Find the mount's real path (in its pool, with the timeout).
+    async def probe(self) -> bool:
+        """Stat the mount's root in the probe thread, with the timeout; update health.
 
         Returns:
-            True when the mount is a readable directory (and a mount point where
-            ``require_mountpoint`` is set); False otherwise, with ``last_error`` set.
+            True when the root is a readable directory (and a mount point where
+            ``require_mountpoint`` is set): the mount is marked up. False otherwise: it
+            is marked down with the errno name.
         """
+        started = time.monotonic()
         try:
-            self.real_root = await self.call(
-                _probe_root, str(self.settings.path), self.settings.require_mountpoint
+            self.real_root = await self._run(
+                self.probe_executor,
+                _probe_root,
+                str(self.settings.path),
+                self.settings.require_mountpoint,
             )
-        except MountUnavailable:
+        except MountUnavailable as exc:
+            self.mark_down(str(exc))
             return False
-        self.last_error = None
+        self.mark_up(time.monotonic() - started)
         return True
+
+    async def prepare(self) -> bool:
+        """Probe the mount once (at start); see ``probe``."""
+        return await self.probe()
 
     async def lookup(self, name: str, max_read_bytes: int = 0) -> OpenFile | SmallFile | Lookup:
         """Look ``name`` up under this mount.
@@ -283,16 +352,31 @@ class Mount:
             See ``open_in_mount``.
 
         Raises:
-            MountUnavailable: the mount failed or timed out.
+            MountUnavailable: the mount is down, failed or timed out.
         """
-        if self.real_root is None and not await self.prepare():
+        started = time.monotonic()
+        if self.real_root is None and self.up and not await self.probe():
+            self._observe("error", started)
             raise MountUnavailable(self.last_error or "EIO")
-        assert self.real_root is not None
-        return await self.call(open_in_mount, self.real_root, name, self, max_read_bytes)
+        if not self.up or self.real_root is None:
+            self._observe("skipped", started)
+            raise MountUnavailable(self.last_error or "EIO")
+        try:
+            found = await self.call(open_in_mount, self.real_root, name, self, max_read_bytes)
+        except MountUnavailable as exc:
+            self._observe("timeout" if str(exc) == "ETIMEDOUT" else "error", started)
+            raise
+        self._observe("miss" if isinstance(found, Lookup) else "hit", started)
+        return found
+
+    def _observe(self, outcome: str, started: float) -> None:
+        if self.observer is not None:
+            self.observer(self, outcome, time.monotonic() - started)
 
     def close(self) -> None:
-        """Stop accepting work; threads blocked in the kernel are left to finish."""
+        """Stop accepting work; threads blocked in the kernel are abandoned, not joined."""
         self.executor.shutdown(wait=False, cancel_futures=True)
+        self.probe_executor.shutdown(wait=False, cancel_futures=True)
 
 
 def _probe_root(path: str, require_mountpoint: bool) -> str:

@@ -2,7 +2,8 @@
 
 ``GET /.well-known/vend/health`` answers JSON::
 
-    {"status": "ok", "mounts": [{"name": "server1", "state": "up", "last_error": null}, ...]}
+    {"status": "ok", "mounts": [{"name": "server1", "state": "up", "last_error": null,
+                                 "latency_ms": 0.2}, ...]}
 
 with 200 when at least one mount is usable and 503 (``"status": "unavailable"``) when none
 is. It names mounts, never filesystem paths. ``GET /.well-known/vend/metrics`` answers
@@ -17,6 +18,8 @@ from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
+
+from app.health import describe
 
 if TYPE_CHECKING:
     from app.asgi import VendApp
@@ -34,16 +37,7 @@ def create_operator_app(vend: VendApp) -> Starlette:
     """
 
     async def health(request: Request) -> Response:
-        mounts = [
-            {
-                "name": mount.name,
-                "state": "up"
-                if mount.real_root is not None and mount.last_error is None
-                else "down",
-                "last_error": mount.last_error,
-            }
-            for mount in vend.mounts
-        ]
+        mounts = [describe(mount) for mount in vend.mounts]
         usable = any(m["state"] == "up" for m in mounts)
         body = {"status": "ok" if usable else "unavailable", "mounts": mounts}
         return JSONResponse(

@@ -3,50 +3,89 @@
 ``serve(settings)`` starts uvicorn with ``app.protocol.VendHttpToolsProtocol`` (httptools
 plus zero-copy send), uvloop where installed, vend's own access log instead of uvicorn's,
 no ``Server`` header, and X-Forwarded-For trusted only from ``trusted_proxies``. With
-``workers > 1`` uvicorn's supervisor forks workers that share the listening socket; each
-worker rebuilds the application from the validated settings passed in the environment
-(``VEND_RESOLVED_SETTINGS``), so every worker serves exactly what the parent validated.
+``workers > 1`` uvicorn's supervisor forks workers that share the listening socket.
+
+Settings reach the application (in each worker) two ways, both in the environment:
+``VEND_RESOLVED_SETTINGS``, the settings the parent validated, and
+``VEND_SETTINGS_SOURCES``, where they came from (the config file and the command-line
+overrides), to read them anew. SIGHUP re-reads the sources: with one worker the running
+application switches in place (``VendApp.reload``); with several, uvicorn's supervisor
+restarts the workers one by one and each reads the sources as it starts. Invalid new
+settings are refused with a logged error and the last valid ones stay in force.
 """
 
 from __future__ import annotations
 
+import json
+import logging
 import os
-from typing import Final
+from collections.abc import Callable
+from typing import Any, Final
 
 import uvicorn
 from uvicorn.supervisors import Multiprocess
 
 from app.asgi import VendApp, create_app
 from app.protocol import VendHttpToolsProtocol
-from app.settings import Settings
+from app.settings import Settings, SettingsError, load_settings
 
 SETTINGS_ENV: Final = "VEND_RESOLVED_SETTINGS"
+SOURCES_ENV: Final = "VEND_SETTINGS_SOURCES"
+
+log = logging.getLogger("vend.serve")
+
+
+def _sources() -> tuple[str | None, dict[str, Any]] | None:
+    raw = os.environ.get(SOURCES_ENV)
+    if not raw:
+        return None
+    data = json.loads(raw)
+    return data["config_file"], data["overrides"]
+
+
+def _reader(sources: tuple[str | None, dict[str, Any]]) -> Callable[[], Settings]:
+    config_file, overrides = sources
+    return lambda: load_settings(config_file, **overrides)
 
 
 def app_from_environment() -> VendApp:
     """uvicorn's application factory in each worker process.
 
     Returns:
-        The application built from the settings that ``serve`` validated.
+        The application, built from its settings' sources when they load (a worker
+        restarted by SIGHUP sees the new settings), else from the settings ``serve``
+        validated.
 
     Raises:
         KeyError: ``VEND_RESOLVED_SETTINGS`` is not set (not started by ``serve``).
     """
     settings = Settings.model_validate_json(os.environ[SETTINGS_ENV])
+    sources = _sources()
+    reload_settings = _reader(sources) if sources else None
+    if reload_settings is not None:
+        try:
+            settings = reload_settings()
+        except SettingsError as exc:
+            log.error("settings refused, keeping the last valid ones: %s", exc)
     VendHttpToolsProtocol.send_timeout_s = settings.timeouts.send_s
-    return create_app(settings)
+    return create_app(settings, reload_settings)
 
 
-def uvicorn_config(settings: Settings) -> uvicorn.Config:
+def uvicorn_config(
+    settings: Settings, config_file: str | None = None, overrides: dict[str, Any] | None = None
+) -> uvicorn.Config:
     """The uvicorn configuration for these settings.
 
     Args:
         settings: validated settings.
+        config_file: the TOML file they came from, for SIGHUP, or None.
+        overrides: the command-line values among them, for SIGHUP.
 
     Returns:
         A ``uvicorn.Config`` whose application is built by ``app_from_environment``.
     """
     os.environ[SETTINGS_ENV] = settings.model_dump_json()
+    os.environ[SOURCES_ENV] = json.dumps({"config_file": config_file, "overrides": overrides or {}})
     return uvicorn.Config(
         "app.serve:app_from_environment",
         factory=True,
@@ -66,17 +105,21 @@ def uvicorn_config(settings: Settings) -> uvicorn.Config:
     )
 
 
-def serve(settings: Settings) -> int:
-    """Serve until SIGINT or SIGTERM.
+def serve(
+    settings: Settings, config_file: str | None = None, overrides: dict[str, Any] | None = None
+) -> int:
+    """Serve until SIGINT or SIGTERM; SIGHUP re-reads the settings.
 
     Args:
         settings: validated settings.
+        config_file: the TOML file they came from, or None.
+        overrides: the command-line values among them.
 
     Returns:
         The process exit status: 0 after a clean shutdown, 3 when the server could not
         start (the address is in use, for example), as uvicorn reports it.
     """
-    config = uvicorn_config(settings)
+    config = uvicorn_config(settings, config_file, overrides)
     if settings.workers > 1:
         sock = config.bind_socket()
         Multiprocess(config, sockets=[sock]).run()

@@ -91,14 +91,16 @@ class Timeouts(BaseModel):
         send_s: a client that accepts no body bytes for this long is disconnected.
         keep_alive_s: an idle keep-alive connection is closed after this long.
         graceful_shutdown_s: on SIGTERM, in-flight requests get this long to finish.
+        probe_interval_s: how often each mount's root is probed (health), in seconds.
     """
 
     model_config = ConfigDict(extra="forbid", frozen=True)
 
-    fs_op_s: float = Field(default=10.0, gt=0, le=3600)
+    fs_op_s: float = Field(default=5.0, gt=0, le=3600)
     send_s: float = Field(default=60.0, gt=0, le=3600)
     keep_alive_s: float = Field(default=5.0, gt=0, le=3600)
     graceful_shutdown_s: float = Field(default=10.0, gt=0, le=3600)
+    probe_interval_s: float = Field(default=2.0, gt=0, le=3600)
 
 
 class CacheSettings(BaseModel):
@@ -155,6 +157,9 @@ class Settings(BaseSettings):
     timeouts: Timeouts = Field(default_factory=Timeouts)
     cache: CacheSettings = Field(default_factory=CacheSettings)
     log_level: Literal["debug", "info", "warning", "error"] = "info"
+    # A name last served by a mount that is now down may have an older copy on a later
+    # mount: "unavailable" answers 503 for it rather than serve the wrong version.
+    down_mount_policy: Literal["unavailable", "skip"] = "unavailable"
 
     @classmethod
     def settings_customise_sources(
