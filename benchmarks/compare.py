@@ -18,6 +18,7 @@ import time
 from pathlib import Path
 from typing import Final, NoReturn
 
+from harness.cgroups import CpuCgroups
 from harness.content import Probe, build_tree, mount_dirs
 from harness.loads import LoadPlan, Measurement, measure
 from harness.peers import PEERS, Context, Peer, Running
@@ -142,8 +143,9 @@ def run_peer(
         results = []
         for probe in peer_probes:
             url = f"{peer.scheme}://127.0.0.1:{running.port}{probe.url_path}"
-            pgids = [server.pgid for server in running.servers]
-            result = measure(peer=peer.name, probe=probe, url=url, pgids=pgids, plan=plan)
+            result = measure(
+                peer=peer.name, probe=probe, url=url, servers=running.servers, plan=plan
+            )
             _say(f"[{peer.name}] {probe.label}: " + _one_line(result))
             results.append(result)
         return results
@@ -217,6 +219,7 @@ def main(argv: list[str]) -> int:
         tls_files, cafile = make_certificates(WORK_DIR / "run" / "tls")
     registry = Registry(WORK_DIR / "run" / "pgids")
     registry.reset()
+    cgroups = CpuCgroups()
     ctx = Context(
         repo=REPO,
         work_dir=WORK_DIR,
@@ -225,12 +228,17 @@ def main(argv: list[str]) -> int:
         registry=registry,
         server_cpu=SERVER_CPU,
         connections=plan.connections,
+        cgroups=cgroups,
         tls=tls_files,
     )
 
     measurements: list[Measurement] = []
-    for peer in peers:
-        measurements += run_peer(peer, ctx, probes, plan, cafile, notes)
+    try:
+        for peer in peers:
+            measurements += run_peer(peer, ctx, probes, plan, cafile, notes)
+    finally:
+        cgroups.close()
+    notes.append(f"Server CPU time from {cgroups.source}.")
 
     versions = collect_versions(repo=REPO, vend_python=REPO / ".venv" / "bin" / "python")
     info = RunInfo(

@@ -10,12 +10,11 @@ from dataclasses import dataclass, field
 from typing import Final
 
 from harness.content import Probe
+from harness.processes import ServerProcess
 from harness.procstat import (
     MemorySampler,
     core_busy_fraction,
     core_times,
-    cpu_seconds_between,
-    cpu_ticks,
 )
 from harness.wrk import WrkResult, run_wrk
 
@@ -165,35 +164,42 @@ class Measurement:
         return sum(s.wrk.error_count for s in self.samples)
 
 
-def measure(*, peer: str, probe: Probe, url: str, pgids: list[int], plan: LoadPlan) -> Measurement:
+def measure(
+    *, peer: str, probe: Probe, url: str, servers: list[ServerProcess], plan: LoadPlan
+) -> Measurement:
     """Warms a peer up on one URL, then measures it ``plan.runs`` times.
 
     Args:
         peer: the peer's name.
         probe: the probe behind ``url``.
         url: full URL on 127.0.0.1.
-        pgids: the process groups whose CPU and memory count as the server's.
+        servers: the processes whose CPU and memory count as the server's.
         plan: runs, durations, connections and load core.
 
     Returns:
         The measurement; wrk failures are recorded in ``error``, not raised.
     """
     result = Measurement(peer=peer, probe=probe)
+    pgids = [server.pgid for server in servers]
+
+    def cpu_s() -> float:
+        return sum(server.read_cpu_s() for server in servers)
+
     try:
         if plan.warmup_s > 0:
             run_wrk(url, connections=plan.connections, duration_s=plan.warmup_s, cpu=plan.load_cpu)
         for _ in range(plan.runs):
             cores = [plan.server_cpu, plan.load_cpu]
             with MemorySampler(pgids) as memory:
-                before, cores_before = cpu_ticks(pgids), core_times(cores)
+                before, cores_before = cpu_s(), core_times(cores)
                 wrk = run_wrk(
                     url, connections=plan.connections, duration_s=plan.duration_s, cpu=plan.load_cpu
                 )
-                after, cores_after = cpu_ticks(pgids), core_times(cores)
+                after, cores_after = cpu_s(), core_times(cores)
             result.samples.append(
                 RunSample(
                     wrk=wrk,
-                    cpu_s=cpu_seconds_between(before, after),
+                    cpu_s=max(after - before, 0.0),
                     peak_rss_bytes=memory.peak_rss_bytes,
                     peak_pss_bytes=memory.peak_pss_bytes,
                     server_core_busy=core_busy_fraction(

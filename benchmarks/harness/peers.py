@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Final, Literal
 
 from harness import configs
+from harness.cgroups import CpuCgroups
 from harness.processes import (
     Registry,
     ServerProcess,
@@ -44,6 +45,7 @@ class Context:
         registry: where started process groups are recorded.
         server_cpu: the core servers are pinned to.
         connections: concurrent connections the loads open (servers are sized for them).
+        cgroups: makes the control group each server's CPU time is counted in.
         tls: certificate and key for the HTTPS peers, or None when none is needed.
     """
 
@@ -54,6 +56,7 @@ class Context:
     registry: Registry
     server_cpu: int
     connections: int
+    cgroups: CpuCgroups
     tls: configs.TlsFiles | None = None
 
     @property
@@ -133,6 +136,7 @@ def _launch(
         registry=ctx.registry,
         env=env,
         cwd=cwd,
+        cgroup=ctx.cgroups.create(name),
     )
     wait_for_port(port, server)
     wait_for_settled_group([server.pgid])

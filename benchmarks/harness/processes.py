@@ -19,7 +19,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Final
 
-from harness.procstat import group_members
+from harness.cgroups import CpuCgroup
+from harness.procstat import group_members, schedstat_cpu_s
 
 STOP_GRACE_S: Final = 10.0
 
@@ -32,16 +33,32 @@ class ServerProcess:
         name: short name for messages.
         popen: the leader process; its pid is also the process group id.
         log_path: file receiving the server's stdout and stderr.
+        cgroup: the control group counting its CPU time, or None (then /proc is used).
     """
 
     name: str
     popen: subprocess.Popen[bytes]
     log_path: Path
+    cgroup: CpuCgroup | None = None
 
     @property
     def pgid(self) -> int:
         """The process group id (the leader's pid)."""
         return self.popen.pid
+
+    def read_cpu_s(self) -> float:
+        """Returns the CPU seconds (user + system) the server has used so far.
+
+        From its control group when it has one (every process and thread, exited ones
+        too), else from the schedstat of its live threads.
+
+        Returns:
+            Seconds since it started; compare two readings for a measurement.
+        """
+        if self.cgroup is not None:
+            with contextlib.suppress(OSError):
+                return self.cgroup.read_cpu_s()
+        return schedstat_cpu_s([self.pgid])
 
 
 @dataclass
@@ -84,11 +101,13 @@ def start_server(
     registry: Registry,
     env: dict[str, str] | None = None,
     cwd: Path | None = None,
+    cgroup: CpuCgroup | None = None,
 ) -> ServerProcess:
-    """Starts ``argv`` under ``taskset -c cpu`` in a new session.
+    """Starts ``argv`` under ``taskset -c cpu`` in a new session, in ``cgroup`` if given.
 
-    taskset execs the command, so the leader's pid is the server's own and every process
-    it forks inherits the CPU affinity.
+    The shell joins the control group and execs taskset, which execs the command, so the
+    leader's pid is the server's own, and every process it forks inherits the group and
+    the CPU affinity from the start.
 
     Args:
         name: short name for messages and the log file.
@@ -98,6 +117,7 @@ def start_server(
         registry: where the new group id is recorded for the exit trap.
         env: the environment (default: the harness's own).
         cwd: working directory (default: the harness's).
+        cgroup: control group to run in, for CPU accounting.
 
     Returns:
         The started process.
@@ -106,9 +126,13 @@ def start_server(
         OSError: when the command cannot be executed.
     """
     log_path.parent.mkdir(parents=True, exist_ok=True)
+    command = ["taskset", "-c", str(cpu), *argv]
+    if cgroup is not None:
+        join = 'echo $$ > "$1" && shift && exec "$@"'
+        command = ["sh", "-c", join, "sh", str(cgroup.procs_file), *command]
     with log_path.open("wb") as log:
         popen = subprocess.Popen(
-            ["taskset", "-c", str(cpu), *argv],
+            command,
             stdin=subprocess.DEVNULL,
             stdout=log,
             stderr=subprocess.STDOUT,
@@ -117,7 +141,7 @@ def start_server(
             cwd=cwd,
         )
     registry.add(popen.pid)
-    return ServerProcess(name, popen, log_path)
+    return ServerProcess(name, popen, log_path, cgroup)
 
 
 def stop_server(server: ServerProcess, registry: Registry) -> None:
@@ -138,6 +162,8 @@ def stop_server(server: ServerProcess, registry: Registry) -> None:
     with contextlib.suppress(subprocess.TimeoutExpired):
         server.popen.wait(timeout=STOP_GRACE_S)
     registry.discard(pgid)
+    if server.cgroup is not None:
+        server.cgroup.remove()
 
 
 def _signal_group(pgid: int, signum: int) -> None:

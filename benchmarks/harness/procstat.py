@@ -1,18 +1,19 @@
-"""What a process group uses, read from /proc: CPU time, memory, and core busy time.
+"""What a process group uses, read from /proc: memory, CPU time, and core busy time.
 
-CPU time comes from ``/proc/PID/stat`` (utime + stime + cutime + cstime, in clock
-ticks); memory from ``/proc/PID/status`` (VmRSS) and ``/proc/PID/smaps_rollup`` (Pss);
-per-core busy time from ``/proc/stat``. Sources: proc(5).
+Group membership comes from ``/proc/PID/stat``; fallback CPU time from
+``/proc/PID/task/TID/schedstat`` (nanoseconds; the main source is ``harness.cgroups``);
+memory from ``/proc/PID/status`` (VmRSS) and ``/proc/PID/smaps_rollup`` (Pss); per-core
+busy time from ``/proc/stat``. Source: proc(5).
 """
 
 from __future__ import annotations
 
+import contextlib
 import os
 import threading
 from pathlib import Path
 from typing import Final
 
-CLOCK_TICKS_PER_S: Final = os.sysconf("SC_CLK_TCK")
 MEMORY_SAMPLE_INTERVAL_S: Final = 0.5
 
 
@@ -47,41 +48,26 @@ def group_members(pgid: int) -> list[int]:
     return members
 
 
-def cpu_ticks(pgids: list[int]) -> dict[int, int]:
-    """Reads the CPU time of each process in some process groups.
+def schedstat_cpu_s(pgids: list[int]) -> float:
+    """Sums the CPU time of every live thread in some process groups.
 
-    Children's times (cutime, cstime) are included so that a worker which exits and is
-    reaped during a measurement still counts, through its parent.
+    The fallback when no control group could be made (``harness.cgroups``): precise to
+    the nanosecond, but a thread that exits takes its time with it.
 
     Args:
         pgids: the process group ids.
 
     Returns:
-        pid -> utime + stime + cutime + cstime, in clock ticks (``CLOCK_TICKS_PER_S``).
+        CPU seconds (user + system) the groups' live threads have used since they started.
     """
-    ticks = {}
+    total_ns = 0
     for pgid in pgids:
         for pid in group_members(pgid):
-            fields = _read_stat_fields(pid)
-            if fields:
-                ticks[pid] = sum(int(value) for value in fields[13:17])
-    return ticks
-
-
-def cpu_seconds_between(before: dict[int, int], after: dict[int, int]) -> float:
-    """Returns the CPU seconds a group used between two ``cpu_ticks`` readings.
-
-    A process absent from ``before`` (started in between) counts from zero.
-
-    Args:
-        before: the earlier reading.
-        after: the later reading.
-
-    Returns:
-        CPU seconds, user plus system.
-    """
-    used = sum(total - before.get(pid, 0) for pid, total in after.items())
-    return max(used, 0) / CLOCK_TICKS_PER_S
+            with contextlib.suppress(OSError):
+                for task in os.scandir(f"/proc/{pid}/task"):
+                    with contextlib.suppress(OSError, ValueError, IndexError):
+                        total_ns += int(Path(task.path, "schedstat").read_text().split()[0])
+    return total_ns / 1e9
 
 
 def memory_bytes(pgid: int) -> tuple[int, int]:
