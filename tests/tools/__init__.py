@@ -1,0 +1,1 @@
+"""Test tools: faultfs, a fault-injecting FUSE passthrough filesystem, and its fixtures."""
