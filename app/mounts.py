@@ -263,6 +263,8 @@ class Mount:
             log.error("mount %s is down: %s", self.name, error)
         self.up = False
         self.last_error = error
+        # Calls queued behind the stuck ones would each wait out their own timeout.
+        self.executor.cancel_queued()
 
     def mark_up(self, latency_s: float) -> None:
         """Close the breaker after a successful probe that took ``latency_s`` seconds."""
@@ -281,6 +283,10 @@ class Mount:
                 raise MountUnavailable("EAGAIN") from None
             try:
                 return await asyncio.wait_for(asyncio.wrap_future(future), self.fs_op_s)
+            except asyncio.CancelledError:
+                if future.cancelled() and not self.up:  # by cancel_queued, not our caller
+                    raise MountUnavailable(self.last_error or "EIO") from None
+                raise
             except TimeoutError:
                 future.add_done_callback(_close_if_file)
                 self.mark_down("ETIMEDOUT")

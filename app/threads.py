@@ -95,6 +95,28 @@ class DaemonPool(Executor):
             with self._lock:
                 self._idle += 1
 
+    def cancel_queued(self) -> int:
+        """Cancel every call still waiting for a thread (the mount went down).
+
+        Returns:
+            How many calls were cancelled.
+        """
+        cancelled = 0
+        with self._lock:
+            kept = []
+            while True:
+                try:
+                    item = self._queue.get_nowait()
+                except queue.Empty:
+                    break
+                if item is not _STOP and item[0].cancel():
+                    cancelled += 1
+                else:
+                    kept.append(item)
+            for item in kept:
+                self._queue.put_nowait(item)
+        return cancelled
+
     def shutdown(self, wait: bool = True, *, cancel_futures: bool = False) -> None:
         """Stop taking calls; threads end after the calls already queued.
 
