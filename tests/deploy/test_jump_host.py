@@ -214,13 +214,18 @@ def test_vend_serves_a_file_from_an_sshfs_mount_behind_the_jump_host(
 
 
 def test_dead_content_host_fails_fast_and_recovers(lab: Lab, start_vend: Any) -> None:
-    """Content host cut off: 503 within seconds and the mount reported down; once back, served again."""
+    """Content host cut off: 503 within seconds and the mount reported down while a local
+    second mount keeps serving; once the link is back, the sshfs mount serves again."""
     site = build_site(lab)
     mountpoint = mount_export(lab, site, keepalive=TEST_KEEPALIVE)
     (site.export / "legacy" / "later.html").write_bytes(PAGE)
+    local = lab.tmp / "local"
+    local.mkdir()
+    for i in range(20):
+        (local / f"local-{i}.html").write_bytes(b"local %d" % i)
     # vend's own per-operation limit is set far above sshfs's, so the quick
     # answer below comes from the mount options, not from vend's timeout.
-    vend = start_vend(mounts=[mountpoint], settings={"timeouts": {"fs_op_s": 60}})
+    vend = start_vend(mounts=[mountpoint, local], settings={"timeouts": {"fs_op_s": 60}})
     with httpx.Client(base_url=vend.url, trust_env=False, timeout=60) as client:
         assert client.get("/legacy/page.html").status_code == 200
         lab.ip(site.content, "link", "set", site.content_link, "down")
@@ -231,8 +236,13 @@ def test_dead_content_host_fails_fast_and_recovers(lab: Lab, start_vend: Any) ->
         assert "retry-after" in response.headers
         assert elapsed < 15, f"took {elapsed:.1f} s"
         health = client.get("/.well-known/vend/health")
-        assert health.status_code == 503
-        assert [m["state"] for m in health.json()["mounts"]] == ["down"]
+        assert health.status_code == 200  # the local mount is still usable
+        assert [m["state"] for m in health.json()["mounts"]] == ["down", "up"]
+        for i in range(20):  # the other mount keeps serving, without waiting on sshfs
+            started = time.monotonic()
+            other = client.get(f"/local-{i}.html")
+            assert (other.status_code, other.content) == (200, b"local %d" % i)
+            assert time.monotonic() - started < 2
 
         lab.ip(site.content, "link", "set", site.content_link, "up")
         deadline = time.monotonic() + 30
