@@ -6,7 +6,8 @@ A test tool, not part of vend. It mirrors SOURCE at MOUNTPOINT through libfuse 3
 client makes reaches this process, where a fault can stand in for a dead, slow or broken
 NFS server:
 
-    hang            block the call until the fault is lifted (a hard mount whose server died)
+    hang            block the call until the fault is lifted (a hard mount whose server
+                    died); like an NFS hard mount, a caller being killed is let go
     delay           sleep ``seconds``, then answer normally (a slow server)
     EIO, ESTALE,    fail with that errno, optionally after ``seconds`` (a soft mount's
     ENOTCONN, ...   timeout, a replaced file, a dead FUSE transport); any name in ``errno``
@@ -36,10 +37,12 @@ delayed calls then proceed as if the rule had never existed.
 
 What the kernel adds (measured on Linux 6.18 with libfuse 3.14, Debian 12's):
 
-- A path walk or ``open`` that gets ESTALE is retried once by the VFS with LOOKUP_REVAL,
-  so one ``stat()`` consumes up to three ``getattr`` firings and one ``open()`` two
-  ``open`` firings before user space sees ESTALE (``count`` must allow for that);
-  ``read`` is not retried. ``calls()`` shows what really arrived.
+- A path walk or ``open`` that gets ESTALE is retried once by the VFS with LOOKUP_REVAL.
+  Before user space sees one ESTALE, a ``stat()`` consumes two ``getattr`` firings for
+  a name not yet in the dentry cache and three for one already there (revalidation,
+  lookup, retry); an ``open()`` consumes two ``open`` firings; ``read`` is not retried.
+  A smaller ``count`` is absorbed by the kernel and never seen; the ``calls`` command
+  shows what really arrived.
 - libfuse before 3.16 never grants FUSE_PARALLEL_DIROPS, so the kernel serialises the
   first LOOKUP of names within one directory: while one hangs, other names of that
   directory not yet in the dentry cache wait behind it. Names already looked up are
@@ -47,6 +50,10 @@ What the kernel adds (measured on Linux 6.18 with libfuse 3.14, Debian 12's):
 - ``flush`` is sent on every ``close()``, also by a forked child closing inherited
   descriptors before ``exec``; a hang on ``flush`` (or ``*``) therefore also blocks
   process creation in a process holding a descriptor on the mount.
+- Linux FUSE never abandons a request this process has read, even for SIGKILL; NFS hard
+  mounts wait killably. Held calls therefore watch their caller (proc(5) ``SigPnd``) and
+  answer EINTR as soon as it is being killed or its process exits, so a killed process
+  can die while its mount hangs, as on NFS. Other signals do not end a hang.
 - After an abort through fusectl, calls held by the server fail with ECONNABORTED and
   every later call with ENOTCONN.
 - With ``--allow-other`` the kernel checks permissions itself (``default_permissions``),
@@ -111,6 +118,8 @@ MAX_CONTROL_LINE_BYTES: Final = 65536
 MAX_CALL_KEYS: Final = 100_000
 PARENT_POLL_S: Final = 0.5
 FUSE_CAP_PARALLEL_DIROPS: Final = 1 << 18  # fuse_common.h
+SIGKILL_BIT: Final = 1 << (9 - 1)  # signal n is bit n-1 of proc(5)'s pending masks
+KILL_POLL_S: Final = 0.1
 # Times go separately, in nanoseconds (the operations class sets use_ns).
 STAT_FIELDS: Final = (
     "st_mode",
@@ -257,6 +266,55 @@ def read_tgid(tid: int) -> int | None:
     return None
 
 
+def is_dying(tid: int) -> bool:
+    """Tell whether a thread has SIGKILL pending (killed, or its process is exiting).
+
+    Args:
+        tid: Linux thread id of a FUSE caller.
+
+    Returns:
+        True if SIGKILL is in the thread's or its process's pending set (proc(5)
+        ``SigPnd``/``ShdPnd``), or the thread is gone.
+    """
+    try:
+        with open(f"/proc/{tid}/status", encoding="ascii", errors="replace") as status:
+            pending = [
+                int(line.split()[1], 16)
+                for line in status
+                if line.startswith(("SigPnd:", "ShdPnd:"))
+            ]
+    except (OSError, ValueError):
+        return True
+    return any(mask & SIGKILL_BIT for mask in pending)
+
+
+def wait_killable(released: threading.Event, tid: int, seconds: float) -> str:
+    """Wait for a rule's lift the way a hard NFS mount waits for its server: killably.
+
+    Linux FUSE cannot abandon a request the server has already read, not even for
+    SIGKILL, so a killed caller would stay in D state until answered. An NFS hard mount
+    waits TASK_KILLABLE instead, and this emulates it: a caller being killed (or whose
+    process is exiting) is answered at once.
+
+    Args:
+        released: Set when the rule is lifted.
+        tid: Linux thread id of the caller.
+        seconds: Upper bound on the wait.
+
+    Returns:
+        ``"lifted"``, ``"killed"`` or ``"timeout"``.
+    """
+    deadline = time.monotonic() + seconds
+    while True:
+        left = deadline - time.monotonic()
+        if left <= 0:
+            return "timeout"
+        if released.wait(min(KILL_POLL_S, left)):
+            return "lifted"
+        if is_dying(tid):
+            return "killed"
+
+
 class FaultTable:
     """The live rules, the calls they hold, and per-(op, path) call counts; thread-safe.
 
@@ -323,14 +381,15 @@ class FaultTable:
         return out
 
     @contextlib.contextmanager
-    def _holding(self, rule: Rule, op: str, path: str) -> Iterator[None]:
+    def _holding(self, rule: Rule, op: str, path: str) -> Iterator[int]:
+        """Record the current call as held while the block runs; yields the caller's tid."""
         key = threading.get_ident()
         _, _, tid = mfusepy.fuse_get_context()
         entry = {"op": op, "path": path, "kind": rule.kind, "rule": rule.id, "tid": tid}
         with self._lock:
             self._held[key] = entry | {"since": time.monotonic()}
         try:
-            yield
+            yield tid
         finally:
             with self._lock:
                 self._held.pop(key, None)
@@ -356,16 +415,20 @@ class FaultTable:
             if rule.remaining is not None:
                 rule.remaining -= 1
         if rule.kind == "hang":
-            with self._holding(rule, op, path):
-                if not rule.released.wait(self._max_hang_s):
-                    log.warning(
-                        "hang on %s %s ended by the %.0f s bound", op, path, self._max_hang_s
-                    )
+            with self._holding(rule, op, path) as tid:
+                outcome = wait_killable(rule.released, tid, self._max_hang_s)
+            if outcome == "timeout":
+                log.warning("hang on %s %s ended by the %.0f s bound", op, path, self._max_hang_s)
+            if outcome == "killed":
+                raise OSError(errno.EINTR, os.strerror(errno.EINTR))
             return
         if rule.seconds:
-            with self._holding(rule, op, path):
-                if rule.released.wait(rule.seconds):
-                    return
+            with self._holding(rule, op, path) as tid:
+                outcome = wait_killable(rule.released, tid, rule.seconds)
+            if outcome == "killed":
+                raise OSError(errno.EINTR, os.strerror(errno.EINTR))
+            if outcome == "lifted":
+                return
         if rule.kind != "delay":
             code = getattr(errno, rule.kind)
             raise OSError(code, os.strerror(code))

@@ -424,8 +424,10 @@ class FaultFS:
             seconds: For ``delay``, the delay; for an errno kind, an optional wait
                 before failing (a soft mount's timeout). Not allowed for ``hang``.
             count: Fire at most this many times, then let calls through; None for
-                always. Note the kernel retries a path walk that gets ESTALE once
-                with LOOKUP_REVAL, so one ``stat`` can consume two ESTALE firings.
+                always. The kernel retries ESTALE itself (LOOKUP_REVAL): one ESTALE
+                seen by ``stat()`` takes 2 ``getattr`` firings for a name not yet looked
+                up and 3 for one already looked up; by ``open()``, 2 ``open`` firings;
+                by ``read()``, 1. A smaller count is absorbed by the kernel.
             min_offset: For ``read``: only reads starting at or beyond this byte offset,
                 to fail in the middle of a body.
 

@@ -214,6 +214,34 @@ def test_errno_fault_reaches_the_caller(fs: FaultFS, op: str, kind: str) -> None
     assert errno_of(lambda: call(mnt)) is None
 
 
+@pytest.mark.parametrize(
+    ("syscall", "warm", "firings"),
+    [("stat", False, 2), ("stat", True, 3), ("open", False, 2), ("open", True, 2)],
+    ids=["stat-new-name", "stat-known-name", "open-new-name", "open-known-name"],
+)
+def test_kernel_absorbs_estale_retries(
+    fs: FaultFS, source: Path, syscall: str, warm: bool, firings: int
+) -> None:
+    """User space sees one ESTALE only once the VFS's own LOOKUP_REVAL retry is used up too."""
+    op = "getattr" if syscall == "stat" else "open"
+    for count, first in ((firings - 1, None), (firings, errno.ESTALE)):
+        path = fs.mountpoint / f"fresh-{count}.txt"
+        (source / path.name).write_bytes(b"x\n")
+        if warm:
+            os.stat(path)
+
+        def call(path: Path = path) -> None:
+            if syscall == "stat":
+                os.stat(path)
+            else:
+                os.close(os.open(path, os.O_RDONLY))
+
+        fs.inject(op, f"/{path.name}", "ESTALE", count=count)
+        assert errno_of(call) == first, f"count={count}"
+        assert errno_of(call) is None
+        fs.lift()
+
+
 def test_glob_selects_paths(fs: FaultFS) -> None:
     """A rule for ``/dir/*`` fails the names below /dir and nothing else, /dir included."""
     mnt = fs.mountpoint
@@ -391,6 +419,61 @@ def test_teardown_aborts_a_wedged_server(fs: FaultFS) -> None:
             os.close(descriptor)
     assert find_mount(fs.mountpoint) is None
     assert fs.process.poll() is not None
+
+
+STAT_UNTIL_KILLED = """
+import os, signal, sys
+signal.signal(signal.SIGTERM, lambda *_: None)
+os.stat(sys.argv[1])
+"""
+
+EXIT_WITH_A_HUNG_THREAD = """
+import os, sys, threading
+threading.Thread(target=os.stat, args=(sys.argv[1],), daemon=True).start()
+sys.stdin.readline()
+os._exit(0)
+"""
+
+
+def test_a_killed_caller_is_let_go(fs: FaultFS) -> None:
+    """A caller hung on the mount ignores SIGTERM but dies on SIGKILL, as on an NFS hard mount."""
+    fs.inject("getattr", "/small.txt", "hang")
+    child = subprocess.Popen([sys.executable, "-c", STAT_UNTIL_KILLED, fs.mountpoint / "small.txt"])
+    try:
+        [held] = fs.wait_hung(1, timeout_s=RELEASED_WITHIN_S)
+        assert held.pid == child.pid
+        child.send_signal(signal.SIGTERM)
+        with pytest.raises(subprocess.TimeoutExpired):
+            child.wait(timeout=STILL_BLOCKED_S)
+        assert len(fs.hung()) == 1
+        child.kill()
+        assert child.wait(timeout=RELEASED_WITHIN_S) == -signal.SIGKILL
+        assert fs.hung() == []
+        assert len(fs.faults()) == 1
+    finally:
+        child.kill()
+        fs.lift()
+        child.wait(timeout=RELEASED_WITHIN_S)
+
+
+def test_a_process_exits_with_a_thread_hung(fs: FaultFS) -> None:
+    """A process whose other thread hangs on the mount can still exit (vend's shutdown)."""
+    fs.inject("getattr", "/small.txt", "hang")
+    child = subprocess.Popen(
+        [sys.executable, "-c", EXIT_WITH_A_HUNG_THREAD, fs.mountpoint / "small.txt"],
+        stdin=subprocess.PIPE,
+    )
+    try:
+        [held] = fs.wait_hung(1, timeout_s=RELEASED_WITHIN_S)
+        assert held.pid == child.pid and held.tid != child.pid
+        assert child.stdin is not None
+        child.stdin.write(b"exit\n")
+        child.stdin.close()
+        assert child.wait(timeout=RELEASED_WITHIN_S) == 0
+    finally:
+        child.kill()
+        fs.lift()
+        child.wait(timeout=RELEASED_WITHIN_S)
 
 
 CHILD_TEST = """
