@@ -1,13 +1,22 @@
 """Prometheus metrics, with the prometheus-client library.
 
-Each application instance has its own registry (tests build many apps in one process).
-Exposed at ``/.well-known/vend/metrics`` in Prometheus' text format.
+Exposed at ``/.well-known/vend/metrics`` in Prometheus' text format. With one process,
+each application instance has its own registry (tests build many apps in one process).
+With ``--workers N``, ``vend serve`` sets ``PROMETHEUS_MULTIPROC_DIR`` before the workers
+start, each worker writes its values there, and a scrape (answered by any worker) adds
+up all workers' values: prometheus-client's multiprocess mode.
 """
 
 from __future__ import annotations
 
+import os
+from typing import Final
+
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
+from prometheus_client.multiprocess import MultiProcessCollector
+
+MULTIPROC_ENV: Final = "PROMETHEUS_MULTIPROC_DIR"
 
 
 class Metrics:
@@ -26,7 +35,11 @@ class Metrics:
     content_type = CONTENT_TYPE_LATEST
 
     def __init__(self) -> None:
-        self.registry = CollectorRegistry(auto_describe=True)
+        self._multiprocess = bool(os.environ.get(MULTIPROC_ENV))
+        # In multiprocess mode values live in files; the registry is built per scrape.
+        self.registry: CollectorRegistry | None = (
+            None if self._multiprocess else CollectorRegistry(auto_describe=True)
+        )
         self.requests = Counter(
             "vend_requests",
             "Requests answered, by status code.",
@@ -56,9 +69,17 @@ class Metrics:
             registry=self.registry,
         )
         self.mount_up = Gauge(
-            "vend_mount_up", "1 when the mount is usable.", ["mount"], registry=self.registry
+            "vend_mount_up",
+            "1 when the mount is usable (the lowest value among live workers).",
+            ["mount"],
+            registry=self.registry,
+            multiprocess_mode="livemin",
         )
 
     def render(self) -> bytes:
-        """The current values in Prometheus' text exposition format."""
-        return generate_latest(self.registry)
+        """The current values in Prometheus' text exposition format (all workers')."""
+        if self.registry is not None:
+            return generate_latest(self.registry)
+        registry = CollectorRegistry()
+        MultiProcessCollector(registry)  # type: ignore[no-untyped-call]
+        return generate_latest(registry)

@@ -19,6 +19,8 @@ from __future__ import annotations
 import json
 import logging
 import os
+import shutil
+import tempfile
 from collections.abc import Callable
 from typing import Any, Final
 
@@ -26,6 +28,7 @@ import uvicorn
 from uvicorn.supervisors import Multiprocess
 
 from app.asgi import VendApp, create_app
+from app.metrics import MULTIPROC_ENV
 from app.protocol import VendHttpToolsProtocol
 from app.settings import Settings, SettingsError, load_settings
 
@@ -121,8 +124,16 @@ def serve(
     """
     config = uvicorn_config(settings, config_file, overrides)
     if settings.workers > 1:
-        sock = config.bind_socket()
-        Multiprocess(config, sockets=[sock]).run()
+        # Workers write their metrics here; set before they start (prometheus-client
+        # picks its mode when imported). Removed with the process's private /tmp or
+        # below when vend stops.
+        metrics_dir = tempfile.mkdtemp(prefix="vend-metrics-")
+        os.environ[MULTIPROC_ENV] = metrics_dir
+        try:
+            sock = config.bind_socket()
+            Multiprocess(config, sockets=[sock]).run()
+        finally:
+            shutil.rmtree(metrics_dir, ignore_errors=True)
         return 0
     server = uvicorn.Server(config)
     server.run()
