@@ -21,6 +21,9 @@ from pathlib import Path
 
 from .httpd import free_port, stop_process_group
 
+PROBE_USER_AGENT = "vend-apache-tests-probe"
+"""The User-Agent of the tests' own readiness probes, to tell them from Apache's checks."""
+
 
 class VendError(RuntimeError):
     """``vend serve`` exited or did not answer its health endpoint in time."""
@@ -46,7 +49,7 @@ def get_status(port: int, path: str, *, timeout_s: float = 2.0) -> int:
     """
     conn = http.client.HTTPConnection("127.0.0.1", port, timeout=timeout_s)
     try:
-        conn.request("GET", path)
+        conn.request("GET", path, headers={"User-Agent": PROBE_USER_AGENT})
         response = conn.getresponse()
         response.read()
         return response.status
@@ -101,9 +104,10 @@ def start_vend(
     mounts: Sequence[Path],
     port: int | None = None,
     trusted_proxies: Sequence[str] | None = None,
+    wait_healthy: bool = True,
     timeout_s: float = 20.0,
 ) -> Vend:
-    """Start ``vend serve`` on a loopback port and wait until its health endpoint answers 200.
+    """Start ``vend serve`` on a loopback port and wait until its health endpoint answers.
 
     The caller must call ``Vend.stop`` (fixtures do it in ``finally``).
 
@@ -112,7 +116,9 @@ def start_vend(
         mounts: the mount directories, first has priority.
         port: the TCP port; a free one when None.
         trusted_proxies: vend's ``trusted_proxies`` setting; vend's default when None.
-        timeout_s: seconds to wait for a 200 from ``/.well-known/vend/health``.
+        wait_healthy: wait for 200 from ``/.well-known/vend/health``; when False, any
+            HTTP answer will do (a vend whose mounts are all missing answers 503).
+        timeout_s: seconds to wait for that answer.
 
     Returns:
         The running vend.
@@ -145,7 +151,8 @@ def start_vend(
             if process.poll() is not None:
                 raise VendError(f"vend exited with {process.returncode}:\n{output.read_text()}")
             try:
-                if get_status(port, "/.well-known/vend/health") == 200:
+                status = get_status(port, "/.well-known/vend/health")
+                if status == 200 or not wait_healthy:
                     return vend
             except (OSError, http.client.HTTPException):
                 pass
