@@ -173,6 +173,8 @@ def _one_line(m: Measurement) -> str:
     return (
         f"{m.requests_per_s or 0:,.0f} req/s, {m.mib_per_s or 0:,.0f} MiB/s, "
         f"p99 {m.p99_ms or 0:.1f} ms, {cpu}, RSS {m.peak_rss_mib or 0:.0f} MiB, "
+        f"CPU % server/wrk/others {(m.server_cpu_share or 0) * 100:.0f}/"
+        f"{(m.client_cpu_share or 0) * 100:.0f}/{(m.others_share or 0) * 100:.0f}, "
         f"wrk errors {m.wrk_errors}"
     )
 

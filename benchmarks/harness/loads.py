@@ -13,7 +13,7 @@ from harness.content import Probe
 from harness.processes import ServerProcess
 from harness.procstat import (
     MemorySampler,
-    core_busy_fraction,
+    core_task_fraction,
     core_times,
 )
 from harness.wrk import WrkResult, run_wrk
@@ -54,22 +54,30 @@ class RunSample:
         cpu_s: CPU seconds (user + system) the server's process groups used meanwhile.
         peak_rss_bytes: highest summed VmRSS of the server's processes seen meanwhile.
         peak_pss_bytes: highest summed Pss of the server's processes seen meanwhile.
-        server_core_busy: fraction of the server core's time that was busy (any process,
-            interrupts included); near 1 means the server core was the bottleneck.
-        load_core_busy: the same for wrk's core; near 1 means wrk was the bottleneck.
+        server_core_tasks: fraction of the server core's time spent running tasks (user +
+            system, of any process); what the server did not use of it, other processes did.
     """
 
     wrk: WrkResult
     cpu_s: float
     peak_rss_bytes: int
     peak_pss_bytes: int
-    server_core_busy: float
-    load_core_busy: float
+    server_core_tasks: float
 
     @property
     def server_cpu_share(self) -> float:
         """Server CPU seconds per wall second: 1.0 is one whole core."""
         return self.cpu_s / self.wrk.duration_s
+
+    @property
+    def client_cpu_share(self) -> float:
+        """wrk's CPU seconds per wall second: near 1.0, wrk is the limit."""
+        return self.wrk.cpu_s / self.wrk.duration_s
+
+    @property
+    def others_share(self) -> float:
+        """Share of the server core that other processes ran on (should be near 0)."""
+        return max(self.server_core_tasks - self.server_cpu_share, 0.0)
 
     @property
     def cpu_us_per_request(self) -> float | None:
@@ -149,14 +157,14 @@ class Measurement:
         return self._median([s.server_cpu_share for s in self.samples])
 
     @property
-    def server_core_busy(self) -> float | None:
-        """Median busy fraction of the server core."""
-        return self._median([s.server_core_busy for s in self.samples])
+    def client_cpu_share(self) -> float | None:
+        """Median wrk CPU seconds per wall second."""
+        return self._median([s.client_cpu_share for s in self.samples])
 
     @property
-    def load_core_busy(self) -> float | None:
-        """Median busy fraction of wrk's core."""
-        return self._median([s.load_core_busy for s in self.samples])
+    def others_share(self) -> float | None:
+        """Median share of the server core used by other processes."""
+        return self._median([s.others_share for s in self.samples])
 
     @property
     def wrk_errors(self) -> int:
@@ -189,7 +197,7 @@ def measure(
         if plan.warmup_s > 0:
             run_wrk(url, connections=plan.connections, duration_s=plan.warmup_s, cpu=plan.load_cpu)
         for _ in range(plan.runs):
-            cores = [plan.server_cpu, plan.load_cpu]
+            cores = [plan.server_cpu]
             with MemorySampler(pgids) as memory:
                 before, cores_before = cpu_s(), core_times(cores)
                 wrk = run_wrk(
@@ -202,11 +210,8 @@ def measure(
                     cpu_s=max(after - before, 0.0),
                     peak_rss_bytes=memory.peak_rss_bytes,
                     peak_pss_bytes=memory.peak_pss_bytes,
-                    server_core_busy=core_busy_fraction(
+                    server_core_tasks=core_task_fraction(
                         cores_before[plan.server_cpu], cores_after[plan.server_cpu]
-                    ),
-                    load_core_busy=core_busy_fraction(
-                        cores_before[plan.load_cpu], cores_after[plan.load_cpu]
                     ),
                 )
             )

@@ -151,13 +151,14 @@ class MemorySampler:
 
 
 def core_times(cores: list[int]) -> dict[int, tuple[int, int]]:
-    """Reads busy and total time of some cores from /proc/stat.
+    """Reads how long some cores ran tasks, and their total time, from /proc/stat.
 
     Args:
         cores: core numbers.
 
     Returns:
-        core -> (busy ticks, total ticks); busy is everything but idle and iowait.
+        core -> (task ticks, total ticks); task time is user + nice + system, so idle,
+        I/O wait and interrupt handling (loopback's softirq work) are left out.
     """
     times = {}
     with open("/proc/stat") as stat:
@@ -165,17 +166,16 @@ def core_times(cores: list[int]) -> dict[int, tuple[int, int]]:
             name, *values = line.split()
             if name.startswith("cpu") and name[3:].isdigit() and int(name[3:]) in cores:
                 ticks = [int(value) for value in values[:8]]
-                idle = ticks[3] + ticks[4]
-                times[int(name[3:])] = (sum(ticks) - idle, sum(ticks))
+                times[int(name[3:])] = (ticks[0] + ticks[1] + ticks[2], sum(ticks))
     return times
 
 
-def core_busy_fraction(before: tuple[int, int], after: tuple[int, int]) -> float:
-    """Returns the fraction of time a core was busy between two ``core_times`` readings.
+def core_task_fraction(before: tuple[int, int], after: tuple[int, int]) -> float:
+    """Returns the fraction of time a core ran tasks between two ``core_times`` readings.
 
     Args:
-        before: (busy, total) ticks at the start.
-        after: (busy, total) ticks at the end.
+        before: (task, total) ticks at the start.
+        after: (task, total) ticks at the end.
 
     Returns:
         A fraction between 0 and 1 (0 when no time passed).

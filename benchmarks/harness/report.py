@@ -81,7 +81,7 @@ def _ratio(value: float | None, reference: float | None) -> str:
 
 
 def _busy(m: Measurement) -> str:
-    shares = (m.server_cpu_share, m.server_core_busy, m.load_core_busy)
+    shares = (m.server_cpu_share, m.client_cpu_share, m.others_share)
     if any(share is None for share in shares):
         return "-"
     return " / ".join(f"{(share or 0) * 100:.0f}" for share in shares)
@@ -101,7 +101,7 @@ def _size_table(
         "peak RSS MiB",
         "peak PSS MiB",
         *ratio_heads,
-        "CPU % server / core 0 / core 1",
+        "CPU % server / wrk / others on core 0",
         "wrk errors",
     ]
     lines = [
@@ -258,6 +258,26 @@ def _targets(measurements: list[Measurement]) -> list[str]:
     ]
 
 
+# Loads during which other processes ran on the server core for at least this share of
+# it are named in the notes.
+CONTENDED_SHARE: Final = 0.2
+
+
+def _contention_notes(measurements: list[Measurement]) -> list[str]:
+    """Names the loads during which other processes took part of the server's core."""
+    flagged = [
+        f"{m.peer} {SIZE_LABELS[m.probe.key]} ({(m.others_share or 0) * 100:.0f}%)"
+        for m in measurements
+        if m.ok and (m.others_share or 0) >= CONTENDED_SHARE
+    ]
+    if not flagged:
+        return []
+    return [
+        "Other processes ran on the server core during these loads (share of core 0 they "
+        "took); their numbers are low by up to that much: " + ", ".join(flagged) + "."
+    ]
+
+
 def render_markdown(info: RunInfo, measurements: list[Measurement]) -> str:
     """Renders the results page.
 
@@ -300,8 +320,9 @@ def render_markdown(info: RunInfo, measurements: list[Measurement]) -> str:
         "core; compared with Apache serving the file itself over TLS.",
     )
     lines += _targets(measurements)
-    if info.notes:
-        lines += ["## Notes", "", *[f"- {note}" for note in info.notes], ""]
+    notes = [*info.notes, *_contention_notes(measurements)]
+    if notes:
+        lines += ["## Notes", "", *[f"- {note}" for note in notes], ""]
     lines += [
         "## Versions",
         "",
@@ -382,8 +403,8 @@ def render_json(info: RunInfo, measurements: list[Measurement]) -> str:
                         "server_cpu_s": s.cpu_s,
                         "peak_rss_bytes": s.peak_rss_bytes,
                         "peak_pss_bytes": s.peak_pss_bytes,
-                        "server_core_busy": round(s.server_core_busy, 3),
-                        "load_core_busy": round(s.load_core_busy, 3),
+                        "wrk_cpu_s": round(s.wrk.cpu_s, 3),
+                        "server_core_tasks": round(s.server_core_tasks, 3),
                     }
                     for s in m.samples
                 ],

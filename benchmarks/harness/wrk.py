@@ -7,7 +7,9 @@ URL``: one thread on the load core, HTTP/1.1 keep-alive (wrk's only mode), and t
 
 from __future__ import annotations
 
+import dataclasses
 import json
+import resource
 import subprocess
 from dataclasses import dataclass
 from pathlib import Path
@@ -35,6 +37,7 @@ class WrkResult:
         p50_us, p90_us, p99_us, max_us: response latency percentiles in microseconds
             (0 when no response completed).
         raw: wrk's complete standard output, for the raw file beside the results.
+        cpu_s: CPU seconds (user + system) wrk itself used; 0 when not measured.
     """
 
     duration_s: float
@@ -46,6 +49,7 @@ class WrkResult:
     p99_us: int
     max_us: int
     raw: str
+    cpu_s: float = 0.0
 
     @property
     def requests_per_s(self) -> float:
@@ -93,10 +97,16 @@ def run_wrk(url: str, *, connections: int, duration_s: float, cpu: int) -> WrkRe
         str(SUMMARY_SCRIPT),
         url,
     ]
+    # wrk is the only child reaped meanwhile (servers are reaped when stopped), so the
+    # change in the children's resource usage is wrk's CPU time.
+    before = resource.getrusage(resource.RUSAGE_CHILDREN)
     done = subprocess.run(
         argv, capture_output=True, text=True, timeout=duration_s + EXIT_SLACK_S, check=False
     )
-    return parse_wrk_output(done.stdout, done.stderr, done.returncode)
+    after = resource.getrusage(resource.RUSAGE_CHILDREN)
+    result = parse_wrk_output(done.stdout, done.stderr, done.returncode)
+    cpu_s = (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)
+    return dataclasses.replace(result, cpu_s=cpu_s)
 
 
 def parse_wrk_output(stdout: str, stderr: str = "", returncode: int = 0) -> WrkResult:
