@@ -127,8 +127,10 @@ def start_vend(
         VendError: vend exited or did not answer in time; the message has its output.
     """
     port = port or free_port()
-    access_log = workdir / f"vend-{port}-access.log"
-    output = workdir / f"vend-{port}.out"
+    # A vend restarted on the same port gets files of its own.
+    run = f"vend-{port}-{time.monotonic_ns()}"
+    access_log = workdir / f"{run}-access.log"
+    output = workdir / f"{run}.out"
     env = {k: v for k, v in os.environ.items() if not k.startswith("VEND_")}
     env["VEND_MOUNTS"] = json.dumps([str(m) for m in mounts])
     env["VEND_ACCESS_LOG"] = str(access_log)
