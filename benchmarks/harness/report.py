@@ -22,6 +22,9 @@ from harness.content import PROBE_SIZES
 from harness.loads import LARGE_SIZE, LoadPlan, Measurement, headline
 from harness.peers import LEGACY_REFERENCE, NGINX_REFERENCE, PEERS, TLS_REFERENCE
 
+# Loads during which other processes ran on the server core for at least this share of
+# it are named in the notes, and ratios using them are marked.
+CONTENDED_SHARE: Final = 0.2
 SIZE_LABELS: Final = {key: label for key, label, _ in PROBE_SIZES}
 
 
@@ -175,66 +178,96 @@ def _section(
     return lines
 
 
+@dataclass(frozen=True)
+class _Target:
+    label: str
+    peer: str
+    reference: str
+    size: str
+    passes: Callable[[float], bool]
+    metric: Callable[[Measurement], float | None] = headline
+
+
+_TARGETS: Final = [
+    *[
+        target
+        for size, label in (("4k", "4 KiB"), ("100k", "100 KiB"))
+        for target in (
+            _Target(
+                f"{label}: vend / mod_php >= 1.5 (aim 2.5)",
+                "vend",
+                LEGACY_REFERENCE,
+                size,
+                lambda r: r >= 1.5,
+            ),
+            _Target(
+                f"{label}: vend / Starlette StaticFiles >= 10",
+                "vend",
+                "starlette-static",
+                size,
+                lambda r: r >= 10,
+            ),
+            _Target(
+                f"{label}: vend / nginx try_files (aim about 0.4)",
+                "vend",
+                NGINX_REFERENCE,
+                size,
+                lambda r: r >= 0.4,
+            ),
+        )
+    ],
+    _Target(
+        "256 MiB: vend / nginx try_files MiB/s >= 0.9",
+        "vend",
+        NGINX_REFERENCE,
+        LARGE_SIZE,
+        lambda r: r >= 0.9,
+    ),
+    _Target(
+        "256 MiB: vend / nginx try_files CPU s per GiB <= 2",
+        "vend",
+        NGINX_REFERENCE,
+        LARGE_SIZE,
+        lambda r: r <= 2,
+        lambda m: m.cpu_s_per_gib,
+    ),
+    _Target(
+        "TLS 4 KiB: Apache->vend / Apache static (aim 0.5)",
+        "tls-apache-vend",
+        TLS_REFERENCE,
+        "4k",
+        lambda r: r >= 0.5,
+    ),
+    _Target(
+        "TLS 256 MiB: Apache->vend / Apache static (aim 0.8)",
+        "tls-apache-vend",
+        TLS_REFERENCE,
+        LARGE_SIZE,
+        lambda r: r >= 0.8,
+    ),
+]
+
+
+def _is_contended(m: Measurement) -> bool:
+    return (m.others_share or 0) >= CONTENDED_SHARE
+
+
 def _targets(measurements: list[Measurement]) -> list[str]:
     """Issue 5's targets, checked against this run's ratios (vend rows only)."""
     index = _by_peer_size(measurements)
-
-    def ratio(
-        peer: str, ref: str, size: str, metric: Callable[[Measurement], float | None] = headline
-    ) -> float | None:
-        a, b = index.get((peer, size)), index.get((ref, size))
+    rows = []
+    for target in _TARGETS:
+        a, b = index.get((target.peer, target.size)), index.get((target.reference, target.size))
         if not (a and b and a.ok and b.ok):
-            return None
-        top, bottom = metric(a), metric(b)
-        return top / bottom if top is not None and bottom else None
-
-    checks: list[tuple[str, float | None, Callable[[float], bool]]] = []
-    for size in ("4k", "100k"):
-        label = SIZE_LABELS[size]
-        checks += [
-            (
-                f"{label}: vend / mod_php >= 1.5 (aim 2.5)",
-                ratio("vend", LEGACY_REFERENCE, size),
-                lambda r: r >= 1.5,
-            ),
-            (
-                f"{label}: vend / Starlette StaticFiles >= 10",
-                ratio("vend", "starlette-static", size),
-                lambda r: r >= 10,
-            ),
-            (
-                f"{label}: vend / nginx try_files (aim about 0.4)",
-                ratio("vend", NGINX_REFERENCE, size),
-                lambda r: r >= 0.4,
-            ),
-        ]
-    checks += [
-        (
-            "256 MiB: vend / nginx try_files MiB/s >= 0.9",
-            ratio("vend", NGINX_REFERENCE, LARGE_SIZE),
-            lambda r: r >= 0.9,
-        ),
-        (
-            "256 MiB: vend / nginx try_files CPU s per GiB <= 2",
-            ratio("vend", NGINX_REFERENCE, LARGE_SIZE, lambda m: m.cpu_s_per_gib),
-            lambda r: r <= 2,
-        ),
-        (
-            "TLS 4 KiB: Apache->vend / Apache static (aim 0.5)",
-            ratio("tls-apache-vend", TLS_REFERENCE, "4k"),
-            lambda r: r >= 0.5,
-        ),
-        (
-            "TLS 256 MiB: Apache->vend / Apache static (aim 0.8)",
-            ratio("tls-apache-vend", TLS_REFERENCE, LARGE_SIZE),
-            lambda r: r >= 0.8,
-        ),
-    ]
-    rows = [
-        f"| {name} | {value:.2f} | {'met' if passes(value) else 'missed'} |"
-        for name, value, passes in checks
-        if value is not None
-    ]
+            continue
+        top, bottom = target.metric(a), target.metric(b)
+        if top is None or not bottom:
+            continue
+        value = top / bottom
+        verdict = "met" if target.passes(value) else "missed"
+        if _is_contended(a) or _is_contended(b):
+            verdict += " (contended run: see notes)"
+        rows.append(f"| {target.label} | {value:.2f} | {verdict} |")
     vend_rss = [
         m.peak_rss_mib
         for (peer, _), m in index.items()
@@ -258,17 +291,12 @@ def _targets(measurements: list[Measurement]) -> list[str]:
     ]
 
 
-# Loads during which other processes ran on the server core for at least this share of
-# it are named in the notes.
-CONTENDED_SHARE: Final = 0.2
-
-
 def _contention_notes(measurements: list[Measurement]) -> list[str]:
     """Names the loads during which other processes took part of the server's core."""
     flagged = [
         f"{m.peer} {SIZE_LABELS[m.probe.key]} ({(m.others_share or 0) * 100:.0f}%)"
         for m in measurements
-        if m.ok and (m.others_share or 0) >= CONTENDED_SHARE
+        if m.ok and _is_contended(m)
     ]
     if not flagged:
         return []
