@@ -138,7 +138,12 @@ def _launch(
         cwd=cwd,
         cgroup=ctx.cgroups.create(name),
     )
-    wait_for_port(port, server)
+    try:
+        wait_for_port(port, server)
+    except BaseException:
+        # The caller only learns of the server through the return value.
+        stop_server(server, ctx.registry)
+        raise
     wait_for_settled_group([server.pgid])
     return server
 
