@@ -102,7 +102,7 @@ def _deterministic_bytes(size: int, seed: int) -> bytes:
     return random.Random(seed).randbytes(size)
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="package")
 def workdir() -> Iterator[Path]:
     """A world-readable temporary directory (Apache's children run as nobody under root)."""
     path = Path(tempfile.mkdtemp(prefix="vend-apache-"))
@@ -113,7 +113,7 @@ def workdir() -> Iterator[Path]:
         shutil.rmtree(path, ignore_errors=True)
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="package")
 def pki(workdir: Path) -> Pki:
     """A trustme CA made for this run, an intermediate, and a leaf for the legacy hostname
     and its alias."""
@@ -137,7 +137,7 @@ def pki(workdir: Path) -> Pki:
     return result
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="package")
 def content(workdir: Path) -> Content:
     """Two mounts (a name on both, where the first wins), canaries next to them, a symlink
     to /etc inside the first, and an ACME webroot with one challenge file."""
@@ -252,7 +252,7 @@ def apache_factory(
             apache.stop()
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="package")
 def vend(workdir: Path, content: Content) -> Iterator[Vend]:
     """The vend that the shared front proxies to (trusting the default proxies, loopback)."""
     server = start_vend(workdir, mounts=content.mounts)
@@ -262,7 +262,7 @@ def vend(workdir: Path, content: Content) -> Iterator[Vend]:
         server.stop()
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="package")
 def front(workdir: Path, pki: Pki, content: Content, vend: Vend) -> Iterator[Front]:
     """Apache with the shipped vend.conf in front of the shared vend, for tests that leave
     both running."""
