@@ -133,7 +133,11 @@ def test_accepted_names_never_escape(raw: bytes) -> None:
 
 def _within_limits(name: str) -> bool:
     segments = name.split("/")
-    return len(segments) <= MAX_SEGMENTS and max(map(len, segments)) <= MAX_SEGMENT_BYTES
+    return (
+        len(name) <= MAX_NAME_BYTES
+        and len(segments) <= MAX_SEGMENTS
+        and max(map(len, segments)) <= MAX_SEGMENT_BYTES
+    )
 
 
 @given(st.from_regex(DEFAULT_PATTERN, fullmatch=True).filter(_within_limits))
