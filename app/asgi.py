@@ -76,6 +76,8 @@ class VendApp:
         mounts: the run-time mounts, in priority order.
         metrics: this application's Prometheus metrics.
         cache: the name cache of the hot path.
+        draining: True after SIGTERM while ``timeouts.drain_s`` runs: health is 503 and
+            every response closes its connection.
     """
 
     def __init__(
@@ -84,6 +86,7 @@ class VendApp:
         self.metrics = Metrics()
         self.mounts: list[Mount] = []
         self._reload_settings = reload_settings
+        self.draining = False
         self._probe_task: asyncio.Task[None] | None = None
         self._operator = create_operator_app(self)
         self._apply(settings)
@@ -144,13 +147,15 @@ class VendApp:
         raw_path: bytes = scope.get("raw_path") or scope["path"].encode("utf-8")
         raw_path = raw_path.partition(b"?")[0]
         if raw_path.startswith(OPERATOR_PREFIX):
-            status = await self._call_operator(scope, receive, send)
-            self.access_log.record(scope, status, 0, None, started)
+            status, body_bytes = await self._call_operator(scope, receive, send)
+            self.access_log.record(scope, status, body_bytes, None, started)
             return
         response_started = False
 
         async def tracking_send(message: Message) -> None:
             nonlocal response_started
+            if not response_started and self.draining:
+                message["headers"] = [*message.get("headers", ()), (b"connection", b"close")]
             response_started = True
             await send(message)
 
@@ -248,17 +253,45 @@ class VendApp:
         finally:
             found.close()
 
-    async def _call_operator(self, scope: Scope, receive: Receive, send: Send) -> int:
-        status = 500
+    async def _call_operator(self, scope: Scope, receive: Receive, send: Send) -> tuple[int, int]:
+        status, body_bytes = 500, 0
 
         async def capture(message: Message) -> None:
-            nonlocal status
+            nonlocal status, body_bytes
             if message["type"] == "http.response.start":
                 status = message["status"]
+                if self.draining:
+                    message["headers"] = [*message.get("headers", ()), (b"connection", b"close")]
+            elif message["type"] == "http.response.body" and scope["method"] != "HEAD":
+                body_bytes += len(message.get("body", b""))
             await send(message)
 
         await self._operator(scope, receive, capture)
-        return status
+        return status, body_bytes
+
+    def _drain_on_sigterm(self, loop: asyncio.AbstractEventLoop) -> None:
+        """Put a drain period in front of the server's own SIGTERM handling.
+
+        On SIGTERM, for ``timeouts.drain_s`` seconds vend keeps listening and serving,
+        answers health with 503 (so a balancer takes it out of rotation) and closes each
+        connection after its response (so no pooled connection is closed under a request
+        just sent on it); then the server's handler runs: in-flight requests finish
+        within ``graceful_shutdown_s`` and the process exits.
+        """
+        drain_s = self.settings.timeouts.drain_s
+        previous = signal.getsignal(signal.SIGTERM)
+        if drain_s <= 0 or not callable(previous):
+            return
+
+        def on_sigterm(signum: int, frame: object) -> None:
+            if self.draining:
+                previous(signum, None)  # a second SIGTERM: stop now
+                return
+            self.draining = True
+            log.warning("SIGTERM: draining for %s s before shutting down", drain_s)
+            loop.call_soon_threadsafe(loop.call_later, drain_s, previous, signum, None)
+
+        signal.signal(signal.SIGTERM, on_sigterm)
 
     async def prepare_mounts(self, mounts: list[Mount] | None = None) -> None:
         """Probe mounts at once (each in its own probe thread, with its timeout).
@@ -306,6 +339,7 @@ class VendApp:
             message = await receive()
             if message["type"] == "lifespan.startup":
                 await self.prepare_mounts()
+                self._drain_on_sigterm(loop)
                 interval = self.settings.timeouts.probe_interval_s
                 self._probe_task = loop.create_task(probe_forever(lambda: self.mounts, interval))
                 with contextlib.suppress(NotImplementedError, RuntimeError, ValueError):

@@ -6,8 +6,9 @@
                                  "latency_ms": 0.2}, ...]}
 
 with 200 when at least one mount is usable and 503 (``"status": "unavailable"``) when none
-is. It names mounts, never filesystem paths. ``GET /.well-known/vend/metrics`` answers
-Prometheus' text format. The Apache vhost keeps this prefix off the public side.
+is, or (``"status": "draining"``) while vend drains after SIGTERM. It names mounts,
+never filesystem paths. ``GET /.well-known/vend/metrics`` answers Prometheus' text format.
+The Apache vhost keeps this prefix off the public side.
 """
 
 from __future__ import annotations
@@ -38,8 +39,9 @@ def create_operator_app(vend: VendApp) -> Starlette:
 
     async def health(request: Request) -> Response:
         mounts = [describe(mount) for mount in vend.mounts]
-        usable = any(m["state"] == "up" for m in mounts)
-        body = {"status": "ok" if usable else "unavailable", "mounts": mounts}
+        usable = any(m["state"] == "up" for m in mounts) and not vend.draining
+        status = "draining" if vend.draining else "ok" if usable else "unavailable"
+        body = {"status": status, "mounts": mounts}
         return JSONResponse(
             body, status_code=200 if usable else 503, headers={"cache-control": "no-store"}
         )

@@ -92,6 +92,9 @@ class Timeouts(BaseModel):
         keep_alive_s: an idle keep-alive connection is closed after this long.
         graceful_shutdown_s: on SIGTERM, in-flight requests get this long to finish.
         probe_interval_s: how often each mount's root is probed (health), in seconds.
+        drain_s: on SIGTERM, keep serving this long with health 503 and
+            ``Connection: close`` before shutting down, in seconds, so a load balancer
+            (Apache's mod_proxy_hcheck) takes vend out first; 0: no drain.
     """
 
     model_config = ConfigDict(extra="forbid", frozen=True)
@@ -101,6 +104,7 @@ class Timeouts(BaseModel):
     keep_alive_s: float = Field(default=5.0, gt=0, le=3600)
     graceful_shutdown_s: float = Field(default=10.0, gt=0, le=3600)
     probe_interval_s: float = Field(default=2.0, gt=0, le=3600)
+    drain_s: float = Field(default=0.0, ge=0, le=600)
 
 
 class CacheSettings(BaseModel):

@@ -104,6 +104,7 @@ def start_vend(
     mounts: Sequence[Path],
     port: int | None = None,
     trusted_proxies: Sequence[str] | None = None,
+    drain_s: float | None = None,
     wait_healthy: bool = True,
     timeout_s: float = 20.0,
 ) -> Vend:
@@ -116,6 +117,8 @@ def start_vend(
         mounts: the mount directories, first has priority.
         port: the TCP port; a free one when None.
         trusted_proxies: vend's ``trusted_proxies`` setting; vend's default when None.
+        drain_s: vend's ``timeouts.drain_s`` (keep serving after SIGTERM, health 503,
+            ``Connection: close``); vend's default when None.
         wait_healthy: wait for 200 from ``/.well-known/vend/health``; when False, any
             HTTP answer will do (a vend whose mounts are all missing answers 503).
         timeout_s: seconds to wait for that answer.
@@ -136,6 +139,8 @@ def start_vend(
     env["VEND_ACCESS_LOG"] = str(access_log)
     if trusted_proxies is not None:
         env["VEND_TRUSTED_PROXIES"] = json.dumps(list(trusted_proxies))
+    if drain_s is not None:
+        env["VEND_TIMEOUTS__DRAIN_S"] = str(drain_s)
     command = [*vend_command(), "serve", "--host", "127.0.0.1", "--port", str(port)]
     with open(output, "ab") as sink:
         process = subprocess.Popen(

@@ -115,8 +115,12 @@ def test_sigterm_of_one_member_fails_no_request(
     slow_file: dict[str, bytes],
 ) -> None:
     """Under 50 concurrent connections (44 fast clients, 6 slow downloads), vend A stopped
-    with SIGTERM while requests are in flight on it: A finishes them, and no request fails."""
-    first, second = vend_factory(), vend_factory()
+    with SIGTERM while requests are in flight on it: A finishes them, and no request fails.
+
+    vend runs with ``timeouts.drain_s = 5``, as apache/README.md says for the balancer:
+    after SIGTERM it answers health 503 and closes each connection after its response
+    until Apache's health checks (2 failures, 2 s apart) have taken it out."""
+    first, second = vend_factory(drain_s=5), vend_factory(drain_s=5)
     apache = _balanced_apache(apache_factory, first, second)
     fast, slow = _mixed_load(apache, pki, content, slow_file)
     with fast, slow:

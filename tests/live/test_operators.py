@@ -162,3 +162,23 @@ def test_permission_denied_is_403_for_an_unprivileged_vend(
         assert client.get("/open.txt").text == "readable"
         denied = client.get("/secret.txt")
     assert denied.status_code == 403 and denied.text == "Forbidden\n"
+
+
+def test_sigterm_drain_keeps_serving_with_health_503(start_vend: Any) -> None:
+    """With timeouts.drain_s, SIGTERM first drains: health 503, files still served with
+    Connection: close; then vend exits."""
+    import signal
+    import time
+
+    proc = start_vend(None, {"timeouts": {"drain_s": 2.0}})
+    os.killpg(proc.pid, signal.SIGTERM)
+    time.sleep(0.3)
+    with proc.client() as client:
+        health = client.get("/.well-known/vend/health")
+        about = client.get("/about.html")
+    assert health.status_code == 503 and health.json()["status"] == "draining"
+    assert about.status_code == 200 and about.headers["connection"] == "close"
+    assert proc.proc is not None
+    proc.proc.wait(timeout=15)
+    # uvicorn re-raises the SIGTERM it handled once it is done, as servers do.
+    assert proc.proc.returncode in (0, -signal.SIGTERM)
