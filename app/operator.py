@@ -38,6 +38,7 @@ def create_operator_app(vend: VendApp) -> Starlette:
     """
 
     async def health(request: Request) -> Response:
+        """Mount states as JSON; 200 while serving is possible, else 503 (no-store)."""
         mounts = [describe(mount) for mount in vend.mounts]
         usable = any(m["state"] == "up" for m in mounts) and not vend.draining
         status = "draining" if vend.draining else "ok" if usable else "unavailable"
@@ -47,6 +48,7 @@ def create_operator_app(vend: VendApp) -> Starlette:
         )
 
     async def metrics(request: Request) -> Response:
+        """All metrics in Prometheus' text exposition format (version 0.0.4)."""
         return Response(vend.metrics.render(), media_type=vend.metrics.content_type)
 
     return Starlette(
