@@ -41,7 +41,7 @@ from app.metrics import Metrics
 from app.mounts import Mount, SmallFile, build_mounts
 from app.names import NameRefused, compile_pattern, is_allowed_name, parse_request_path
 from app.operator import create_operator_app
-from app.protocol import ZEROCOPY
+from app.protocol import UNSENT_KEY, ZEROCOPY
 from app.responses import (
     FileBody,
     MemoryBody,
@@ -167,9 +167,10 @@ class VendApp:
                 raise  # the server aborts the connection: never a short body
             log.exception("unexpected error while serving a request")
             sent = await send_error(send, 500, head=scope["method"] == "HEAD")
+        body_bytes = sent.body_bytes - scope.get(UNSENT_KEY, 0)
         self.metrics.requests.labels(str(sent.status)).inc()
-        self.metrics.body_bytes.inc(sent.body_bytes)
-        self.access_log.record(scope, sent.status, sent.body_bytes, mount_name, started)
+        self.metrics.body_bytes.inc(body_bytes)
+        self.access_log.record(scope, sent.status, body_bytes, mount_name, started)
 
     async def _serve_content(
         self, scope: Scope, raw_path: bytes, send: Send

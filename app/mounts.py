@@ -19,20 +19,18 @@ its own mount.
 
 from __future__ import annotations
 
-import asyncio
 import errno
 import logging
 import os
 import stat
 import time
 from collections.abc import Callable, Sequence
-from concurrent.futures import Future
 from dataclasses import dataclass, field
 from enum import Enum
-from typing import Any, Final, TypeVar
+from typing import Final, TypeVar
 
 from app.settings import MountSettings
-from app.threads import DaemonPool, PoolFull
+from app.threads import DaemonPool, PoolFull, QueueTimeout, RunTimeout, call_in
 
 log = logging.getLogger("vend.mounts")
 
@@ -195,18 +193,19 @@ def open_in_mount(
     return OpenFile(fd=fd, size=st.st_size, mtime_ns=st.st_mtime_ns, name=name, mount=mount)
 
 
-def _close_if_file(future: Future[Any]) -> None:
-    """Done-callback for a lookup that timed out: close what it opened, if anything."""
-    if not future.cancelled() and future.exception() is None:
-        result = future.result()
-        if isinstance(result, OpenFile):
-            result.close()
+def _close_if_file(result: object) -> None:
+    """Close what a lookup that timed out opened, once it finally returns."""
+    if isinstance(result, OpenFile):
+        result.close()
 
 
 # Failures that say the mount itself is in trouble: they open its breaker.
 _TRIPPING_ERRNOS: Final = frozenset(
     {errno.EIO, errno.ETIMEDOUT, errno.ENOTCONN, errno.ESTALE, errno.EHOSTDOWN, errno.ENODEV}
 )
+
+QUEUE_FACTOR: Final = 3
+"""A call may wait this many times ``fs_op_s`` for a free thread of its mount."""
 
 Observer = Callable[["Mount", str, float], None]
 """Called after each lookup with the mount, an outcome (``hit``, ``miss``, ``error``,
@@ -275,20 +274,28 @@ class Mount:
         self.probe_latency_s = latency_s
 
     async def _run(self, executor: DaemonPool, fn: Callable[..., T], *args: object) -> T:
-        """One call in ``executor`` with the timeout; ESTALE is retried once."""
+        """One call in ``executor``; ESTALE is retried once.
+
+        Only the time the call *runs* counts against ``fs_op_s``: waiting for a thread
+        behind other requests is load, not a failing filesystem, and is allowed
+        ``QUEUE_FACTOR`` times as long before the request gets 503 (``EAGAIN``) without
+        marking the mount down.
+        """
         for attempt in (1, 2):
             try:
-                future = executor.submit(fn, *args)
-            except PoolFull:
-                raise MountUnavailable("EAGAIN") from None
-            try:
-                return await asyncio.wait_for(asyncio.wrap_future(future), self.fs_op_s)
-            except asyncio.CancelledError:
-                if future.cancelled() and not self.up:  # by cancel_queued, not our caller
+                return await call_in(
+                    executor,
+                    fn,
+                    *args,
+                    run_timeout_s=self.fs_op_s,
+                    queue_timeout_s=QUEUE_FACTOR * self.fs_op_s,
+                    discard=_close_if_file,
+                )
+            except (PoolFull, QueueTimeout):
+                if not self.up:
                     raise MountUnavailable(self.last_error or "EIO") from None
-                raise
-            except TimeoutError:
-                future.add_done_callback(_close_if_file)
+                raise MountUnavailable("EAGAIN") from None
+            except RunTimeout:
                 self.mark_down("ETIMEDOUT")
                 raise MountUnavailable("ETIMEDOUT") from None
             except OSError as exc:

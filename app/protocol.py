@@ -20,20 +20,23 @@ connection: a body shorter than its Content-Length is never completed.
 from __future__ import annotations
 
 import asyncio
-import functools
 import logging
 import os
 import socket
+import time
 from concurrent.futures import Executor
 from typing import Any, Final
 
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol, RequestResponseCycle
 
 from app.responses import ShortFileError
-from app.sendfile import send_chunk, wait_writable
+from app.sendfile import send_chunk_owned, wait_writable
+from app.threads import DaemonPool, PoolFull, QueueTimeout, RunTimeout, call_in
 from app.types import Message
 
 ZEROCOPY: Final = "http.response.zerocopysend"
+UNSENT_KEY: Final = "vend.unsent_bytes"
+"""Scope key: body bytes a zero-copy send promised but could not send (connection aborted)."""
 DEFAULT_TIMEOUT_S: Final = 30.0
 """Timeout of a sendfile chunk and of a client that accepts nothing, when the message
 does not say (``vend.timeout_s``), in seconds."""
@@ -107,50 +110,90 @@ class ZeroCopySend:
         sock: Any = transport.get_extra_info("socket")
         try:
             await self._wait_buffer_empty()
-            sock_fd = os.dup(sock.fileno())
+            sock_fd = os.dup(sock.fileno())  # the loop's own: waits and shutdown
         except (OSError, TimeoutError, AttributeError):
             self._abort("client gone before the body")
             return False
-        future = None
+        sent = 0
         try:
-            sent = 0
             while sent < count:
-                future = loop.run_in_executor(
-                    executor, send_chunk, sock_fd, file_fd, offset + sent, count - sent
+                n, blocked = await self._chunk(
+                    executor, sock_fd, file_fd, offset + sent, count - sent, timeout_s
                 )
-                n, blocked = await asyncio.wait_for(asyncio.shield(future), timeout_s)
-                future = None
                 sent += n
                 if blocked and sent < count:
                     await wait_writable(loop, sock_fd, self._send_timeout_s)
             return True
         except ShortFileError:
             log.warning("file shrank while being sent; connection aborted")
+        except RunTimeout:
+            log.warning("sendfile ran over its %s s timeout; connection aborted", timeout_s)
+            _shutdown(sock_fd)  # wakes a thread blocked on the socket side
+        except QueueTimeout:
+            log.warning(
+                "no thread for sendfile within %s s; connection aborted", self._send_timeout_s
+            )
         except TimeoutError:
-            log.warning("sendfile timed out; connection aborted")
+            log.debug("client accepted no data for %s s; connection aborted", self._send_timeout_s)
         except OSError as exc:
             log.debug("sendfile stopped: %s", exc)
         finally:
-            if future is not None and not future.done():
-                # The thread is still inside sendfile: wake it (socket side) and let it
-                # close the duplicate when it returns, never before.
-                _shutdown(sock_fd)
-                future.add_done_callback(functools.partial(_close_later, sock_fd))
-            else:
-                os.close(sock_fd)
+            os.close(sock_fd)
+        # What the access log and metrics should not count as sent (ASGI scope extension).
+        scope: dict[str, Any] = cycle.scope  # type: ignore[assignment]
+        scope[UNSENT_KEY] = scope.get(UNSENT_KEY, 0) + count - sent
         self._abort("body not completed")
         return False
+
+    async def _chunk(
+        self,
+        executor: Executor | None,
+        sock_fd: int,
+        file_fd: int,
+        offset: int,
+        count: int,
+        timeout_s: float,
+    ) -> tuple[int, bool]:
+        """One ``send_chunk`` in a worker thread, on descriptors the thread owns.
+
+        The thread gets duplicates of the socket and the file and closes them itself, so
+        whatever the event loop closes meanwhile (after a timeout, a disconnect, the
+        application closing its file) can never be reused under a running sendfile.
+        """
+        owned = (os.dup(sock_fd), os.dup(file_fd))
+        try:
+            if isinstance(executor, DaemonPool):
+                return await call_in(
+                    executor,
+                    send_chunk_owned,
+                    *owned,
+                    offset,
+                    count,
+                    run_timeout_s=timeout_s,
+                    queue_timeout_s=self._send_timeout_s,
+                )
+            future = self._loop.run_in_executor(executor, send_chunk_owned, *owned, offset, count)
+            try:
+                return await asyncio.wait_for(asyncio.shield(future), timeout_s)
+            except TimeoutError:
+                raise RunTimeout("sendfile") from None
+        except (PoolFull, QueueTimeout):
+            for fd in owned:  # the thread never ran: the descriptors are still ours
+                os.close(fd)
+            raise QueueTimeout("sendfile") from None
 
     async def _wait_buffer_empty(self) -> None:
         """Wait until the transport has flushed what it holds (the response head)."""
         transport = self._cycle.transport
-        for _ in range(int(self._send_timeout_s * 1000)):
-            if transport.get_write_buffer_size() == 0:
-                return
+        deadline = time.monotonic() + self._send_timeout_s
+        delay = 0.0005
+        while transport.get_write_buffer_size():
             if transport.is_closing():
                 raise OSError("transport closing")
-            await asyncio.sleep(0.001)
-        raise TimeoutError
+            if time.monotonic() > deadline:
+                raise TimeoutError
+            await asyncio.sleep(delay)
+            delay = min(delay * 2, 0.05)
 
     def _abort(self, why: str) -> None:
         cycle = self._cycle
@@ -158,11 +201,6 @@ class ZeroCopySend:
         cycle.keep_alive = False
         log.debug("aborting connection: %s", why)
         cycle.transport.abort()
-
-
-def _close_later(fd: int, _future: object) -> None:
-    """Done-callback: close a duplicate descriptor once its thread has let go of it."""
-    os.close(fd)
 
 
 def _shutdown(fd: int) -> None:

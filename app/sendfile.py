@@ -69,6 +69,28 @@ def send_chunk(sock_fd: int, file_fd: int, offset: int, count: int) -> tuple[int
     return sent, False
 
 
+def send_chunk_owned(sock_fd: int, file_fd: int, offset: int, count: int) -> tuple[int, bool]:
+    """``send_chunk`` on descriptors this call owns: it closes both when it returns.
+
+    Args:
+        sock_fd: a duplicate of the client socket's descriptor, closed here.
+        file_fd: a duplicate of the file's descriptor, closed here.
+        offset: where to start in the file, in bytes.
+        count: how many bytes to send at most.
+
+    Returns:
+        As ``send_chunk``.
+
+    Raises:
+        As ``send_chunk``.
+    """
+    try:
+        return send_chunk(sock_fd, file_fd, offset, count)
+    finally:
+        os.close(sock_fd)
+        os.close(file_fd)
+
+
 async def wait_writable(loop: asyncio.AbstractEventLoop, fd: int, timeout_s: float) -> None:
     """Wait on the event loop until ``fd`` is writable.
 

@@ -12,8 +12,11 @@ already wait, ``submit`` refuses at once (``PoolFull``) instead of queueing with
 
 from __future__ import annotations
 
+import asyncio
+import functools
 import queue
 import threading
+import time
 from collections.abc import Callable
 from concurrent.futures import Executor, Future
 from typing import Any, Final, ParamSpec, TypeVar
@@ -26,6 +29,80 @@ _STOP: Final = object()
 
 class PoolFull(RuntimeError):
     """Every thread is busy and the queue is full: the mount is overloaded or hung."""
+
+
+class QueueTimeout(TimeoutError):
+    """The call waited longer than its queue timeout for a free thread (overload)."""
+
+
+class RunTimeout(TimeoutError):
+    """The call ran longer than its run timeout (the filesystem is slow or hung)."""
+
+
+async def call_in(
+    pool: DaemonPool,
+    fn: Callable[..., T],
+    *args: object,
+    run_timeout_s: float,
+    queue_timeout_s: float,
+    discard: Callable[[T], object] | None = None,
+) -> T:
+    """Run ``fn(*args)`` in ``pool`` and await it, timing the wait and the run apart.
+
+    A call that waits in the queue behind other work is not slow itself: only the time
+    it spends *running* counts against ``run_timeout_s``, so load alone never looks like
+    a hung filesystem.
+
+    Args:
+        pool: the pool to run in.
+        fn: a blocking function.
+        *args: its arguments.
+        run_timeout_s: longest the call may run once a thread has it, in seconds.
+        queue_timeout_s: longest it may wait for a thread, in seconds.
+        discard: called with the result of a call that finishes after ``RunTimeout``
+            (to close what it opened), or None.
+
+    Returns:
+        What ``fn`` returned.
+
+    Raises:
+        PoolFull: the queue is full.
+        QueueTimeout: no thread took the call within ``queue_timeout_s``; it is cancelled.
+        RunTimeout: it ran longer than ``run_timeout_s``; it keeps its thread until it
+            returns (nothing can interrupt a thread blocked in the kernel).
+        Exception: whatever ``fn`` raised.
+    """
+    future = pool.submit(fn, *args)
+    waiter = asyncio.wrap_future(future)
+    queued_until = time.monotonic() + queue_timeout_s
+    while True:
+        started = getattr(future, "started_at", None)
+        if started is None:
+            remaining = min(queued_until - time.monotonic(), run_timeout_s)
+        else:
+            remaining = started + run_timeout_s - time.monotonic()
+        if remaining > 0:
+            done, _ = await asyncio.wait({waiter}, timeout=remaining)
+            if done:
+                if waiter.cancelled():  # cancelled while queued (cancel_queued)
+                    raise QueueTimeout(pool.name)
+                return waiter.result()
+            continue
+        if started is None:
+            if future.cancel():
+                waiter.cancel()
+                raise QueueTimeout(pool.name)
+            continue  # it just started: time its run
+        waiter.add_done_callback(functools.partial(_abandoned, discard))
+        raise RunTimeout(pool.name)
+
+
+def _abandoned(discard: Callable[[Any], object] | None, waiter: asyncio.Future[Any]) -> None:
+    """Done-callback of a call nobody awaits any more: release its result, no log noise."""
+    if waiter.cancelled() or waiter.exception() is not None:
+        return
+    if discard is not None:
+        discard(waiter.result())
 
 
 class DaemonPool(Executor):
@@ -45,6 +122,11 @@ class DaemonPool(Executor):
         self._idle = 0
         self._lock = threading.Lock()
         self._shutdown = False
+
+    @property
+    def name(self) -> str:
+        """The pool's name (``vend-<mount>``)."""
+        return self._name
 
     @property
     def busy(self) -> int:
@@ -88,6 +170,7 @@ class DaemonPool(Executor):
             with self._lock:
                 self._idle -= 1
             if future.set_running_or_notify_cancel():
+                future.started_at = time.monotonic()
                 try:
                     future.set_result(fn(*args, **kwargs))
                 except BaseException as exc:
