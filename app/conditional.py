@@ -65,11 +65,14 @@ def _parse_http_date(value: str) -> int | None:
     """Seconds since the epoch of an HTTP-date, or None if it is not one."""
     try:
         parsed = parsedate_to_datetime(value)
-    except (TypeError, ValueError, IndexError):
-        return None
+    except (TypeError, ValueError, IndexError, OverflowError):
+        return None  # RFC 9110 section 13.1: an invalid date is ignored
     if parsed.tzinfo is None:  # asctime and rfc850 forms carry no zone: GMT by definition
         parsed = parsed.replace(tzinfo=UTC)
-    return int(parsed.timestamp())
+    try:
+        return int(parsed.timestamp())
+    except (OverflowError, ValueError, OSError):
+        return None
 
 
 def _entity_tags(value: str) -> list[tuple[bool, str]] | None:
@@ -137,20 +140,26 @@ def evaluate_preconditions(
     return Outcome.PROCEED
 
 
-def is_range_applicable(if_range: str | None, validators: Validators) -> bool:
+def is_range_applicable(if_range: str | None, validators: Validators, now_s: float) -> bool:
     """Evaluate If-Range (RFC 9110 section 13.1.5).
 
     Args:
         if_range: the If-Range field value, or None when absent.
         validators: the selected representation's validators.
+        now_s: the current time, seconds since the epoch.
 
     Returns:
         True when the Range header should be honoured: If-Range is absent, or its
-        entity-tag strongly matches, or its date equals Last-Modified exactly.
+        entity-tag strongly matches, or its date equals Last-Modified exactly and that
+        Last-Modified is a strong validator, i.e. at least one second in the past
+        (RFC 9110 section 8.8.2.2: a file rewritten within the same second could
+        otherwise splice two versions into one resumed download).
     """
     if if_range is None:
         return True
     value = if_range.strip()
     if value.startswith(('"', "W/")):
         return value == validators.etag  # a weak tag never matches strongly
+    if validators.last_modified_s > now_s - 1:
+        return False
     return _parse_http_date(value) == validators.last_modified_s

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import asyncio
 import secrets
+import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Final, Protocol
@@ -307,7 +308,7 @@ async def send_representation(
     if (
         request.range is not None
         and not head
-        and is_range_applicable(request.if_range, rep.validators)
+        and is_range_applicable(request.if_range, rep.validators, time.time())
     ):
         ranges = parse_range(request.range, rep.size)
     if isinstance(ranges, Unsatisfiable):

@@ -203,3 +203,17 @@ def test_keep_alive_serves_many_requests_on_one_connection(server: VendProcess) 
         b"shared: the copy on m1\n",
         b"body { color: #333; }\n",
     ]
+
+
+def test_absurd_dates_are_ignored_not_a_500(server: VendProcess) -> None:
+    """Dates too large for the platform are invalid dates: ignored (RFC 9110 section 13.1)."""
+    huge = "Mon, 01 Jan 99999999999999999999 00:00:00 GMT"
+    with server.client() as client:
+        for field in ("If-Modified-Since", "If-Unmodified-Since"):
+            assert client.get("/shared.txt", headers={field: huge}).status_code == 200
+        ranged = client.get("/shared.txt", headers={"Range": "bytes=0-3", "If-Range": huge})
+        zone = client.get(
+            "/shared.txt",
+            headers={"If-Modified-Since": "Mon, 01 Jan 2000 00:00:00 +99999999999999999999"},
+        )
+    assert ranged.status_code == 200 and zone.status_code == 200

@@ -45,6 +45,19 @@ CASES = [
     ("ims-asctime", "GET", {"if_modified_since": "Fri Jan  1 00:00:00 2100"}, N),
     ("inm-wins-over-ims", "GET", {"if_none_match": '"x"', "if_modified_since": NEW}, P),
     ("412-before-304", "GET", {"if_match": '"x"', "if_none_match": V.etag}, F),
+    (
+        "ims-year-overflow",
+        "GET",
+        {"if_modified_since": "Mon, 01 Jan 99999999999999999999 00:00:00 GMT"},
+        P,
+    ),
+    (
+        "ius-zone-overflow",
+        "GET",
+        {"if_unmodified_since": "Mon, 01 Jan 2000 00:00:00 +99999999999999999999"},
+        P,
+    ),
+    ("ims-year-10000", "GET", {"if_modified_since": "Mon, 01 Jan 10000 00:00:00 GMT"}, P),
 ]
 
 
@@ -73,8 +86,15 @@ def test_preconditions_in_rfc_order(method: str, fields: dict[str, str], expecte
         (LM, True),
         (OLD, False),
         ("junk", False),
+        ("Mon, 01 Jan 99999999999999999999 00:00:00 GMT", False),
     ],
 )
 def test_if_range(value: str | None, applies: bool) -> None:
     """If-Range honours Range only for a strongly matching ETag or the exact Last-Modified."""
-    assert is_range_applicable(value, V) is applies
+    assert is_range_applicable(value, V, now_s=V.last_modified_s + 10) is applies
+
+
+def test_if_range_date_is_weak_within_the_same_second() -> None:
+    """A Last-Modified less than a second old is weak: a date If-Range then sends it whole."""
+    assert is_range_applicable(LM, V, now_s=V.last_modified_s + 0.5) is False
+    assert is_range_applicable(V.etag, V, now_s=V.last_modified_s + 0.5) is True
