@@ -4,12 +4,14 @@ A name is looked up under each mount in order; the first mount that holds it as 
 regular file serves it. Containment is checked on the *open descriptor*, so there is no
 window between a check and the use of what was checked:
 
-1. ``open(2)`` the joined path (following symlinks, as a web server should for links that
-   stay inside the mount), with ``O_NONBLOCK`` so a FIFO cannot block the open;
-2. ``fstat(2)`` the descriptor: only a regular file is served;
-3. ``readlink(2)`` ``/proc/self/fd/N``, the real path of what was actually opened, and
-   require it to lie under the mount's real path (``os.path.commonpath``, never a string
-   prefix, so ``/srv/content-old`` is not "under" ``/srv/content``).
+1. ``open(2)`` the joined path with ``O_PATH`` (following symlinks, as a web server should
+   for links that stay inside the mount): this resolves the name to an inode without
+   opening the file, so FIFOs, sockets and devices are never opened;
+2. ``fstat(2)`` that descriptor: only a regular file is served;
+3. ``readlink(2)`` ``/proc/self/fd/N``, the real path of what was resolved, and require
+   it to lie under the mount's real path (``os.path.commonpath``, never a string prefix,
+   so ``/srv/content-old`` is not "under" ``/srv/content``);
+4. reopen that same inode for reading through ``/proc/self/fd/N``.
 
 A symlink that leaves its mount is therefore treated as absent, whatever it points to and
 whenever it was swapped. Every one of these calls runs in the mount's own thread pool,
@@ -34,7 +36,10 @@ from app.threads import DaemonPool, PoolFull, QueueTimeout, RunTimeout, call_in
 
 log = logging.getLogger("vend.mounts")
 
-_OPEN_FLAGS: Final = os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC | os.O_NOCTTY
+# O_PATH: resolve the name (following symlinks) without opening the file itself, so a
+# FIFO, socket or device is never opened; only a checked regular file is reopened.
+_PATH_FLAGS: Final = os.O_PATH | os.O_CLOEXEC
+_READ_FLAGS: Final = os.O_RDONLY | os.O_CLOEXEC | os.O_NOCTTY
 # Errors that mean "this mount does not hold that name": go on to the next mount.
 _ABSENT_ERRNOS: Final = frozenset({errno.ENOENT, errno.ENOTDIR, errno.ENAMETOOLONG, errno.ELOOP})
 
@@ -162,7 +167,7 @@ def open_in_mount(
         OSError: any other failure (EIO, ESTALE, ENOTCONN, ...): the mount is in trouble.
     """
     try:
-        fd = os.open(f"{root}/{name}", _OPEN_FLAGS)
+        path_fd = os.open(f"{root}/{name}", _PATH_FLAGS)
     except OSError as exc:
         if exc.errno in _ABSENT_ERRNOS:
             return Lookup.ABSENT
@@ -170,19 +175,28 @@ def open_in_mount(
             return Lookup.FORBIDDEN
         raise
     try:
-        st = os.fstat(fd)
+        st = os.fstat(path_fd)
         if not (stat.S_ISREG(st.st_mode) or stat.S_ISDIR(st.st_mode)):
-            os.close(fd)
-            return Lookup.ABSENT
-        real = os.readlink(f"/proc/self/fd/{fd}")
+            return Lookup.ABSENT  # FIFOs, sockets, devices: never opened, never served
+        real = os.readlink(f"/proc/self/fd/{path_fd}")
         if real.endswith(" (deleted)"):
             real = real[: -len(" (deleted)")]
         if not is_within(real, root):
-            os.close(fd)
             return Lookup.ABSENT
         if stat.S_ISDIR(st.st_mode):
-            os.close(fd)
             return Lookup.DIRECTORY
+        try:
+            # Reopen *that* inode for reading: the O_PATH descriptor pins it, so no
+            # rename or symlink swap since the checks above can change what is read.
+            fd = os.open(f"/proc/self/fd/{path_fd}", _READ_FLAGS)
+        except OSError as exc:
+            if exc.errno in (errno.EACCES, errno.EPERM):
+                return Lookup.FORBIDDEN
+            raise
+    finally:
+        os.close(path_fd)
+    try:
+        st = os.fstat(fd)
         body = _read_small(fd, st, max_read_bytes) if max_read_bytes else None
     except BaseException:
         os.close(fd)

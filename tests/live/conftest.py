@@ -57,6 +57,13 @@ def tree(tmp_path_factory: pytest.TempPathFactory) -> Tree:
     (m1 / "static" / "app.js").write_bytes(b"// app\n")
     (m1 / "icons").mkdir()
     os.mkfifo(m1 / "fifo.txt")
+    import socket
+    import stat
+
+    with socket.socket(socket.AF_UNIX) as unix:
+        unix.bind(str(m1 / "socket.txt"))  # the bound socket file outlives the socket
+    if os.geteuid() == 0:
+        os.mknod(m1 / "device.txt", stat.S_IFCHR | 0o644, os.makedev(1, 3))  # like /dev/null
     big = m3 / "big.bin"
     with open(big, "wb") as handle:
         for _ in range(BIG_BYTES // (1 << 20)):

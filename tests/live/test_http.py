@@ -172,13 +172,24 @@ def test_symlinks_inside_served_outside_refused(server: VendProcess, tree: Tree)
 
 
 def test_methods_directories_and_special_files(server: VendProcess, tree: Tree) -> None:
-    """Other methods get 405 with Allow; directories and FIFOs are never served or listed."""
+    """Other methods get 405 with Allow; directories, FIFOs, sockets and devices are 404 and
+    never count against the mount's health."""
     with server.client() as client:
         post = client.post("/shared.txt", content=b"x")
         assert post.status_code == 405 and post.headers["allow"] == "GET, HEAD"
-        for path in ("/", "/docs", "/docs/", "/fifo.txt", "/nothing.txt"):
+        for path in (
+            "/",
+            "/docs",
+            "/docs/",
+            "/fifo.txt",
+            "/socket.txt",
+            "/device.txt",
+            "/nothing.txt",
+        ):
             assert client.get(path).status_code == 404, path
         assert client.get("/shared.txt?v=123&cache=bust").content == b"shared: the copy on m1\n"
+        health = client.get("/.well-known/vend/health").json()
+    assert [(m["state"], m["last_error"]) for m in health["mounts"]] == [("up", None)] * 3
 
 
 def test_error_bodies_name_no_filesystem_path(server: VendProcess, tree: Tree) -> None:
