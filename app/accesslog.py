@@ -13,8 +13,10 @@ Apache does (``\\xhh``), so a hostile request cannot forge log lines.
 
 from __future__ import annotations
 
+import atexit
 import logging
 import logging.handlers
+import queue
 import re
 import sys
 import time
@@ -41,6 +43,10 @@ def _header(scope: Scope, name: bytes) -> str:
 class AccessLog:
     """Writes access log lines to stdout or a file, or nowhere.
 
+    Lines are queued on the event loop (``QueueHandler``) and written by a background
+    thread (``QueueListener``), so no write or stat of the log file ever runs on the
+    event loop.
+
     Args:
         target: ``"off"``, ``"stdout"`` or an absolute file path (reopened when
             logrotate moves it: ``WatchedFileHandler``).
@@ -57,6 +63,7 @@ class AccessLog:
         for handler in list(self._logger.handlers):
             self._logger.removeHandler(handler)
             handler.close()
+        self._listener: logging.handlers.QueueListener | None = None
         if not self.enabled:
             return
         sink: logging.Handler
@@ -65,7 +72,19 @@ class AccessLog:
         else:
             sink = logging.handlers.WatchedFileHandler(target, encoding="ascii")
         sink.setFormatter(logging.Formatter("%(message)s"))
-        self._logger.addHandler(sink)
+        lines: queue.SimpleQueue[logging.LogRecord] = queue.SimpleQueue()
+        self._logger.addHandler(logging.handlers.QueueHandler(lines))
+        self._listener = logging.handlers.QueueListener(lines, sink)
+        self._listener.start()
+        atexit.register(self.close)
+
+    def close(self) -> None:
+        """Write out what is queued and stop the writer thread; idempotent."""
+        listener, self._listener = self._listener, None
+        if listener is not None:
+            listener.stop()
+            for handler in listener.handlers:
+                handler.close()
 
     def record(
         self, scope: Scope, status: int, body_bytes: int, mount: str | None, started: float
@@ -83,7 +102,8 @@ class AccessLog:
             return
         micros = int((time.perf_counter() - started) * 1_000_000)
         client = scope.get("client")
-        host = client[0] if client else "-"
+        # The address may come from X-Forwarded-For: escaped like any other field.
+        host = _escape(str(client[0]).encode("utf-8", "surrogateescape")) if client else "-"
         target = scope.get("raw_path") or scope.get("path", "").encode()
         if scope.get("query_string"):
             target += b"?" + scope["query_string"]

@@ -115,6 +115,8 @@ class VendApp:
                 fresh.append(mount)
             mounts.append(mount)
         self.settings = settings
+        if hasattr(self, "access_log"):
+            self.access_log.close()
         self.access_log = AccessLog(settings.access_log)
         self._pattern = compile_pattern(settings.name_pattern)
         self._media_types = MediaTypes(settings.mime_types)
@@ -353,6 +355,7 @@ class VendApp:
                     loop.remove_signal_handler(signal.SIGHUP)
                 for mount in self.mounts:
                     mount.close()
+                self.access_log.close()
                 await send({"type": "lifespan.shutdown.complete"})
                 return
 

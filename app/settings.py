@@ -11,6 +11,7 @@ This module only validates; it touches no mount (a hung NFS server must not hang
 
 from __future__ import annotations
 
+import ipaddress
 import os
 import re
 import tomllib
@@ -212,6 +213,18 @@ class Settings(BaseSettings):
     def _log_target(cls, value: str) -> str:
         if value not in ("off", "stdout") and not os.path.isabs(value):
             raise ValueError("'off', 'stdout', or an absolute file path")
+        return value
+
+    @field_validator("trusted_proxies")
+    @classmethod
+    def _addresses(cls, value: list[str]) -> list[str]:
+        for entry in value:
+            if entry == "*":
+                continue
+            try:
+                ipaddress.ip_network(entry, strict=False)
+            except ValueError:
+                raise ValueError(f"{entry!r} is not an IP address, a network, or '*'") from None
         return value
 
     @field_validator("cache_control")

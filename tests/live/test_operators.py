@@ -93,9 +93,10 @@ def test_access_log_combined_format_with_mount_and_duration(
     with proc.client() as client:
         client.get("/about.html", headers={"User-Agent": 'ua "quoted"', "Referer": "http://ref/"})
         client.get("/nothing.txt", headers={"X-Forwarded-For": "203.0.113.9"})
+        client.get("/nothing.txt", headers={"X-Forwarded-For": '1.2.3.4" - - [fake'})
     get_raw(proc.port, b'/q"x.txt', extra=b'User-Agent: evil\xff"\r\n')
     lines = log.read_text().splitlines()
-    assert len(lines) == 3
+    assert len(lines) == 4
     first = re.fullmatch(
         r'127\.0\.0\.1 - - \[\d\d/\w{3}/\d{4}:\d\d:\d\d:\d\d [+-]\d{4}\] "GET /about\.html HTTP/1\.1" 200 (\d+)'
         r' "http://ref/" "ua \\x22quoted\\x22" server1 (\d+)',
@@ -105,6 +106,8 @@ def test_access_log_combined_format_with_mount_and_duration(
     assert int(first.group(1)) == (SAMPLE_MOUNTS_DIR / "server1" / "about.html").stat().st_size
     assert lines[1].startswith("203.0.113.9 - - [") and '" 404 10 "-"' in lines[1]
     assert lines[1].split()[-2] == "-"
+    assert lines[2].startswith("1.2.3.4\\x22 - - [fake - - ["), lines[2]  # forged quote escaped
+    lines.pop(2)
     assert '"GET /q\\x22x.txt HTTP/1.1" 400' in lines[2], lines[2]
     assert '"evil\\xff\\x22"' in lines[2]
 

@@ -74,6 +74,7 @@ BAD = [
         "unique",
     ),
     ("bad-timeout", {"timeouts": {"fs_op_s": -1}}, "timeouts.fs_op_s"),
+    ("proxy-not-an-address", {"trusted_proxies": ["notanip"]}, "trusted_proxies"),
 ]
 
 
