@@ -87,6 +87,7 @@ class VendApp:
         self.mounts: list[Mount] = []
         self._reload_settings = reload_settings
         self.draining = False
+        self.access_log = AccessLog("off")
         self._probe_task: asyncio.Task[None] | None = None
         self._operator = create_operator_app(self)
         self._apply(settings)
@@ -115,8 +116,7 @@ class VendApp:
                 fresh.append(mount)
             mounts.append(mount)
         self.settings = settings
-        if hasattr(self, "access_log"):
-            self.access_log.close()
+        self.access_log.close()
         self.access_log = AccessLog(settings.access_log)
         self._pattern = compile_pattern(settings.name_pattern)
         self._media_types = MediaTypes(settings.mime_types)
