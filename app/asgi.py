@@ -58,6 +58,8 @@ from app.types import Message, Receive, Scope, Send
 log = logging.getLogger("vend.app")
 
 OPERATOR_PREFIX: Final = b"/.well-known/vend/"
+OPERATOR_PATHS: Final = frozenset({OPERATOR_PREFIX + b"health", OPERATOR_PREFIX + b"metrics"})
+"""Matched exactly on the raw path: no decoding, no trailing slash, no redirect."""
 RETIRE_AFTER_S: Final = 300.0
 """After a reload, removed mounts keep their threads this long (seconds) for requests
 that started before it."""
@@ -149,7 +151,11 @@ class VendApp:
         raw_path: bytes = scope.get("raw_path") or scope["path"].encode("utf-8")
         raw_path = raw_path.partition(b"?")[0]
         if raw_path.startswith(OPERATOR_PREFIX):
-            status, body_bytes = await self._call_operator(scope, receive, send)
+            if raw_path in OPERATOR_PATHS:
+                status, body_bytes = await self._call_operator(scope, receive, send)
+            else:  # anything else under the prefix, encoded or not: no such endpoint
+                sent = await send_error(send, 404, head=scope["method"] == "HEAD")
+                status, body_bytes = sent.status, sent.body_bytes
             self.access_log.record(scope, status, body_bytes, None, started)
             return
         response_started = False

@@ -144,6 +144,7 @@ class Settings(BaseSettings):
         frozen=True,
     )
 
+    # Not set: the sample mounts. Set to an empty list: an error, never the samples.
     mounts: list[Annotated[MountSettings, BeforeValidator(_coerce_mount)]] = Field(
         default_factory=list
     )
@@ -236,6 +237,8 @@ class Settings(BaseSettings):
 
     @model_validator(mode="after")
     def _name_mounts(self) -> Settings:
+        if "mounts" in self.model_fields_set and not self.mounts:
+            raise ValueError("mounts is empty: name at least one directory")
         mounts = self.mounts or [
             MountSettings(path=SAMPLE_MOUNTS_DIR / "server1", name="server1"),
             MountSettings(path=SAMPLE_MOUNTS_DIR / "server2", name="server2"),
@@ -264,9 +267,12 @@ def _mount_names(mounts: list[MountSettings]) -> list[str]:
 def _describe(error: ValidationError) -> str:
     """One line naming the first invalid field."""
     first = error.errors()[0]
-    field = ".".join(str(part) for part in first["loc"]) or "settings"
+    field = ".".join(str(part) for part in first["loc"])
     more = f" (and {error.error_count() - 1} more)" if error.error_count() > 1 else ""
-    return f"invalid setting {field}: {first['msg']}{more}"
+    message = first["msg"].removeprefix("Value error, ")
+    if not field:
+        return f"invalid settings: {message}{more}"
+    return f"invalid setting {field}: {message}{more}"
 
 
 def load_settings(config_file: str | os.PathLike[str] | None = None, **overrides: Any) -> Settings:

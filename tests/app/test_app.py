@@ -122,6 +122,14 @@ async def test_health_and_metrics(tmp_path: Path) -> None:
     assert 'vend_requests_total{status="200"} 1.0' in metrics.text
     assert 'vend_mount_up{mount="gone"} 0.0' in metrics.text
     assert post.status_code == 405
+    async with httpx.AsyncClient(transport=transport, base_url="http://t") as client:
+        for odd in (
+            "/.well-known/vend/health/",
+            "/.well-known/vend/%68ealth",
+            "/.well-known/vend/x",
+        ):
+            response = await client.get(odd)
+            assert (response.status_code, response.text) == (404, "Not Found\n"), odd
 
 
 async def test_health_is_503_when_no_mount_is_usable(tmp_path: Path) -> None:

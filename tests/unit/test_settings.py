@@ -75,6 +75,7 @@ BAD = [
     ),
     ("bad-timeout", {"timeouts": {"fs_op_s": -1}}, "timeouts.fs_op_s"),
     ("proxy-not-an-address", {"trusted_proxies": ["notanip"]}, "trusted_proxies"),
+    ("empty-mounts", {"mounts": []}, "mounts is empty"),
 ]
 
 
