@@ -147,7 +147,7 @@ def _read_small(fd: int, st: os.stat_result, max_bytes: int) -> bytes | None:
 
 
 def open_in_mount(
-    root: str, name: str, mount: Mount, max_read_bytes: int = 0
+    root: str, name: str, mount: Mount, max_read_bytes: int = 0, root_dev: int | None = None
 ) -> OpenFile | SmallFile | Lookup:
     """Open ``name`` under the mount's real path, race-free. Blocking: run in a thread.
 
@@ -157,6 +157,9 @@ def open_in_mount(
         mount: the mount, recorded in the result.
         max_read_bytes: read files of at most this many bytes whole, in the same thread
             (0: never).
+        root_dev: for ``require_mountpoint`` mounts, the device of the mounted
+            filesystem: a file on any other device (the directory beneath an export
+            that came unmounted since the last probe) is refused; None: no check.
 
     Returns:
         A ``SmallFile`` for a small regular file, an ``OpenFile`` for a larger one (the
@@ -164,7 +167,8 @@ def open_in_mount(
         ``Lookup.ABSENT``, ``Lookup.DIRECTORY`` or ``Lookup.FORBIDDEN``.
 
     Raises:
-        OSError: any other failure (EIO, ESTALE, ENOTCONN, ...): the mount is in trouble.
+        OSError: any other failure (EIO, ESTALE, ENOTCONN, ...): the mount is in trouble;
+            ENODEV when ``root_dev`` does not match: the export is no longer mounted.
     """
     try:
         path_fd = os.open(f"{root}/{name}", _PATH_FLAGS)
@@ -176,6 +180,8 @@ def open_in_mount(
         raise
     try:
         st = os.fstat(path_fd)
+        if root_dev is not None and st.st_dev != root_dev:
+            raise OSError(errno.ENODEV, "not on the mounted filesystem")
         if not (stat.S_ISREG(st.st_mode) or stat.S_ISDIR(st.st_mode)):
             return Lookup.ABSENT  # FIFOs, sockets, devices: never opened, never served
         real = os.readlink(f"/proc/self/fd/{path_fd}")
@@ -253,6 +259,7 @@ class Mount:
     executor: DaemonPool = field(init=False)
     probe_executor: DaemonPool = field(init=False)
     real_root: str | None = None
+    root_dev: int | None = None
     up: bool = True
     last_error: str | None = None
     probe_latency_s: float | None = None
@@ -352,7 +359,7 @@ class Mount:
         """
         started = time.monotonic()
         try:
-            self.real_root = await self._run(
+            self.real_root, self.root_dev = await self._run(
                 self.probe_executor,
                 _probe_root,
                 str(self.settings.path),
@@ -389,7 +396,14 @@ class Mount:
             self._observe("skipped", started)
             raise MountUnavailable(self.last_error or "EIO")
         try:
-            found = await self.call(open_in_mount, self.real_root, name, self, max_read_bytes)
+            found = await self.call(
+                open_in_mount,
+                self.real_root,
+                name,
+                self,
+                max_read_bytes,
+                self.root_dev if self.settings.require_mountpoint else None,
+            )
         except MountUnavailable as exc:
             self._observe("timeout" if str(exc) == "ETIMEDOUT" else "error", started)
             raise
@@ -406,8 +420,8 @@ class Mount:
         self.probe_executor.shutdown(wait=False, cancel_futures=True)
 
 
-def _probe_root(path: str, require_mountpoint: bool) -> str:
-    """Real path of a mount root that is a readable directory (blocking)."""
+def _probe_root(path: str, require_mountpoint: bool) -> tuple[str, int]:
+    """Real path and device of a mount root that is a readable directory (blocking)."""
     real = os.path.realpath(path, strict=True)
     st = os.stat(real)
     if not stat.S_ISDIR(st.st_mode):
@@ -416,7 +430,7 @@ def _probe_root(path: str, require_mountpoint: bool) -> str:
         raise PermissionError(errno.EACCES, "not readable")
     if require_mountpoint and not os.path.ismount(real):
         raise OSError(errno.ENODEV, "not a mount point")
-    return real
+    return real, st.st_dev
 
 
 def build_mounts(settings: Sequence[MountSettings], *, fs_op_s: float, threads: int) -> list[Mount]:
