@@ -176,8 +176,7 @@ class VendApp:
             log.exception("unexpected error while serving a request")
             sent = await send_error(send, 500, head=scope["method"] == "HEAD")
         body_bytes = sent.body_bytes - scope.get(UNSENT_KEY, 0)
-        self.metrics.requests.labels(str(sent.status)).inc()
-        self.metrics.body_bytes.inc(body_bytes)
+        self.metrics.count_response(sent.status, body_bytes)
         self.access_log.record(scope, sent.status, body_bytes, mount_name, started)
 
     async def _serve_content(
@@ -212,14 +211,14 @@ class VendApp:
         if cacheable:
             cached = cache.get(name, time.monotonic())
             if isinstance(cached, CachedMiss):
-                self.metrics.cache.labels("miss_remembered").inc()
+                self.metrics.cache_miss_remembered.inc()
                 return await send_error(send, 404, head=head), None
             if cached is not None and cached.body is not None:
-                self.metrics.cache.labels("hit").inc()
+                self.metrics.cache_hit.inc()
                 fields = read_request_fields(method, scope["headers"])
                 sent = await send_representation(send, fields, cached.rep, MemoryBody(cached.body))
                 return sent, cached.mount.name
-            self.metrics.cache.labels("miss").inc()
+            self.metrics.cache_miss.inc()
         known_mount = None
         if cacheable and self.settings.down_mount_policy == "unavailable":
             known_mount = cache.last_known_mount(name)

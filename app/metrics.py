@@ -10,7 +10,7 @@ up all workers' values: prometheus-client's multiprocess mode.
 from __future__ import annotations
 
 import os
-from typing import Final
+from typing import Any, Final
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
@@ -75,6 +75,22 @@ class Metrics:
             registry=self.registry,
             multiprocess_mode="livemin",
         )
+
+        # Label children looked up once: labels() takes a lock and a dict lookup, and
+        # these counters move on every request of the hot path.
+        self._by_status: dict[int, Any] = {}
+        self.cache_hit = self.cache.labels("hit")
+        self.cache_miss = self.cache.labels("miss")
+        self.cache_miss_remembered = self.cache.labels("miss_remembered")
+
+    def count_response(self, status: int, body_bytes: int) -> None:
+        """Count one answered request and the body bytes it sent."""
+        child = self._by_status.get(status)
+        if child is None:
+            child = self._by_status[status] = self.requests.labels(str(status))
+        child.inc()
+        if body_bytes:
+            self.body_bytes.inc(body_bytes)
 
     def render(self) -> bytes:
         """The current values in Prometheus' text exposition format (all workers')."""
