@@ -254,7 +254,7 @@ RewriteRule "^/?(.*)$" "/{script.name}" [L]
 def apache_reverse_proxy(backend_port: int) -> str:
     """Returns the body proxying every path to a backend on 127.0.0.1, as production does.
 
-    The RewriteRule is the production one. The ``<Proxy>`` section with ``ProxySet``
+    The RewriteRule and ProxyIOBufferSize are the production ones (apache/vend.conf). The ``<Proxy>`` section with ``ProxySet``
     defines a worker for the backend URL, so the rule's requests reuse pooled keep-alive
     connections instead of mod_proxy's default worker, which opens one per request.
 
@@ -265,7 +265,8 @@ def apache_reverse_proxy(backend_port: int) -> str:
         Apache directives.
     """
     backend = f"http://127.0.0.1:{backend_port}"
-    return f"""RewriteEngine On
+    return f"""ProxyIOBufferSize 131072
+RewriteEngine On
 RewriteRule "^/?(.*)$" "{backend}/$1" [P]
 <Proxy "{backend}/">
     ProxySet keepalive=On
