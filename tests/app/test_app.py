@@ -121,6 +121,11 @@ async def test_health_and_metrics(tmp_path: Path) -> None:
     assert str(tmp_path) not in health.text
     assert 'vend_requests_total{status="200"} 1.0' in metrics.text
     assert 'vend_mount_up{mount="gone"} 0.0' in metrics.text
+    assert 'vend_mount_lookups_total{mount="m1",outcome="hit"} 1.0' in metrics.text
+    assert 'vend_mount_lookups_total{mount="m1",outcome="miss"} 1.0' in metrics.text
+    assert 'vend_mount_lookups_total{mount="gone",outcome="skipped"}' in metrics.text
+    assert 'vend_mount_lookup_seconds_count{mount="m1"} 2.0' in metrics.text
+    assert 'vend_cache_lookups_total{outcome="miss"} 2.0' in metrics.text
     assert post.status_code == 405
     async with httpx.AsyncClient(transport=transport, base_url="http://t") as client:
         for odd in (
