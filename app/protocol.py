@@ -53,7 +53,7 @@ class ZeroCopySend:
         send_timeout_s: how long a client may accept no bytes, in seconds.
     """
 
-    __slots__ = ("_cycle", "_loop", "_send", "_send_timeout_s")
+    __slots__ = ("_cycle", "_held_start", "_loop", "_send", "_send_timeout_s")
 
     def __init__(
         self, cycle: RequestResponseCycle, loop: asyncio.AbstractEventLoop, send_timeout_s: float
@@ -62,15 +62,32 @@ class ZeroCopySend:
         self._loop = loop
         self._send = RequestResponseCycle.send.__get__(cycle)
         self._send_timeout_s = send_timeout_s
+        self._held_start: Message | None = None
 
     async def __call__(self, message: Message) -> None:
         """Send one ASGI message.
+
+        The response start is held until the next message: when that is the whole body
+        (a small file from memory, an error), head and body leave in one write, one
+        system call instead of two.
 
         Raises:
             RuntimeError: a zero-copy send before the response start, after its end, or
                 longer than the Content-Length left (as uvicorn raises for bodies).
         """
-        if message["type"] != ZEROCOPY:
+        kind = message["type"]
+        if kind == "http.response.start":
+            # A later start replaces one that never went out: uvicorn's own 500 after an
+            # application error that came between the start and the body.
+            self._held_start = message
+            return
+        held, self._held_start = self._held_start, None
+        if held is not None:
+            if kind == "http.response.body" and not message.get("more_body", False):
+                await self._send_coalesced(held, message)
+                return
+            await self._send(held)
+        if kind != ZEROCOPY:
             await self._send(message)
             return
         cycle = self._cycle
@@ -98,6 +115,22 @@ class ZeroCopySend:
             cycle.expected_content_length -= count
         if not more_body:
             await self._send({"type": "http.response.body", "body": b"", "more_body": False})
+
+    async def _send_coalesced(self, start: Message, body: Message) -> None:
+        """uvicorn's sends of a head and a complete body, written to the socket at once."""
+        cycle = self._cycle
+        transport = cycle.transport
+        collector = _WriteCollector()
+        cycle.transport = collector  # type: ignore[assignment]
+        try:
+            await self._send(start)
+            await self._send(body)
+        finally:
+            cycle.transport = transport
+            if collector.chunks and not transport.is_closing():
+                transport.write(b"".join(collector.chunks))
+            if collector.close_requested:
+                transport.close()
 
     async def _sendfile(
         self, file_fd: int, offset: int, count: int, executor: Executor | None, timeout_s: float
@@ -201,6 +234,25 @@ class ZeroCopySend:
         cycle.keep_alive = False
         log.debug("aborting connection: %s", why)
         cycle.transport.abort()
+
+
+class _WriteCollector:
+    """Stands in for the transport while uvicorn writes one response: collects the bytes."""
+
+    __slots__ = ("chunks", "close_requested")
+
+    def __init__(self) -> None:
+        self.chunks: list[bytes] = []
+        self.close_requested = False
+
+    def write(self, data: bytes) -> None:
+        self.chunks.append(data)
+
+    def close(self) -> None:
+        self.close_requested = True
+
+    def is_closing(self) -> bool:
+        return self.close_requested
 
 
 def _shutdown(fd: int) -> None:
