@@ -29,6 +29,7 @@ from typing import Any, Final
 
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol, RequestResponseCycle
 
+from app.limits import RequestLimits
 from app.responses import ShortFileError
 from app.sendfile import send_chunk_owned, wait_writable
 from app.threads import DaemonPool, PoolFull, QueueTimeout, RunTimeout, call_in
@@ -266,7 +267,7 @@ def _shutdown(fd: int) -> None:
         sock.close()
 
 
-class VendHttpToolsProtocol(HttpToolsProtocol):
+class VendHttpToolsProtocol(RequestLimits, HttpToolsProtocol):
     """uvicorn's httptools protocol offering ``http.response.zerocopysend`` on plain HTTP."""
 
     send_timeout_s: float = DEFAULT_TIMEOUT_S

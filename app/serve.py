@@ -71,6 +71,7 @@ def app_from_environment() -> VendApp:
         except SettingsError as exc:
             log.error("settings refused, keeping the last valid ones: %s", exc)
     VendHttpToolsProtocol.send_timeout_s = settings.timeouts.send_s
+    VendHttpToolsProtocol.request_head_s = settings.timeouts.request_head_s
     return create_app(settings, reload_settings)
 
 

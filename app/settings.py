@@ -96,6 +96,10 @@ class Timeouts(BaseModel):
         drain_s: on SIGTERM, keep serving this long with health 503 and
             ``Connection: close`` before shutting down, in seconds, so a load balancer
             (Apache's mod_proxy_hcheck) takes vend out first; 0: no drain.
+        request_head_s: a request head must be complete this long after its first
+            byte, and a new connection must send its first one within this long, in
+            seconds; otherwise the connection is closed (Apache mod_reqtimeout's
+            ``header=20``).
     """
 
     model_config = ConfigDict(extra="forbid", frozen=True)
@@ -106,6 +110,7 @@ class Timeouts(BaseModel):
     graceful_shutdown_s: float = Field(default=10.0, gt=0, le=3600)
     probe_interval_s: float = Field(default=2.0, gt=0, le=3600)
     drain_s: float = Field(default=0.0, ge=0, le=600)
+    request_head_s: float = Field(default=20.0, gt=0, le=3600)
 
 
 class CacheSettings(BaseModel):
