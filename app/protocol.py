@@ -3,9 +3,10 @@
 Released uvicorn offers no sendfile. ``VendHttpToolsProtocol`` is uvicorn's httptools
 protocol with one addition: on plain-HTTP connections it offers the ASGI extension
 ``http.response.zerocopysend`` in ``scope["extensions"]`` and carries out those messages
-with sendfile(2), in worker threads, as ``app.sendfile`` explains. Everything else
-(parsing, keep-alive, pipelining, flow control, Date header, graceful shutdown) is
-uvicorn's own.
+with sendfile(2), in worker threads, as ``app.sendfile`` explains; it writes a response's
+head and whole body in one system call; and it bounds what a client can make it hold
+(``app.limits``: request head size, pipelined requests, slow heads). Everything else
+(parsing, keep-alive, flow control, Date header, graceful shutdown) is uvicorn's own.
 
 It relies on these uvicorn internals, pinned in ``pyproject.toml`` and checked by
 ``tests/unit/test_uvicorn_contract.py``: ``HttpToolsProtocol.on_message_begin`` builds
