@@ -137,6 +137,10 @@ class VendApp:
         self.metrics.lookups.labels(mount.name, outcome).inc()
         if outcome in ("hit", "miss"):
             self.metrics.lookup_seconds.labels(mount.name).observe(seconds)
+        self._record_health(mount)
+
+    def _record_health(self, mount: Mount) -> None:
+        """Put a mount's breaker state in ``vend_mount_up`` (after a lookup or a probe)."""
         self.metrics.mount_up.labels(mount.name).set(1 if mount.up else 0)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
@@ -162,8 +166,8 @@ class VendApp:
 
         async def tracking_send(message: Message) -> None:
             nonlocal response_started
-            if not response_started and self.draining:
-                message["headers"] = [*message.get("headers", ()), (b"connection", b"close")]
+            if not response_started:
+                self._close_if_draining(message)
             response_started = True
             await send(message)
 
@@ -268,14 +272,18 @@ class VendApp:
             nonlocal status, body_bytes
             if message["type"] == "http.response.start":
                 status = message["status"]
-                if self.draining:
-                    message["headers"] = [*message.get("headers", ()), (b"connection", b"close")]
+                self._close_if_draining(message)
             elif message["type"] == "http.response.body" and scope["method"] != "HEAD":
                 body_bytes += len(message.get("body", b""))
             await send(message)
 
         await self._operator(scope, receive, capture)
         return status, body_bytes
+
+    def _close_if_draining(self, start: Message) -> None:
+        """While draining, make a response start close its connection after the response."""
+        if self.draining:
+            start["headers"] = [*start.get("headers", ()), (b"connection", b"close")]
 
     def _drain_on_sigterm(self, loop: asyncio.AbstractEventLoop) -> None:
         """Put a drain period in front of the server's own SIGTERM handling.
@@ -308,7 +316,7 @@ class VendApp:
             mounts: the mounts to probe; None: all current mounts.
         """
         for mount in await _probe_all(self.mounts if mounts is None else mounts):
-            self.metrics.mount_up.labels(mount.name).set(1 if mount.up else 0)
+            self._record_health(mount)
             if not mount.up:
                 log.error("mount %s is not usable: %s", mount.name, mount.last_error)
 
@@ -349,7 +357,9 @@ class VendApp:
                 await self.prepare_mounts()
                 self._drain_on_sigterm(loop)
                 interval = self.settings.timeouts.probe_interval_s
-                self._probe_task = loop.create_task(probe_forever(lambda: self.mounts, interval))
+                self._probe_task = loop.create_task(
+                    probe_forever(lambda: self.mounts, interval, self._record_health)
+                )
                 with contextlib.suppress(NotImplementedError, RuntimeError, ValueError):
                     loop.add_signal_handler(signal.SIGHUP, lambda: loop.create_task(self.reload()))
                 await send({"type": "lifespan.startup.complete"})

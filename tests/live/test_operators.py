@@ -196,3 +196,18 @@ def test_sigterm_drain_keeps_serving_with_health_503(start_vend: Any) -> None:
     proc.proc.wait(timeout=15)
     # uvicorn re-raises the SIGTERM it handled once it is done, as servers do.
     assert proc.proc.returncode in (0, -signal.SIGTERM)
+
+
+def test_mount_up_metric_follows_the_background_probe(tmp_path: Path, start_vend: Any) -> None:
+    """With no request at all, a mount that disappears shows as down in health and metrics."""
+    mount = tmp_path / "m1"
+    mount.mkdir()
+    proc = start_vend([str(mount)], {"timeouts": {"probe_interval_s": 0.2}})
+    with proc.client() as client:
+        assert 'vend_mount_up{mount="m1"} 1.0' in client.get("/.well-known/vend/metrics").text
+        mount.rmdir()
+        deadline = time.monotonic() + 5
+        while 'vend_mount_up{mount="m1"} 0.0' not in client.get("/.well-known/vend/metrics").text:
+            assert time.monotonic() < deadline, "vend_mount_up still 1 after the probe saw ENOENT"
+            time.sleep(0.1)
+        assert client.get("/.well-known/vend/health").json()["mounts"][0]["state"] == "down"
