@@ -134,15 +134,6 @@ class NameCache:
         if self.miss_ttl_s > 0:
             self._store(name, CachedMiss(checked_at=now))
 
-    def forget(self, name: str) -> None:
-        """Drop ``name`` (after an error: errors are never cached)."""
-        self._drop(name)
-
-    def clear(self) -> None:
-        """Drop everything (after the mount table changed)."""
-        self._entries.clear()
-        self._bytes = 0
-
     def _store(self, name: str, entry: CachedFile | CachedMiss) -> None:
         self._drop(name)
         self._entries[name] = entry

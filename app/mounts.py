@@ -371,10 +371,6 @@ class Mount:
         self.mark_up(time.monotonic() - started)
         return True
 
-    async def prepare(self) -> bool:
-        """Probe the mount once (at start); see ``probe``."""
-        return await self.probe()
-
     async def lookup(self, name: str, max_read_bytes: int = 0) -> OpenFile | SmallFile | Lookup:
         """Look ``name`` up under this mount.
 

@@ -128,12 +128,6 @@ class DaemonPool(Executor):
         """The pool's name (``vend-<mount>``)."""
         return self._name
 
-    @property
-    def busy(self) -> int:
-        """Threads running a call now."""
-        with self._lock:
-            return len(self._threads) - self._idle
-
     def submit(self, fn: Callable[P, T], /, *args: P.args, **kwargs: P.kwargs) -> Future[T]:
         """Schedule ``fn(*args, **kwargs)`` on a thread of this pool.
 
