@@ -9,13 +9,13 @@ How a request travels::
                                                    its own threads (403/404/503/301)│
     responses.send_representation ◄── small file's bytes or open file ◄─────────────┘
         │ conditional.py (304/412), ranges.py (206/416)
-        └► body: from memory (cache), zero-copy send (app.protocol: sendfile),
+        └► body: from memory (cache), zero-copy send (app.server.protocol: sendfile),
                  or reads in the mount's threads
 
 A cache hit for a small file costs no thread hand-off and no filesystem call (see
-``app.cache`` for the staleness bound).
+``app.federation.cache`` for the staleness bound).
 
-Paths under ``/.well-known/vend/`` go to the operator endpoints (``app.operator``); the
+Paths under ``/.well-known/vend/`` go to the operator endpoints (``app.ops.operator``); the
 whitelist refuses that prefix as content (a segment starting with a dot), so operator
 paths and content names never collide. Every error is answered here, in one place, with
 a short body that never names a filesystem path; anything unexpected is logged and
@@ -32,18 +32,16 @@ import time
 from collections.abc import Callable
 from typing import Final
 
-from app.accesslog import AccessLog
-from app.cache import CachedMiss, NameCache
-from app.federation import Miss, Redirect, find_file
-from app.health import probe_forever
-from app.media_types import MediaTypes
-from app.metrics import Metrics
-from app.mounts import Mount, SmallFile, build_mounts
-from app.names import NameRefused, compile_pattern, is_allowed_name, parse_request_path
-from app.operator import create_operator_app
-from app.protocol import UNSENT_KEY, ZEROCOPY
-from app.responses import (
-    FileBody,
+from app.contract import UNSENT_KEY, ZEROCOPY
+from app.federation.bodies import FileBody
+from app.federation.cache import CachedMiss, NameCache
+from app.federation.health import probe_forever
+from app.federation.lookup import Miss, Redirect, find_file
+from app.federation.mount import Mount, build_mounts
+from app.federation.open import SmallFile
+from app.http.media_types import MediaTypes
+from app.http.names import NameRefused, compile_pattern, is_allowed_name, parse_request_path
+from app.http.responses import (
     MemoryBody,
     Sent,
     make_representation,
@@ -52,6 +50,9 @@ from app.responses import (
     send_redirect,
     send_representation,
 )
+from app.ops.accesslog import AccessLog
+from app.ops.metrics import Metrics
+from app.ops.operator import create_operator_app
 from app.settings import Settings
 from app.types import Message, Receive, Scope, Send
 

@@ -17,8 +17,8 @@ from urllib.parse import quote
 
 import click
 
-from app.check import check_mounts, locate_name
-from app.names import NameRefused, compile_pattern, is_allowed_name, parse_request_path
+from app.http.names import NameRefused, compile_pattern, is_allowed_name, parse_request_path
+from app.ops.check import check_mounts, locate_name
 from app.settings import SAMPLE_MOUNTS_DIR, Settings, SettingsError, load_settings
 
 _config_option = click.option(
@@ -50,7 +50,7 @@ def main() -> None:
 @click.option("--workers", type=int, default=None, help="Worker processes (default 1).")
 def serve(config_file: str | None, host: str | None, port: int | None, workers: int | None) -> None:
     """Serve the configured mounts over HTTP until SIGINT or SIGTERM."""
-    from app.serve import serve as run_server
+    from app.server.serve import serve as run_server
 
     overrides = {
         k: v for k, v in {"host": host, "port": port, "workers": workers}.items() if v is not None

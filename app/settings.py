@@ -34,7 +34,7 @@ from pydantic_settings import (
     TomlConfigSettingsSource,
 )
 
-from app.names import compile_pattern
+from app.http.names import compile_pattern
 
 SAMPLE_MOUNTS_DIR: Final = Path(__file__).resolve().parent.parent / "examples" / "mounts"
 """The sample content shipped in the repository, served when no mount is configured."""
@@ -114,7 +114,7 @@ class Timeouts(BaseModel):
 
 
 class CacheSettings(BaseModel):
-    """The name cache of the hot path (see ``app.cache`` for the staleness bound).
+    """The name cache of the hot path (see ``app.federation.cache`` for the staleness bound).
 
     Attributes:
         ttl_s: how long a found name is served without looking at the mounts, in

@@ -9,6 +9,7 @@ socket, because ordinary clients tidy ``..``, ``#`` and spaces away before sendi
 from __future__ import annotations
 
 import contextlib
+import csv
 import json
 import os
 import signal
@@ -24,8 +25,23 @@ from typing import Any
 import httpx
 
 REPO = Path(__file__).resolve().parent.parent
-SHARED = REPO.parent / "shared"
+HOSTILE_PATHS = REPO / "tests" / "hostile-paths.tsv"
+"""The project's hostile-path corpus: one attack a row (raw_path, class, source, expected)."""
 VEND = Path(sys.executable).parent / "vend"
+
+
+def read_hostile_paths() -> list[dict[str, str]]:
+    """Read the hostile-path corpus.
+
+    Returns:
+        One dict a row, keyed by the header (``raw_path``, ``class``, ``source``,
+        ``expected``); ``raw_path`` exactly as it is to be sent.
+
+    Raises:
+        OSError: the corpus file is missing (a missing corpus must fail, never pass).
+    """
+    with open(HOSTILE_PATHS, newline="", encoding="utf-8") as handle:
+        return list(csv.DictReader(handle, delimiter="\t", quoting=csv.QUOTE_NONE))
 
 
 def free_port() -> int:

@@ -1,38 +1,27 @@
-"""Every attack path of ../shared/hostile-paths.tsv, sent raw through Apache over TLS,
+"""Every attack path of tests/hostile-paths.tsv, sent raw through Apache over TLS,
 gets an error status from Apache or vend (or the legitimate file where the row allows it),
 never a 5xx and never content from outside the mounts."""
 
 from __future__ import annotations
 
-import csv
 from pathlib import Path
 from typing import Final
 
 import pytest
 
+from tests.support import HOSTILE_PATHS, read_hostile_paths
+
 from .client import get_request, raw_request
 from .conftest import CANARY, Content, Front
-from .httpd import REPO_ROOT
 
 pytestmark = pytest.mark.apache
 
-CORPUS: Final = REPO_ROOT.parent / "shared" / "hostile-paths.tsv"
-
-
-def _rows() -> list[dict[str, str]]:
-    """Return the corpus rows (raw_path, class, source, expected), or none if it is missing."""
-    if not CORPUS.is_file():
-        return []
-    with open(CORPUS, newline="", encoding="utf-8") as handle:
-        return list(csv.DictReader(handle, delimiter="\t", quoting=csv.QUOTE_NONE))
-
-
-ROWS: Final = _rows()
+ROWS: Final = read_hostile_paths()
 
 
 def test_corpus_is_present() -> None:
-    """The shared corpus is found and has its ~70 rows (a missing file must not pass)."""
-    assert CORPUS.is_file(), CORPUS
+    """The corpus is found in the repository with its ~70 rows (a missing file must not pass)."""
+    assert HOSTILE_PATHS.is_file(), HOSTILE_PATHS
     assert len(ROWS) >= 60
 
 

@@ -1,4 +1,4 @@
-"""The name cache: bounded staleness after a file changes on a mount (app.cache)."""
+"""The name cache: bounded staleness after a file changes on a mount (app.federation.cache)."""
 
 from __future__ import annotations
 
@@ -9,8 +9,8 @@ from typing import Any
 
 import pytest
 
-from app.cache import NameCache
-from app.responses import make_representation
+from app.federation.cache import NameCache
+from app.http.responses import make_representation
 
 pytestmark = pytest.mark.live
 

@@ -1,6 +1,6 @@
-"""Every attack path of ../shared/hostile-paths.tsv, as raw bytes on a socket, is refused.
+"""Every attack path of tests/hostile-paths.tsv, as raw bytes on a socket, is refused.
 
-The corpus is read from the shared folder beside the repository, never copied. Each row
+The corpus is the project's own file (a row is added with every path bug fixed). Each row
 must get 400 or 404 (an HTTP-layer 400 for malformed request lines, 414/431 for the
 oversized one), or, where its ``expected`` column allows, the legitimate file that the
 part before ``?`` or ``#`` names; never a 5xx; and no response may contain a canary placed
@@ -9,30 +9,21 @@ above or beside a mount, or the contents of /etc/passwd.
 
 from __future__ import annotations
 
-import csv
 from pathlib import Path
 
 import pytest
 
 from tests.live.conftest import Tree
-from tests.support import SHARED, VendProcess, get_raw
+from tests.support import HOSTILE_PATHS, VendProcess, get_raw, read_hostile_paths
 
 pytestmark = pytest.mark.live
 
-CORPUS = SHARED / "hostile-paths.tsv"
-
-
-def _rows() -> list[dict[str, str]]:
-    with open(CORPUS, newline="", encoding="utf-8") as handle:
-        return list(csv.DictReader(handle, delimiter="\t", quoting=csv.QUOTE_NONE))
-
-
-ROWS = _rows()
+ROWS = read_hostile_paths()
 
 
 def test_corpus_is_present_and_large() -> None:
-    """The shared corpus is found and has its ~70 rows (a missing file must not pass)."""
-    assert CORPUS.is_file()
+    """The corpus is found in the repository with its ~70 rows (a missing file must not pass)."""
+    assert HOSTILE_PATHS.is_file()
     assert len(ROWS) >= 60
 
 

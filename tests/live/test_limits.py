@@ -1,4 +1,4 @@
-"""Request limits of ``vend serve`` reached directly (app.limits): head size, pipelining, head time.
+"""Request limits of ``vend serve`` reached directly (app.server.limits): head size, pipelining, head time.
 
 Every test talks raw bytes to a real vend on 127.0.0.1, because ordinary clients never
 send what these tests send. Requests omit ``Connection: close`` where the point is that
@@ -18,7 +18,7 @@ from typing import Any
 
 import pytest
 
-from app.limits import (
+from app.server.limits import (
     LINGER_S,
     MAX_FIELD_BYTES,
     MAX_FIELDS,

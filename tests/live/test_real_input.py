@@ -9,7 +9,7 @@ from typing import Any
 
 import pytest
 
-from app.names import compile_pattern, is_allowed_name
+from app.http.names import compile_pattern, is_allowed_name
 
 pytestmark = pytest.mark.live
 

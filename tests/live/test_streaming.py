@@ -183,7 +183,7 @@ def test_thread_fallback_is_byte_exact_without_the_extension(
             "-m",
             "uvicorn",
             "--factory",
-            "app.serve:app_from_environment",
+            "app.server.serve:app_from_environment",
             "--port",
             "{port}",
         ],

@@ -1,10 +1,15 @@
-"""Validators and preconditions (app.conditional, RFC 9110 sections 8.8 and 13)."""
+"""Validators and preconditions (app.http.conditional, RFC 9110 sections 8.8 and 13)."""
 
 from __future__ import annotations
 
 import pytest
 
-from app.conditional import Outcome, evaluate_preconditions, is_range_applicable, make_validators
+from app.http.conditional import (
+    Outcome,
+    evaluate_preconditions,
+    is_range_applicable,
+    make_validators,
+)
 
 V = make_validators(1000, 1_700_000_000_123_456_789)
 LM = V.last_modified

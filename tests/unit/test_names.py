@@ -1,4 +1,4 @@
-"""Name validation: the fixed rules and the whitelist presets (app.names)."""
+"""Name validation: the fixed rules and the whitelist presets (app.http.names)."""
 
 from __future__ import annotations
 
@@ -6,7 +6,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from app.names import (
+from app.http.names import (
     DEFAULT_PATTERN,
     MAX_NAME_BYTES,
     MAX_SEGMENT_BYTES,

@@ -1,4 +1,4 @@
-"""Range parsing against a representation length (app.ranges, RFC 9110 section 14)."""
+"""Range parsing against a representation length (app.http.ranges, RFC 9110 section 14)."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from app.ranges import MAX_RANGES, UNSATISFIABLE, ByteRange, parse_range
+from app.http.ranges import MAX_RANGES, UNSATISFIABLE, ByteRange, parse_range
 
 CASES = [
     ("first-500", "bytes=0-499", 1000, (ByteRange(0, 499),)),

@@ -6,9 +6,9 @@ from pathlib import Path
 
 import pytest
 
-from app.media_types import MediaTypes
-from app.mountinfo import filesystem_type
-from app.mounts import is_within
+from app.federation.mountinfo import filesystem_type
+from app.federation.open import is_within
+from app.http.media_types import MediaTypes
 
 
 @pytest.mark.parametrize(

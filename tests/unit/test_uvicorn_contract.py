@@ -1,7 +1,7 @@
-"""The uvicorn internals vend's protocol relies on (app.protocol, app.limits): fail loudly if they change.
+"""The uvicorn internals vend's protocol relies on (app.server.protocol, app.server.limits): fail loudly if they change.
 
 pyproject.toml pins uvicorn to one minor version; moving that pin means re-reading
-uvicorn's httptools protocol and updating app/protocol.py together with this test.
+uvicorn's httptools protocol and updating app/server/protocol.py together with this test.
 """
 
 from __future__ import annotations
@@ -16,7 +16,7 @@ PINNED_MINOR = "0.54"
 
 
 def test_uvicorn_is_the_pinned_minor_version() -> None:
-    """The installed uvicorn is the minor version app/protocol.py was written against."""
+    """The installed uvicorn is the minor version app/server/protocol.py was written against."""
     assert uvicorn.__version__.rsplit(".", 1)[0] == PINNED_MINOR, uvicorn.__version__
 
 
@@ -52,7 +52,7 @@ def test_cycle_attributes_used_by_zero_copy_send() -> None:
 
 
 def test_protocol_internals_used_by_request_limits() -> None:
-    """app.limits feeds self.parser, swaps self.flow, bounds self.pipeline, reads url and headers."""
+    """app.server.limits feeds self.parser, swaps self.flow, bounds self.pipeline, reads url and headers."""
     made = inspect.getsource(HttpToolsProtocol.connection_made)
     assert "self.flow = FlowControl(transport)" in made
     assert "self.parser.feed_data(data)" in inspect.getsource(HttpToolsProtocol.data_received)

@@ -1,42 +1,27 @@
-"""Responses: the file response (headers, preconditions, ranges, body) and short errors.
+"""Responses: a representation's headers, preconditions and ranges, and short errors.
 
-The body of a file goes out in one of two ways:
-
-- ``http.response.zerocopysend`` (the ASGI zero-copy send extension), when the server
-  offers it and the mount allows sendfile: the server sends straight from the descriptor
-  with sendfile(2) (``app.protocol`` does it for ``vend serve``). Memory stays flat
-  whatever the file size.
-- otherwise reads of ``CHUNK_BYTES`` in the mount's own threads (aiofiles, with the
-  mount's executor and timeout), sent as ``http.response.body`` messages.
-
-Either way a file that turns out shorter than the Content-Length already promised ends
-the connection: the client never sees a complete-looking short response.
+``send_representation`` answers a GET or HEAD for a file per RFC 9110 (sections 13.2.2,
+14 and 15); where the body's bytes come from is a ``BodySource``: ``MemoryBody`` here,
+or ``app.federation.bodies.FileBody`` for a file open on a mount.
 """
 
 from __future__ import annotations
 
-import asyncio
 import secrets
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Final, Protocol
 
-import aiofiles
-
-from app.conditional import (
+from app.http.conditional import (
     Outcome,
     Validators,
     evaluate_preconditions,
     is_range_applicable,
     make_validators,
 )
-from app.mounts import OpenFile
-from app.ranges import ByteRange, Unsatisfiable, parse_range
+from app.http.ranges import ByteRange, Unsatisfiable, parse_range
 from app.types import Send
-
-CHUNK_BYTES: Final = 256 * 1024
-"""Read size of the thread fallback, in bytes."""
 
 ERROR_BODIES: Final[dict[int, bytes]] = {
     400: b"Bad Request\n",
@@ -50,10 +35,6 @@ ERROR_BODIES: Final[dict[int, bytes]] = {
 }
 RETRY_AFTER_S: Final = 30
 """Retry-After sent with 503, in seconds: about what an NFS server takes to come back."""
-
-
-class ShortFileError(OSError):
-    """The file ended before the promised number of bytes: it shrank while being sent."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -361,68 +342,3 @@ async def _send_multipart(
         await body.write_range(send, r.first, r.length, more_body=True)
     await send({"type": "http.response.body", "body": b"\r\n" + closing, "more_body": False})
     return Sent(206, total)
-
-
-class FileBody:
-    """A body read from an open file: zero-copy send, or reads in the mount's threads.
-
-    Args:
-        file: the open file (the caller closes it).
-        zerocopy: the server offers ``http.response.zerocopysend`` and the mount allows
-            sendfile.
-    """
-
-    __slots__ = ("_file", "_zerocopy")
-
-    def __init__(self, file: OpenFile, *, zerocopy: bool) -> None:
-        self._file = file
-        self._zerocopy = zerocopy
-
-    async def write_range(self, send: Send, offset: int, count: int, *, more_body: bool) -> None:
-        """Send ``count`` bytes from ``offset`` (bytes), as one or more body messages.
-
-        Raises:
-            ShortFileError: the file ended early (thread fallback).
-            OSError, TimeoutError: a read failed or took longer than the mount's timeout.
-        """
-        if self._zerocopy:
-            await send(
-                {
-                    "type": "http.response.zerocopysend",
-                    "file": self._file,
-                    "offset": offset,
-                    "count": count,
-                    "more_body": more_body,
-                    # vend's server runs the sendfile calls in the mount's own threads.
-                    "vend.executor": self._file.mount.executor,
-                    "vend.timeout_s": self._file.mount.fs_op_s,
-                }
-            )
-            return
-        await self._write_by_reading(send, offset, count, more_body=more_body)
-
-    async def _write_by_reading(
-        self, send: Send, offset: int, count: int, *, more_body: bool
-    ) -> None:
-        mount = self._file.mount
-        if count == 0:
-            await send({"type": "http.response.body", "body": b"", "more_body": more_body})
-            return
-        async with aiofiles.open(
-            self._file.fd, "rb", buffering=0, closefd=False, executor=mount.executor
-        ) as handle:
-            await asyncio.wait_for(handle.seek(offset), mount.fs_op_s)
-            remaining = count
-            while remaining > 0:
-                wanted = min(CHUNK_BYTES, remaining)
-                data = await asyncio.wait_for(handle.read(wanted), mount.fs_op_s)
-                if not data:
-                    raise ShortFileError("file shrank while being sent")
-                remaining -= len(data)
-                await send(
-                    {
-                        "type": "http.response.body",
-                        "body": data,
-                        "more_body": more_body or remaining > 0,
-                    }
-                )

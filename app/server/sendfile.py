@@ -22,7 +22,7 @@ import select
 import time
 from typing import Final
 
-from app.responses import ShortFileError
+from app.contract import ShortFileError
 
 POLL_S: Final = 0.05
 """Longest a thread waits for a full socket buffer to drain, in seconds."""

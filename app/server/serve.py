@@ -1,6 +1,6 @@
 """Running vend under uvicorn with vend's own HTTP protocol.
 
-``serve(settings)`` starts uvicorn with ``app.protocol.VendHttpToolsProtocol`` (httptools
+``serve(settings)`` starts uvicorn with ``app.server.protocol.VendHttpToolsProtocol`` (httptools
 plus zero-copy send), uvloop where installed, vend's own access log instead of uvicorn's,
 no ``Server`` header, and X-Forwarded-For trusted only from ``trusted_proxies``. With
 ``workers > 1`` uvicorn's supervisor forks workers that share the listening socket.
@@ -28,8 +28,8 @@ import uvicorn
 from uvicorn.supervisors import Multiprocess
 
 from app.asgi import VendApp, create_app
-from app.metrics import MULTIPROC_ENV
-from app.protocol import VendHttpToolsProtocol
+from app.ops.metrics import MULTIPROC_ENV
+from app.server.protocol import VendHttpToolsProtocol
 from app.settings import Settings, SettingsError, load_settings
 
 SETTINGS_ENV: Final = "VEND_RESOLVED_SETTINGS"
@@ -91,7 +91,7 @@ def uvicorn_config(
     os.environ[SETTINGS_ENV] = settings.model_dump_json()
     os.environ[SOURCES_ENV] = json.dumps({"config_file": config_file, "overrides": overrides or {}})
     return uvicorn.Config(
-        "app.serve:app_from_environment",
+        "app.server.serve:app_from_environment",
         factory=True,
         host=settings.host,
         port=settings.port,

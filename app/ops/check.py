@@ -12,9 +12,10 @@ import os
 import stat
 from dataclasses import dataclass
 
-from app.federation import list_copies
-from app.mountinfo import filesystem_type
-from app.mounts import Lookup, Mount, MountUnavailable, OpenFile, SmallFile, build_mounts
+from app.federation.lookup import list_copies
+from app.federation.mount import Mount, MountUnavailable, build_mounts
+from app.federation.mountinfo import filesystem_type
+from app.federation.open import Lookup, OpenFile, SmallFile
 from app.settings import Settings
 
 

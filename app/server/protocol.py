@@ -3,9 +3,9 @@
 Released uvicorn offers no sendfile. ``VendHttpToolsProtocol`` is uvicorn's httptools
 protocol with one addition: on plain-HTTP connections it offers the ASGI extension
 ``http.response.zerocopysend`` in ``scope["extensions"]`` and carries out those messages
-with sendfile(2), in worker threads, as ``app.sendfile`` explains; it writes a response's
+with sendfile(2), in worker threads, as ``app.server.sendfile`` explains; it writes a response's
 head and whole body in one system call; and it bounds what a client can make it hold
-(``app.limits``: request head size, pipelined requests, slow heads). Everything else
+(``app.server.limits``: request head size, pipelined requests, slow heads). Everything else
 (parsing, keep-alive, flow control, Date header, graceful shutdown) is uvicorn's own.
 
 It relies on these uvicorn internals, pinned in ``pyproject.toml`` and checked by
@@ -30,15 +30,12 @@ from typing import Any, Final
 
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol, RequestResponseCycle
 
-from app.limits import RequestLimits
-from app.responses import ShortFileError
-from app.sendfile import send_chunk_owned, wait_writable
-from app.threads import DaemonPool, PoolFull, QueueTimeout, RunTimeout, call_in
+from app.contract import UNSENT_KEY, ZEROCOPY, ShortFileError
+from app.federation.threads import DaemonPool, PoolFull, QueueTimeout, RunTimeout, call_in
+from app.server.limits import RequestLimits
+from app.server.sendfile import send_chunk_owned, wait_writable
 from app.types import Message
 
-ZEROCOPY: Final = "http.response.zerocopysend"
-UNSENT_KEY: Final = "vend.unsent_bytes"
-"""Scope key: body bytes a zero-copy send promised but could not send (connection aborted)."""
 DEFAULT_TIMEOUT_S: Final = 30.0
 """Timeout of a sendfile chunk and of a client that accepts nothing, when the message
 does not say (``vend.timeout_s``), in seconds."""

@@ -15,7 +15,7 @@ import asyncio
 import logging
 from collections.abc import Callable, Sequence
 
-from app.mounts import Mount
+from app.federation.mount import Mount
 
 log = logging.getLogger("vend.health")
 

@@ -20,7 +20,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
-from app.health import describe
+from app.federation.health import describe
 
 if TYPE_CHECKING:
     from app.asgi import VendApp

@@ -18,7 +18,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from enum import Enum
 
-from app.mounts import Lookup, Mount, MountUnavailable, OpenFile, SmallFile
+from app.federation.mount import Mount, MountUnavailable
+from app.federation.open import Lookup, OpenFile, SmallFile
 
 
 class Miss(Enum):

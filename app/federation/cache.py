@@ -22,8 +22,8 @@ from __future__ import annotations
 from collections import OrderedDict
 from dataclasses import dataclass
 
-from app.mounts import Mount
-from app.responses import Representation
+from app.federation.mount import Mount
+from app.http.responses import Representation
 
 
 @dataclass(slots=True)

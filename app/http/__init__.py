@@ -1,0 +1,1 @@
+"""HTTP semantics (RFC 9110): names, validators, ranges, responses, media types."""

@@ -1,0 +1,1 @@
+"""Operations: check and locate, operator endpoints, metrics, access log."""

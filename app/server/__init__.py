@@ -1,0 +1,1 @@
+"""The server: vend's HTTP/1.1 connection, its limits and zero-copy sends."""
