@@ -10,10 +10,11 @@ that mounts the same exports gives the same ETag for the same file.
 
 from __future__ import annotations
 
+import calendar
 import re
+import time
 from dataclasses import dataclass
-from datetime import UTC
-from email.utils import formatdate, parsedate_to_datetime
+from email.utils import formatdate
 from enum import Enum
 from typing import Final
 
@@ -35,17 +36,22 @@ class Validators:
     last_modified: str
 
 
-def make_validators(size_bytes: int, mtime_ns: int) -> Validators:
+def make_validators(size_bytes: int, mtime_ns: int, now_s: float | None = None) -> Validators:
     """Build the validators of a file.
 
     Args:
         size_bytes: the file's size in bytes.
         mtime_ns: its modification time in nanoseconds since the epoch.
+        now_s: the current time in seconds since the epoch; None: the clock.
 
     Returns:
-        The strong ETag and Last-Modified (RFC 9110 sections 8.8.2 and 8.8.3).
+        The strong ETag (RFC 9110 section 8.8.3: it changes whenever size or mtime do)
+        and Last-Modified (section 8.8.2), which is never later than now: a
+        modification time in the future is replaced by the current time, as section
+        8.8.2.1 requires, so Last-Modified never exceeds the response's Date.
     """
-    seconds = mtime_ns // 1_000_000_000
+    now = int(time.time() if now_s is None else now_s)
+    seconds = min(mtime_ns // 1_000_000_000, now)
     return Validators(
         etag=f'"{size_bytes:x}-{mtime_ns:x}"',
         last_modified_s=seconds,
@@ -61,18 +67,69 @@ class Outcome(Enum):
     PRECONDITION_FAILED = "precondition_failed"  # 412
 
 
-def _parse_http_date(value: str) -> int | None:
-    """Seconds since the epoch of an HTTP-date, or None if it is not one."""
-    try:
-        parsed = parsedate_to_datetime(value)
-    except (TypeError, ValueError, IndexError, OverflowError):
-        return None  # RFC 9110 section 13.1: an invalid date is ignored
-    if parsed.tzinfo is None:  # asctime and rfc850 forms carry no zone: GMT by definition
-        parsed = parsed.replace(tzinfo=UTC)
-    try:
-        return int(parsed.timestamp())
-    except (OverflowError, ValueError, OSError):
+_MONTHS: Final = {
+    name: number
+    for number, name in enumerate(
+        ("Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov", "Dec"), 1
+    )
+}
+_DAY_NAMES: Final = "(?:Mon|Tue|Wed|Thu|Fri|Sat|Sun)"
+_LONG_DAY_NAMES: Final = "(?:Monday|Tuesday|Wednesday|Thursday|Friday|Saturday|Sunday)"
+_MONTH: Final = "(?P<month>" + "|".join(_MONTHS) + ")"
+_TIME: Final = r"(?P<hour>[0-9]{2}):(?P<minute>[0-9]{2}):(?P<second>[0-9]{2})"
+# RFC 9110 section 5.6.7: IMF-fixdate, and the obsolete rfc850-date and asctime-date that a
+# recipient must also accept. Case-sensitive, single spaces, ASCII digits only.
+_IMF_FIXDATE: Final = re.compile(
+    rf"{_DAY_NAMES}, (?P<day>[0-9]{{2}}) {_MONTH} (?P<year>[0-9]{{4}}) {_TIME} GMT", re.ASCII
+)
+_RFC850_DATE: Final = re.compile(
+    rf"{_LONG_DAY_NAMES}, (?P<day>[0-9]{{2}})-{_MONTH}-(?P<year>[0-9]{{2}}) {_TIME} GMT", re.ASCII
+)
+_ASCTIME_DATE: Final = re.compile(
+    rf"{_DAY_NAMES} {_MONTH} (?P<day>[0-9]{{2}}| [0-9]) {_TIME} (?P<year>[0-9]{{4}})", re.ASCII
+)
+
+
+def parse_http_date(value: str, now_s: float | None = None) -> int | None:
+    """Parse a field value that must be exactly one HTTP-date (RFC 9110 section 5.6.7).
+
+    The three forms are accepted (IMF-fixdate, rfc850-date, asctime-date), with the
+    optional whitespace a field value may carry around it, and nothing else: a list of
+    dates (a repeated field), another zone, a missing or extra part, an impossible
+    calendar date or non-ASCII digits make the whole value invalid. An rfc850-date's
+    two-digit year is taken as the most recent year with those digits that is not more
+    than 50 years in the future (section 5.6.7). A leap second (``:60``) is allowed.
+
+    Args:
+        value: the field value (already decoded as Latin-1).
+        now_s: the current time in seconds since the epoch, for rfc850's two-digit
+            years; None: the clock.
+
+    Returns:
+        Seconds since the epoch, or None when the value is not exactly one valid
+        HTTP-date (sections 13.1.3 to 13.1.5 then ignore the field).
+    """
+    text = value.strip(" \t")
+    match = _IMF_FIXDATE.fullmatch(text) or _ASCTIME_DATE.fullmatch(text)
+    two_digit_year = False
+    if match is None:
+        match = _RFC850_DATE.fullmatch(text)
+        two_digit_year = match is not None
+    if match is None:
         return None
+    year = int(match["year"])
+    if two_digit_year:
+        this_year = time.gmtime(time.time() if now_s is None else now_s).tm_year
+        year += this_year - this_year % 100
+        if year > this_year + 50:
+            year -= 100
+    month, day = _MONTHS[match["month"]], int(match["day"])
+    hour, minute, second = int(match["hour"]), int(match["minute"]), int(match["second"])
+    if year < 1 or not 1 <= day <= calendar.monthrange(year, month)[1]:
+        return None
+    if hour > 23 or minute > 59 or second > 60:
+        return None
+    return calendar.timegm((year, month, day, hour, minute, second, 0, 0, 0))
 
 
 def _entity_tags(value: str) -> list[tuple[bool, str]] | None:
@@ -126,7 +183,7 @@ def evaluate_preconditions(
         if not _matches(if_match, validators.etag, weak=False):
             return Outcome.PRECONDITION_FAILED
     elif if_unmodified_since is not None:
-        since = _parse_http_date(if_unmodified_since)
+        since = parse_http_date(if_unmodified_since)
         if since is not None and validators.last_modified_s > since:
             return Outcome.PRECONDITION_FAILED
     safe = method in ("GET", "HEAD")
@@ -134,7 +191,7 @@ def evaluate_preconditions(
         if _matches(if_none_match, validators.etag, weak=True):
             return Outcome.NOT_MODIFIED if safe else Outcome.PRECONDITION_FAILED
     elif if_modified_since is not None and safe:
-        since = _parse_http_date(if_modified_since)
+        since = parse_http_date(if_modified_since)
         if since is not None and validators.last_modified_s <= since:
             return Outcome.NOT_MODIFIED
     return Outcome.PROCEED
@@ -162,4 +219,4 @@ def is_range_applicable(if_range: str | None, validators: Validators, now_s: flo
         return value == validators.etag  # a weak tag never matches strongly
     if validators.last_modified_s > now_s - 1:
         return False
-    return _parse_http_date(value) == validators.last_modified_s
+    return parse_http_date(value) == validators.last_modified_s

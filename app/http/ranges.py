@@ -18,6 +18,7 @@ Parsing is linear in the header's length and stops early on long headers.
 from __future__ import annotations
 
 import itertools
+import re
 from dataclasses import dataclass
 from typing import Final
 
@@ -64,34 +65,40 @@ class Unsatisfiable:
 
 UNSATISFIABLE: Final = Unsatisfiable()
 
+# int-range / suffix-range of RFC 9110 section 14.1.1, ASCII digits only (``re.ASCII``
+# keeps ``[0-9]`` from matching other scripts' digits, which ``str.isdigit`` accepts).
+_RANGE_SPEC: Final = re.compile(r"(?P<first>[0-9]+)-(?P<last>[0-9]*)|-(?P<suffix>[0-9]+)", re.ASCII)
+
 
 def _parse_spec(spec: str, size: int) -> ByteRange | Unsatisfiable | None:
     """Parse one ``range-spec``; None when malformed, UNSATISFIABLE when outside."""
-    first_s, sep, last_s = spec.partition("-")
-    if not sep:
-        return None
-    first_s, last_s = first_s.strip(), last_s.strip()
-    if first_s:
-        if not first_s.isdigit() or (last_s and not last_s.isdigit()) or not first_s.isascii():
-            return None
-        first = int(first_s)
-        last = int(last_s) if last_s else size - 1
-        if last_s and last < first:
-            return None  # RFC 9110 section 14.1.1: invalid int-range
-        if first >= size:
+    match = _RANGE_SPEC.fullmatch(spec)
+    if match is None:
+        return None  # anything outside the ABNF: the whole header is ignored
+    first_s, last_s, suffix_s = match.group("first", "last", "suffix")
+    if suffix_s is not None:  # suffix-range: the last N bytes
+        suffix = int(suffix_s)
+        if suffix == 0 or size == 0:
             return UNSATISFIABLE
-        return ByteRange(first, min(last, size - 1))
-    # suffix-range: the last N bytes
-    if not last_s.isdigit() or not last_s.isascii():
-        return None
-    suffix = int(last_s)
-    if suffix == 0 or size == 0:
+        return ByteRange(max(0, size - suffix), size - 1)
+    first = int(first_s)
+    last = int(last_s) if last_s else size - 1
+    if last_s and last < first:
+        return None  # RFC 9110 section 14.1.1: invalid int-range
+    if first >= size:
         return UNSATISFIABLE
-    return ByteRange(max(0, size - suffix), size - 1)
+    return ByteRange(first, min(last, size - 1))
 
 
 def parse_range(header: str, size: int) -> tuple[ByteRange, ...] | Unsatisfiable | None:
     """Parse a Range header value against a representation of ``size`` bytes.
+
+    The value must match RFC 9110 section 14.1.1's ABNF exactly: ``bytes`` (any
+    letter case), ``=``, then a list of ``first-last``, ``first-`` or ``-suffix`` made
+    of ASCII digits, separated by commas with optional spaces or tabs around them
+    (empty list elements are allowed, section 5.6.1). Anything else (spaces inside a
+    range-spec or around ``=``, non-ASCII digits, signs, another unit) makes the whole
+    header ignored.
 
     Args:
         header: the Range field value, e.g. ``"bytes=0-499, -100"``.
@@ -103,8 +110,8 @@ def parse_range(header: str, size: int) -> tuple[ByteRange, ...] | Unsatisfiable
     """
     if len(header) > MAX_HEADER_BYTES:
         return None
-    unit, sep, specs = header.partition("=")
-    if not sep or unit.strip().lower() != "bytes":
+    unit, sep, specs = header.strip(" \t").partition("=")
+    if not sep or unit.lower() != "bytes":
         return None
     parts = specs.split(",", MAX_RANGES)
     if len(parts) > MAX_RANGES:
@@ -112,7 +119,7 @@ def parse_range(header: str, size: int) -> tuple[ByteRange, ...] | Unsatisfiable
     ranges: list[ByteRange] = []
     any_valid = False
     for part in parts:
-        part = part.strip()
+        part = part.strip(" \t")
         if not part:
             continue  # RFC 9110 section 5.6.1: empty list elements are ignored
         parsed = _parse_spec(part, size)

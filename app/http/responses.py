@@ -173,9 +173,10 @@ class Representation:
         size: the representation's length in bytes.
         validators: its ETag and Last-Modified.
         media_type: its Content-Type.
-        headers: the headers every 200, 206 and 304 carries (RFC 9110 section 15.4.5),
-            Content-Type first (a 304 drops it).
+        headers: the headers every 200 and 206 carries, Content-Type first (a
+            multipart 206 replaces it).
         headers_200: ``headers`` plus Content-Length, for a 200.
+        headers_304: what a 304 carries: ETag and Cache-Control (RFC 9110 section 15.4.5).
     """
 
     size: int
@@ -183,6 +184,13 @@ class Representation:
     media_type: str
     headers: tuple[tuple[bytes, bytes], ...]
     headers_200: list[tuple[bytes, bytes]]
+    headers_304: list[tuple[bytes, bytes]]
+
+
+_HEADERS_OF_304: Final = frozenset({b"etag", b"cache-control"})
+"""What a 304 repeats of the 200 it stands for: RFC 9110 section 15.4.5 requires ETag and
+the Cache-Control a 200 would carry (Date comes from the server; vend sends no
+Content-Location, Vary or Expires), and asks for no other representation metadata."""
 
 
 def make_representation(
@@ -214,6 +222,7 @@ def make_representation(
         media_type=media_type,
         headers=headers,
         headers_200=[*headers, (b"content-length", str(size).encode())],
+        headers_304=[(name, value) for name, value in headers if name in _HEADERS_OF_304],
     )
 
 
@@ -281,7 +290,7 @@ async def send_representation(
         if outcome is Outcome.PRECONDITION_FAILED:
             return await send_error(send, 412, head=head)
         if outcome is Outcome.NOT_MODIFIED:
-            await send({"type": "http.response.start", "status": 304, "headers": rep.headers[1:]})
+            await send({"type": "http.response.start", "status": 304, "headers": rep.headers_304})
             await send({"type": "http.response.body", "body": b""})
             return Sent(304, 0)
 

@@ -228,3 +228,25 @@ def test_absurd_dates_are_ignored_not_a_500(server: VendProcess) -> None:
             headers={"If-Modified-Since": "Mon, 01 Jan 2000 00:00:00 +99999999999999999999"},
         )
     assert ranged.status_code == 200 and zone.status_code == 200
+
+
+def test_range_and_dates_outside_their_abnf_are_ignored(server: VendProcess, tree: Tree) -> None:
+    """Non-ASCII digits in Range (once a 500) and repeated or listed dates are ignored: 200."""
+    body = (tree.mounts[0] / "shared.txt").read_bytes()
+    modified = httpx.get(f"{server.url}/shared.txt").headers["last-modified"]
+    cases = [
+        b"Range: bytes=\xc2\xb2-3\r\n",  # UTF-8 superscript two: str.isdigit() says yes
+        b"Range: bytes=1-\xd9\xa3\r\n",  # Arabic-Indic three
+        b"Range: bytes = 0-3\r\n",
+        b"Range: bytes=0-3\r\nRange: bytes=0-3\r\n",
+        b"If-Modified-Since: %s\r\nIf-Modified-Since: %s\r\n"
+        % (modified.encode(), modified.encode()),
+        b"If-Modified-Since: %s, %s\r\n" % (modified.encode(), modified.encode()),
+    ]
+    for extra in cases:
+        response = get_raw(server.port, b"/shared.txt", extra=extra)
+        assert (response.status, response.body) == (200, body), extra
+    single = get_raw(
+        server.port, b"/shared.txt", extra=b"If-Modified-Since: %s\r\n" % modified.encode()
+    )
+    assert single.status == 304

@@ -9,6 +9,7 @@ from app.http.conditional import (
     evaluate_preconditions,
     is_range_applicable,
     make_validators,
+    parse_http_date,
 )
 
 V = make_validators(1000, 1_700_000_000_123_456_789)
@@ -48,6 +49,25 @@ CASES = [
     ("ims-invalid", "GET", {"if_modified_since": "not a date"}, P),
     ("ims-rfc850", "GET", {"if_modified_since": "Friday, 01-Jan-99 00:00:00 GMT"}, P),
     ("ims-asctime", "GET", {"if_modified_since": "Fri Jan  1 00:00:00 2100"}, N),
+    ("ims-repeated-joined-ignored", "GET", {"if_modified_since": f"{NEW}, {NEW}"}, P),
+    ("ius-repeated-joined-ignored", "GET", {"if_unmodified_since": f"{OLD}, {OLD}"}, P),
+    ("ims-other-zone-ignored", "GET", {"if_modified_since": "Fri, 01 Jan 2100 00:00:00 +0000"}, P),
+    ("ims-no-seconds-ignored", "GET", {"if_modified_since": "Fri, 01 Jan 2100 00:00 GMT"}, P),
+    (
+        "ims-impossible-day-ignored",
+        "GET",
+        {"if_modified_since": "Sat, 30 Feb 2100 00:00:00 GMT"},
+        P,
+    ),
+    ("ims-lower-case-ignored", "GET", {"if_modified_since": "fri, 01 jan 2100 00:00:00 gmt"}, P),
+    (
+        "ims-non-ascii-digit-ignored",
+        "GET",
+        {"if_modified_since": "Fri, 01 Jan 21\u0660\u0660 00:00:00 GMT"},
+        P,
+    ),
+    ("ims-trailing-junk-ignored", "GET", {"if_modified_since": f"{NEW} x"}, P),
+    ("ims-ows-allowed", "GET", {"if_modified_since": f" {NEW}\t"}, N),
     ("inm-wins-over-ims", "GET", {"if_none_match": '"x"', "if_modified_since": NEW}, P),
     ("412-before-304", "GET", {"if_match": '"x"', "if_none_match": V.etag}, F),
     (
@@ -103,3 +123,53 @@ def test_if_range_date_is_weak_within_the_same_second() -> None:
     """A Last-Modified less than a second old is weak: a date If-Range then sends it whole."""
     assert is_range_applicable(LM, V, now_s=V.last_modified_s + 0.5) is False
     assert is_range_applicable(V.etag, V, now_s=V.last_modified_s + 0.5) is True
+
+
+@pytest.mark.parametrize(
+    ("value", "expected"),
+    [
+        ("Sun, 06 Nov 1994 08:49:37 GMT", 784111777),
+        ("Sunday, 06-Nov-94 08:49:37 GMT", 784111777),
+        ("Sun Nov  6 08:49:37 1994", 784111777),
+        ("Wed, 31 Dec 1998 23:59:60 GMT", 915148800),
+        ("Sun, 06 Nov 1994 08:49:37 GMT, Sun, 06 Nov 1994 08:49:37 GMT", None),
+        ("Sun Nov 6 08:49:37 1994", None),
+        ("Sun, 6 Nov 1994 08:49:37 GMT", None),
+        ("Sun, 06 Nov 1994 24:00:00 GMT", None),
+        ("1994-11-06T08:49:37Z", None),
+        ("", None),
+    ],
+    ids=[
+        "imf-fixdate",
+        "rfc850",
+        "asctime",
+        "leap-second",
+        "two-dates",
+        "asctime-day-unpadded",
+        "imf-day-one-digit",
+        "hour-24",
+        "iso-8601",
+        "empty",
+    ],
+)
+def test_http_date_forms(value: str, expected: int | None) -> None:
+    """Exactly one HTTP-date in one of RFC 9110 section 5.6.7's three forms, or nothing."""
+    assert parse_http_date(value) == expected
+
+
+def test_rfc850_two_digit_year_is_never_more_than_50_years_ahead() -> None:
+    """A two-digit year is the latest year with those digits at most 50 years ahead."""
+    now_2026 = 1_796_000_000.0  # 2026-11
+    assert parse_http_date("Friday, 01-Jan-76 00:00:00 GMT", now_2026) == 3_345_062_400  # 2076
+    assert parse_http_date("Thursday, 01-Jan-77 00:00:00 GMT", now_2026) == 220_924_800  # 1977
+
+
+def test_last_modified_is_never_in_the_future() -> None:
+    """A future modification time gives Last-Modified equal to now (RFC 9110 8.8.2.1)."""
+    now = 1_800_000_000
+    future = make_validators(10, (now + 3600) * 1_000_000_000, now_s=now)
+    assert future.last_modified_s == now
+    assert future.last_modified == "Fri, 15 Jan 2027 08:00:00 GMT"
+    assert future.etag == f'"a-{(now + 3600) * 1_000_000_000:x}"'
+    past = make_validators(10, (now - 5) * 1_000_000_000 + 7, now_s=now)
+    assert past.last_modified_s == now - 5
