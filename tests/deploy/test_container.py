@@ -157,7 +157,7 @@ def test_healthcheck_command_follows_vend_health(
     steps = instructions(CONTAINERFILE.read_text())
     (check,) = [args for word, args in steps if word == "HEALTHCHECK"]
     argv = json.loads(check.split(" CMD ", 1)[1])
-    assert argv[0] == "python"
+    assert argv[0] == "python3"
     vend = start_vend(mounts=mounts)
     code = argv[-1].replace("127.0.0.1:8000", f"127.0.0.1:{vend.port}")
     assert code != argv[-1], "the health check should address vend on 127.0.0.1:8000"
