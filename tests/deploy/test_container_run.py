@@ -286,19 +286,31 @@ class Ours:
     markers: list[str] = field(default_factory=list)
 
     def foreign_mount(self, point: str) -> bool:
-        """Return True for another test's namespace or temporary mount, which come and go."""
+        """Return True for another test's namespace or temporary mount, which come and go.
+
+        Other tests on the machine mount FUSE file systems in their own temporary
+        directories and make ``vdt*`` namespaces; podman, runc and netplumb mount
+        nothing under /tmp.
+        """
         if point.startswith("/run/netns/vdt"):
             return not point.startswith(f"/run/netns/vdt{self.lab_tag}-")
-        if re.match(r"/tmp/pytest-of-[^/]+/", point):
-            return not point.startswith(f"{self.tmp}/")
-        return False
+        return point.startswith("/tmp/") and not point.startswith(f"{self.tmp}/")
+
+
+def cgroup(proc: Path) -> str:
+    """Return the text of /proc/PID/cgroup ('' once the process is gone)."""
+    try:
+        return (proc / "cgroup").read_text()
+    except OSError:
+        return ""
 
 
 def our_processes(ours: Ours) -> list[str]:
     """Return ``PID START COMMAND`` for live processes that podman, vend or netplumb started.
 
-    A process counts when it runs as vend's UID, or its command line names the
-    container, podman's store for these tests, or netplumb's state directory.
+    A process counts when it runs as vend's UID, is in a container's cgroup, or
+    its command line names the container, podman's store for these tests, or
+    netplumb's state directory.
     Zombies are left out: they hold nothing but a PID until init reaps them.
     """
     found = []
@@ -313,7 +325,11 @@ def our_processes(ours: Ours) -> list[str]:
             continue  # exited meanwhile
         if stat[0] in ("Z", "X"):
             continue
-        if uid == VEND_UID or any(marker in cmdline for marker in ours.markers):
+        if (
+            uid == VEND_UID
+            or any(marker in cmdline for marker in ours.markers)
+            or "/libpod-" in cgroup(entry)
+        ):
             found.append(f"{entry.name} {stat[19]} {cmdline.strip()}")
     return sorted(found)
 
