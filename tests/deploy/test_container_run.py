@@ -6,9 +6,11 @@ tool is missing or a step goes wrong):
 1. A Debian base image (``python3``, ``python3-venv``) made with mmdebstrap from
    Debian's package archive and ``podman import``-ed, tagged by a hash of the
    mmdebstrap arguments and kept between runs (no image registry is reachable).
-2. vend's wheels, and hatchling's, built on the host from the working tree; the
-   image built from ``deploy/container/Containerfile`` with ``--network none``,
-   that base as ``PYTHON_IMAGE`` and the wheels as the ``wheels`` build context.
+2. Wheels of vend's dependencies and of hatchling fetched on the host (kept
+   between runs, by a hash of pyproject.toml's requirements); the image built
+   from the working tree and ``deploy/container/Containerfile`` with
+   ``--network none``, that base as ``PYTHON_IMAGE`` and the wheels as the
+   ``wheels`` build context: vend itself is built from source in the image.
 3. The container run with no network, a read-only root, no capabilities, the
    sample content bind-mounted read-only; its process runs as UID 10001.
 4. ``deploy/netplumb`` gives it a macvlan on a bridge port and a DHCP lease from
@@ -36,11 +38,14 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import json
+import os
+import platform
 import re
 import shutil
 import subprocess
 import sys
 import time
+import tomllib
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -65,9 +70,20 @@ NETPLUMB = DEPLOY / "netplumb"
 NETPLUMB_STATE = Path("/run/netplumb")  # netplumb's default: what production uses
 
 #: podman's image store for these tests (the base image stays here between runs)
-#: and its run state; both apart from the machine's default store.
+#: and its run state; both apart from the machine's default store. Wheels of
+#: vend's dependencies are kept beside.
 PODMAN_ROOT = Path("/var/cache/vend-tests/podman")
 PODMAN_RUN = Path("/run/vend-tests")
+WHEEL_CACHE = Path("/var/cache/vend-tests/wheels")
+#: Wheels that suit the image's Python (Debian 12: CPython 3.11, glibc 2.36).
+WHEEL_TAGS = [
+    "--only-binary=:all:",
+    "--python-version=3.11",
+    "--implementation=cp",
+    "--abi=cp311",
+    f"--platform=manylinux_2_28_{platform.machine()}",
+    f"--platform=manylinux2014_{platform.machine()}",
+]
 PODMAN_GLOBAL = [
     f"--root={PODMAN_ROOT}",
     f"--runroot={PODMAN_RUN / 'storage'}",
@@ -171,16 +187,31 @@ def ensure_base_image(tmp: Path) -> str:
     return tag
 
 
-def build_wheels(directory: Path) -> None:
-    """Build wheels for vend (from the working tree), its dependencies and hatchling.
+def dependency_wheels() -> Path:
+    """Return a directory of wheels for vend's dependencies and build backend, made if missing.
 
-    Args:
-        directory: where the wheels go; created if missing.
+    vend itself is built from the working tree inside the image build; only
+    what pyproject.toml requires is fetched here, as wheels for the image's
+    CPython 3.11 and glibc whatever the host's Python (WHEEL_TAGS), once per
+    distinct list of requirements: the directory's name is a hash of them, under
+    /var/cache/vend-tests/wheels. Other lists' directories are removed.
+
+    Returns:
+        The directory holding the wheels.
     """
+    project = tomllib.loads((REPO / "pyproject.toml").read_text())
+    requirements = [*project["project"]["dependencies"], *project["build-system"]["requires"]]
+    recipe = json.dumps([requirements, WHEEL_TAGS])
+    directory = WHEEL_CACHE / hashlib.sha256(recipe.encode()).hexdigest()[:16]
+    if directory.is_dir():
+        return directory
+    WHEEL_CACHE.mkdir(parents=True, exist_ok=True)
+    partial = WHEEL_CACHE / f"{directory.name}.{os.getpid()}.partial"
     done = subprocess.run(
         [
-            *(sys.executable, "-m", "pip", "wheel", "--quiet"),
-            *("--wheel-dir", str(directory), str(REPO), "hatchling"),
+            *(sys.executable, "-m", "pip", "download", "--quiet", "--dest", str(partial)),
+            *WHEEL_TAGS,
+            *requirements,
         ],
         capture_output=True,
         text=True,
@@ -188,7 +219,14 @@ def build_wheels(directory: Path) -> None:
         check=False,
         env=clean_env(),
     )
-    assert done.returncode == 0, f"pip wheel failed:\n{done.stderr[-3000:]}"
+    if done.returncode != 0:
+        shutil.rmtree(partial, ignore_errors=True)
+        pytest.fail(f"pip download failed:\n{done.stderr[-3000:]}")
+    for old in WHEEL_CACHE.iterdir():
+        if old != partial:
+            shutil.rmtree(old, ignore_errors=True)
+    partial.rename(directory)
+    return directory
 
 
 def netplumb(lab: Lab, net: Net, *args: str) -> subprocess.CompletedProcess[str]:
@@ -474,9 +512,8 @@ def test_image_builds_runs_confined_on_a_dhcp_address_and_leaves_nothing(
     base = ensure_base_image(tmp_path)
     before = host_snapshot(container_run.ours)
 
-    # Build from the working tree: wheels on the host, no network in the build.
-    wheels = tmp_path / "wheels"
-    build_wheels(wheels)
+    # Build from the working tree: dependencies' wheels from the host, no network in the build.
+    wheels = dependency_wheels()
     podman(
         "build",
         "--format=docker",  # OCI images have no HEALTHCHECK
