@@ -517,7 +517,7 @@ def container_run(tmp_path: Path) -> Iterator[Run]:
             pytest.fail(f"teardown incomplete: {errors} {left}")
 
 
-@pytest.mark.timeout(600)  # 80 s when the base image must be made first
+@pytest.mark.timeout(600)  # about 2 minutes when the base image must be made first
 def test_image_builds_runs_confined_on_a_dhcp_address_and_leaves_nothing(
     container_run: Run, tmp_path: Path
 ) -> None:
