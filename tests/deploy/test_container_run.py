@@ -12,7 +12,7 @@ tool is missing or a step goes wrong):
    ``--network none``, that base as ``PYTHON_IMAGE`` and the wheels as the
    ``wheels`` build context: vend itself is built from source in the image.
 3. The container run with no network, a read-only root, no capabilities, the
-   sample content bind-mounted read-only; its process runs as UID 10001.
+   two sample content mounts bind-mounted read-only; its process runs as UID 10001.
 4. ``deploy/netplumb`` gives it a macvlan on a bridge port and a DHCP lease from
    dnsmasq, which reserves an address for its client identifier; a client on
    another subnet fetches files byte for byte; ``podman healthcheck run`` exits 0;
@@ -110,8 +110,13 @@ IMPORT_CHANGES = ["ENV PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/s
 
 VEND_UID = 10001
 VEND_PORT = 8000
-CONTENT = "/srv/vend/server1"
-FILES = ["about.html", "images/logo.png"]
+#: Content mounts inside the container, in lookup order, and the host directories bound there.
+CONTENT = {
+    "/srv/vend/server1": SAMPLE_MOUNT,
+    "/srv/vend/server2": SAMPLE_MOUNT.with_name("server2"),
+}
+#: Fetched from the container: in both mounts (the first serves), and in the second only.
+FILES = ["about.html", "images/logo.png", "readme.txt", "docs/manual.pdf"]
 #: Debian packages providing the commands this test runs (tests/apt-packages.txt).
 TOOLS = {
     "podman": "podman",
@@ -294,7 +299,8 @@ def fetch_files(lab: Lab, net: Net, name: str) -> None:
             pytest.fail(f"vend did not answer at {base}:\n{(logs.stdout + logs.stderr)[-3000:]}")
         time.sleep(0.2)
     for path in FILES:
-        assert lab.curl(net.fw, f"{base}/{path}") == (200, (SAMPLE_MOUNT / path).read_bytes())
+        source = next(d / path for d in CONTENT.values() if (d / path).is_file())
+        assert lab.curl(net.fw, f"{base}/{path}") == (200, source.read_bytes()), path
 
 
 def proc_status(pid: int) -> dict[str, str]:
@@ -562,8 +568,8 @@ def test_image_builds_runs_confined_on_a_dhcp_address_and_leaves_nothing(
         "--cap-drop=all",
         "--security-opt=no-new-privileges",
         *ULIMITS,
-        f"--volume={SAMPLE_MOUNT}:{CONTENT}:ro",
-        f"--env=VEND_MOUNTS=[{json.dumps(CONTENT)}]",
+        *(f"--volume={source}:{target}:ro" for target, source in CONTENT.items()),
+        f"--env=VEND_MOUNTS={json.dumps(list(CONTENT))}",
         image,
     )
     pid = container_pid(name)
@@ -573,7 +579,7 @@ def test_image_builds_runs_confined_on_a_dhcp_address_and_leaves_nothing(
     assert int(status["CapEff"], 16) == int(status["CapBnd"], 16) == 0
     assert status["NoNewPrivs"] == "1"
     mounts = mount_options(pid)
-    assert "ro" in mounts["/"] and "ro" in mounts[CONTENT]
+    assert all("ro" in mounts[point] for point in ["/", *CONTENT])
     links = command_lines("nsenter", f"--net=/proc/{pid}/ns/net", "ip", "-o", "link")
     assert [line.split(":")[1].strip() for line in links] == ["lo"]
 
