@@ -146,6 +146,10 @@ def podman(
 
     Returns:
         The completed process, with text output.
+
+    Raises:
+        pytest.fail.Exception: with ``check``, podman exited non-zero.
+        subprocess.TimeoutExpired: podman ran longer than ``timeout`` seconds.
     """
     proc = subprocess.run(
         ["podman", *PODMAN_GLOBAL, *args],
@@ -174,6 +178,10 @@ def ensure_base_image(tmp: Path) -> str:
 
     Returns:
         The image name, ``localhost/vend-test-base:<hash>``.
+
+    Raises:
+        AssertionError: mmdebstrap failed (within 600 s).
+        pytest.fail.Exception: podman import failed.
     """
     tag = base_image_tag()
     if podman("image", "exists", tag, check=False).returncode == 0:
@@ -205,6 +213,9 @@ def dependency_wheels() -> Path:
 
     Returns:
         The directory holding the wheels.
+
+    Raises:
+        pytest.fail.Exception: pip download failed (within 300 s).
     """
     project = tomllib.loads((REPO / "pyproject.toml").read_text())
     requirements = [*project["project"]["dependencies"], *project["build-system"]["requires"]]
@@ -255,7 +266,11 @@ class Plumbed:
 
 
 def plumb(lab: Lab, net: Net, pid: int) -> Plumbed:
-    """Plumb the container whose main process is ``pid`` by DHCP; return what netplumb reports."""
+    """Plumb the container whose main process is ``pid`` by DHCP; return what netplumb reports.
+
+    Raises:
+        AssertionError: ``netplumb up`` (20 s for a lease) or ``netplumb status`` failed.
+    """
     up = netplumb(
         lab,
         net,
@@ -283,14 +298,23 @@ def gone(pids: tuple[int, int]) -> bool:
 
 
 def container_pid(name: str) -> int:
-    """Return the host PID of the container's main process (fails when it is not running)."""
+    """Return the host PID of the container's main process.
+
+    Raises:
+        AssertionError: the container is not running (its log is in the message).
+    """
     pid = int(podman("inspect", "--format", "{{.State.Pid}}", name).stdout.strip())
     assert pid > 0, f"{name} is not running:\n{podman('logs', name, check=False).stdout[-3000:]}"
     return pid
 
 
 def fetch_files(lab: Lab, net: Net, name: str) -> None:
-    """Wait (at most 30 s) for vend at the reserved address, then fetch FILES byte for byte."""
+    """Wait (at most 30 s) for vend at the reserved address, then fetch FILES byte for byte.
+
+    Raises:
+        pytest.fail.Exception: vend did not answer within 30 s.
+        AssertionError: a file's status or bytes differ from the content on the host.
+    """
     base = f"http://{RESERVED_ADDRESS}:{VEND_PORT}"
     deadline = time.monotonic() + 30
     while lab.curl(net.fw, f"{base}/.well-known/vend/health", timeout_s=2)[0] != 200:
