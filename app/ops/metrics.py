@@ -4,17 +4,26 @@ Exposed at ``/.well-known/vend/metrics`` in Prometheus' text format. With one pr
 each application instance has its own registry (tests build many apps in one process).
 With ``--workers N``, ``vend serve`` sets ``PROMETHEUS_MULTIPROC_DIR`` before the workers
 start, each worker writes its values there, and a scrape (answered by any worker) adds
-up all workers' values: prometheus-client's multiprocess mode.
+up all workers' values: prometheus-client's multiprocess mode. The values of a worker
+that exited stay counted; its live gauges are removed (``remove_dead_process``).
+
+Series labelled with a mount that the current settings no longer have (removed by a
+reload) are left out of every scrape (``Metrics.keep_mounts``); in multiprocess mode
+their values stay in the workers' files but are never shown.
 """
 
 from __future__ import annotations
 
+import copy
 import os
+from collections.abc import Iterable, Iterator
 from typing import Any, Final
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
-from prometheus_client.multiprocess import MultiProcessCollector
+from prometheus_client.metrics_core import Metric
+from prometheus_client.multiprocess import MultiProcessCollector, mark_process_dead
+from prometheus_client.registry import Collector
 
 MULTIPROC_ENV: Final = "PROMETHEUS_MULTIPROC_DIR"
 
@@ -82,6 +91,29 @@ class Metrics:
         self.cache_hit = self.cache.labels("hit")
         self.cache_miss = self.cache.labels("miss")
         self.cache_miss_remembered = self.cache.labels("miss_remembered")
+        self._mounts: frozenset[str] | None = None
+
+    def keep_mounts(self, names: Iterable[str]) -> None:
+        """Drop the series of every mount not in ``names`` (after a reload).
+
+        Args:
+            names: the names of the mounts now configured; series labelled with any
+                other mount are removed (one process) and left out of scrapes (both modes).
+        """
+        self._mounts = frozenset(names)
+        for metric, labelnames in (
+            (self.lookups, ("mount", "outcome")),
+            (self.lookup_seconds, ("mount",)),
+            (self.mount_up, ("mount",)),
+        ):
+            stale = {
+                tuple(sample.labels[n] for n in labelnames)
+                for family in metric.collect()
+                for sample in family.samples
+                if sample.labels.get("mount") not in self._mounts
+            }
+            for values in stale:
+                metric.remove(*values)
 
     def count_response(self, status: int, body_bytes: int) -> None:
         """Count one answered request and the body bytes it sent."""
@@ -94,8 +126,40 @@ class Metrics:
 
     def render(self) -> bytes:
         """The current values in Prometheus' text exposition format (all workers')."""
-        if self.registry is not None:
-            return generate_latest(self.registry)
-        registry = CollectorRegistry()
-        MultiProcessCollector(registry)  # type: ignore[no-untyped-call]
-        return generate_latest(registry)
+        registry = self.registry
+        if registry is None:
+            registry = CollectorRegistry()
+            MultiProcessCollector(registry)  # type: ignore[no-untyped-call]
+        if self._mounts is None:
+            return generate_latest(registry)
+        return generate_latest(_MountFilter(registry, self._mounts))
+
+
+class _MountFilter:
+    """A collector passing on another's metrics without the series of unknown mounts."""
+
+    def __init__(self, source: Collector, mounts: frozenset[str]) -> None:
+        self._source = source
+        self._mounts = mounts
+
+    def collect(self) -> Iterator[Metric]:
+        """The source's metrics, each without samples whose ``mount`` is not kept."""
+        for family in self._source.collect():
+            kept = copy.copy(family)
+            kept.samples = [
+                s
+                for s in family.samples
+                if "mount" not in s.labels or s.labels["mount"] in self._mounts
+            ]
+            yield kept
+
+
+def remove_dead_process(pid: int) -> None:
+    """Forget a dead worker's live gauges (multiprocess mode; otherwise nothing to do).
+
+    Args:
+        pid: the process id of a worker that exited.
+    """
+    directory = os.environ.get(MULTIPROC_ENV)
+    if directory:
+        mark_process_dead(pid, directory)  # type: ignore[no-untyped-call]

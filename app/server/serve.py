@@ -20,16 +20,17 @@ import json
 import logging
 import os
 import shutil
+import socket
 import tempfile
 from collections.abc import Callable
 from typing import Any, Final
 
 import uvicorn
-from uvicorn.supervisors import Multiprocess
 
 from app.asgi import VendApp, create_app
 from app.ops.metrics import MULTIPROC_ENV
 from app.server.protocol import VendHttpToolsProtocol
+from app.server.workers import STOP_MARGIN_S, Supervisor
 from app.settings import Settings, SettingsError, load_settings
 
 SETTINGS_ENV: Final = "VEND_RESOLVED_SETTINGS"
@@ -73,6 +74,20 @@ def app_from_environment() -> VendApp:
     VendHttpToolsProtocol.send_timeout_s = settings.timeouts.send_s
     VendHttpToolsProtocol.request_head_s = settings.timeouts.request_head_s
     return create_app(settings, reload_settings)
+
+
+def worker_config() -> uvicorn.Config:
+    """The uvicorn configuration in a worker process started by ``serve``.
+
+    Returns:
+        ``uvicorn_config`` of the settings and sources ``serve`` put in the environment.
+
+    Raises:
+        KeyError: ``VEND_RESOLVED_SETTINGS`` is not set (not started by ``serve``).
+    """
+    settings = Settings.model_validate_json(os.environ[SETTINGS_ENV])
+    config_file, overrides = _sources() or (None, {})
+    return uvicorn_config(settings, config_file, overrides)
 
 
 def uvicorn_config(
@@ -125,17 +140,50 @@ def serve(
     """
     config = uvicorn_config(settings, config_file, overrides)
     if settings.workers > 1:
-        # Workers write their metrics here; set before they start (prometheus-client
-        # picks its mode when imported). Removed with the process's private /tmp or
-        # below when vend stops.
-        metrics_dir = tempfile.mkdtemp(prefix="vend-metrics-")
-        os.environ[MULTIPROC_ENV] = metrics_dir
-        try:
-            sock = config.bind_socket()
-            Multiprocess(config, sockets=[sock]).run()
-        finally:
-            shutil.rmtree(metrics_dir, ignore_errors=True)
-        return 0
+        return _serve_workers(settings, config)
     server = uvicorn.Server(config)
     server.run()
     return 0 if server.started else 3
+
+
+def listening_sockets(config: uvicorn.Config) -> list[socket.socket]:
+    """Bind and listen on the sockets every worker serves (before any worker starts).
+
+    Args:
+        config: the uvicorn configuration (its host, port and backlog).
+
+    Returns:
+        The listening sockets, inheritable by the workers.
+
+    Raises:
+        SystemExit: with status 3 when an address cannot be bound (uvicorn logs why).
+    """
+    sock = config.bind_socket()
+    # Listening at once: connections queue while a worker starts or is replaced.
+    sock.listen(config.backlog)
+    return [sock]
+
+
+def _serve_workers(settings: Settings, config: uvicorn.Config) -> int:
+    """``serve`` with ``settings.workers`` processes under vend's supervisor."""
+    try:
+        sockets = listening_sockets(config)
+    except SystemExit as exc:
+        return exc.code if isinstance(exc.code, int) else 3
+    # Workers write their metrics here; set before they start (prometheus-client
+    # picks its mode when imported). Removed with the process's private /tmp or
+    # below when vend stops.
+    metrics_dir = tempfile.mkdtemp(prefix="vend-metrics-")
+    os.environ[MULTIPROC_ENV] = metrics_dir
+    timeouts = settings.timeouts
+    supervisor = Supervisor(
+        workers=settings.workers,
+        sockets=sockets,
+        stop_timeout_s=timeouts.drain_s + timeouts.graceful_shutdown_s + STOP_MARGIN_S,
+    )
+    try:
+        return supervisor.run()
+    finally:
+        for sock in sockets:
+            sock.close()
+        shutil.rmtree(metrics_dir, ignore_errors=True)
