@@ -12,8 +12,10 @@ module, the socket passed as an inherited descriptor); each worker runs
   ``STOP_MARGIN_S`` seconds after that is killed. A second signal skips the drain.
 - A worker that dies unexpectedly is replaced after a back-off (``RESTART_DELAYS_S``):
   the other workers keep serving and the socket keeps queueing connections meanwhile.
-  A worker that fails to start with status 3 (its settings or mounts cannot be used),
-  or ``MAX_FAILED_STARTS`` times in a row for any reason, stops vend with status 3.
+  A worker that fails to start before any worker has served (the settings cannot be
+  used: an access log that cannot be opened, for example), one that fails to start with
+  status 3 (uvicorn's start-up failure), and ``MAX_FAILED_STARTS`` failed starts in a
+  row in one slot stop vend with status 3.
 - A dead worker's live gauges are removed from the multiprocess metrics directory
   (prometheus-client's ``mark_process_dead``).
 
@@ -96,6 +98,7 @@ class Supervisor:
     _slots: list[_Slot] = field(default_factory=list)
     _stopping_since: float | None = None
     _status: int = 0
+    _served: bool = False
 
     def run(self) -> int:
         """Start the workers and supervise them until SIGTERM or SIGINT.
@@ -175,7 +178,8 @@ class Supervisor:
         how = f"status {status}" if status >= 0 else signal.Signals(-status).name
         if not worker.ready:
             slot.failed_starts += 1
-            if status == STARTUP_FAILURE or slot.failed_starts >= MAX_FAILED_STARTS:
+            given_up = slot.failed_starts >= MAX_FAILED_STARTS
+            if not self._served or status == STARTUP_FAILURE or given_up:
                 self._stop(f"worker {worker.slot + 1} could not start ({how}): stopping", 3)
                 return
         lived_s = time.monotonic() - worker.started_at
@@ -202,7 +206,7 @@ class Supervisor:
         if worker.ready or not select.select([worker.ready_fd], [], [], 0)[0]:
             return
         if os.read(worker.ready_fd, 1):
-            worker.ready = True
+            worker.ready = self._served = True
             self._slots[worker.slot].failed_starts = 0
             log.info("worker %d (pid %d) serves", worker.slot + 1, worker.proc.pid)
 

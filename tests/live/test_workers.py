@@ -1,15 +1,28 @@
-"""vend serve --workers N: every worker serves, metrics add up across workers."""
+"""vend serve --workers N: every worker serves, reloads in place, and is supervised."""
 
 from __future__ import annotations
 
+import os
 import re
+import signal
+import socket
+import subprocess
+import threading
+import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import httpx
 import pytest
 
+from tests.support import VEND, free_port, get_raw
+
 pytestmark = pytest.mark.live
+
+SMALL = b"small file, served from the name cache\n"
+LARGE = bytes(range(256)) * 1200  # 300 KiB: over cache.max_file_bytes, sent with sendfile
+NEW = b"a file on the mount added by a reload\n"
 
 
 def _total_200(text: str) -> float:
@@ -18,11 +31,58 @@ def _total_200(text: str) -> float:
 
 
 def _children(pid: int) -> list[int]:
-    """uvicorn's worker processes (multiprocessing's spawn_main), not its resource tracker."""
+    """vend's worker processes (``python -m app.server.workers``)."""
     children = []
     for task in Path(f"/proc/{pid}/task").iterdir():
         children += [int(c) for c in (task / "children").read_text().split()]
-    return [c for c in children if b"spawn_main" in Path(f"/proc/{c}/cmdline").read_bytes()]
+    return sorted(c for c in children if b"app.server.workers" in _cmdline(c))
+
+
+def _cmdline(pid: int) -> bytes:
+    try:
+        return Path(f"/proc/{pid}/cmdline").read_bytes()
+    except FileNotFoundError:
+        return b""
+
+
+def _wait_for(what: str, predicate: Callable[[], Any], timeout_s: float = 30.0) -> Any:
+    """Poll ``predicate`` every 0.1 s until it returns something true, at most ``timeout_s``."""
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        value = predicate()
+        if value:
+            return value
+        time.sleep(0.1)
+    raise AssertionError(f"timed out waiting for {what}")
+
+
+def _health_by_pid(url: str, pids: list[int], attempts: int = 400) -> dict[int, dict[str, Any]]:
+    """Health JSON from each of ``pids``, asked on new connections until each has answered."""
+    answers: dict[int, dict[str, Any]] = {}
+    for _ in range(attempts):
+        with httpx.Client(base_url=url, timeout=10) as client:  # a new connection each time
+            body = client.get("/.well-known/vend/health").json()
+        answers[body["process"]["pid"]] = body
+        if set(pids) <= set(answers):
+            return answers
+    raise AssertionError(f"only workers {sorted(answers)} of {pids} answered")
+
+
+def _start_workers(start_vend: Any, tmp_path: Path, mounts: list[Path]) -> tuple[Any, Path]:
+    config = tmp_path / "vend.toml"
+    config.write_text(_toml(mounts))
+    proc = start_vend(args=["--config", str(config), "--workers", "2"])
+    _wait_for("two workers", lambda: len(_children(proc.pid)) == 2)
+    return proc, config
+
+
+def _toml(mounts: list[Path]) -> str:
+    return "mounts = [" + ", ".join(f'"{m}"' for m in mounts) + "]\n"
+
+
+def _cpu_ticks(pid: int) -> int:
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return int(fields[11]) + int(fields[12])
 
 
 def test_two_workers_share_the_port_and_the_metrics(tmp_path: Path, start_vend: Any) -> None:
@@ -31,12 +91,10 @@ def test_two_workers_share_the_port_and_the_metrics(tmp_path: Path, start_vend: 
     mount.mkdir()
     (mount / "a.txt").write_bytes(b"a")
     proc = start_vend([str(mount)], args=["--workers", "2"])
-    deadline = 50
-    while len(_children(proc.pid)) < 2 and deadline:
-        deadline -= 1
-        httpx.get(proc.url + "/a.txt", timeout=10)
-    workers = _children(proc.pid)
-    assert len(workers) == 2
+    workers = _wait_for(
+        "two workers", lambda: len(_children(proc.pid)) == 2 and _children(proc.pid)
+    )
+    _health_by_pid(proc.url, workers)  # both serve
     cpu_before = {w: _cpu_ticks(w) for w in workers}
     for _ in range(100):
         with httpx.Client(base_url=proc.url, timeout=10) as client:  # a new connection each time
@@ -53,6 +111,210 @@ def test_two_workers_share_the_port_and_the_metrics(tmp_path: Path, start_vend: 
     assert health == ["up"] * 6
 
 
-def _cpu_ticks(pid: int) -> int:
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return int(fields[11]) + int(fields[12])
+class _ClientLoop:
+    """Requests in a thread until stopped (at most ``max_s`` seconds), checking every byte."""
+
+    def __init__(self, name: str, request: Callable[[str], tuple[int, bytes]]) -> None:
+        self.name = name
+        self.request = request
+        self.count = 0
+        self.failures: list[str] = []
+        self.stop = threading.Event()
+        self.thread = threading.Thread(target=self._run, name=name, daemon=True)
+
+    def _run(self, max_s: float = 120.0, max_count: int = 1_000_000) -> None:
+        deadline = time.monotonic() + max_s
+        expected = {"/small.txt": SMALL, "/large.bin": LARGE}
+        while not self.stop.is_set() and time.monotonic() < deadline and self.count < max_count:
+            target = "/small.txt" if self.count % 2 else "/large.bin"
+            try:
+                status, body = self.request(target)
+            except Exception as exc:
+                self.failures.append(f"{self.name} {target}: {exc!r}")
+                continue
+            finally:
+                self.count += 1
+            if status != 200 or body != expected[target]:
+                self.failures.append(f"{self.name} {target}: {status}, {len(body)} bytes")
+
+
+class _RawKeepAlive:
+    """One persistent connection: a request, then exactly Content-Length body bytes.
+
+    Unlike a pooling client it never reconnects, so a connection the server closes is
+    a failure.
+    """
+
+    def __init__(self, port: int) -> None:
+        self.sock = socket.create_connection(("127.0.0.1", port), timeout=30)
+        self.buffer = b""
+
+    def get(self, target: str) -> tuple[int, bytes]:
+        """Send one GET on the connection and read its whole response."""
+        self.sock.sendall(f"GET {target} HTTP/1.1\r\nHost: vend.test\r\n\r\n".encode())
+        while b"\r\n\r\n" not in self.buffer:
+            self._receive()
+        head, _, self.buffer = self.buffer.partition(b"\r\n\r\n")
+        lines = head.decode("latin-1").split("\r\n")
+        fields = dict(line.lower().split(": ", 1) for line in lines[1:])
+        length = int(fields["content-length"])
+        while len(self.buffer) < length:
+            self._receive()
+        body, self.buffer = self.buffer[:length], self.buffer[length:]
+        return int(lines[0].split()[1]), body
+
+    def _receive(self) -> None:
+        data = self.sock.recv(1 << 16)
+        if not data:
+            raise ConnectionError("the server closed the connection")
+        self.buffer += data
+
+    def close(self) -> None:
+        """Close the connection."""
+        self.sock.close()
+
+
+def test_reloads_under_load_drop_nothing_and_keep_the_workers(
+    tmp_path: Path, start_vend: Any
+) -> None:
+    """Four SIGHUPs under keep-alive and new-connection load: every response whole, same workers, new mount everywhere."""
+    m1, m2 = tmp_path / "m1", tmp_path / "m2"
+    for m in (m1, m2):
+        m.mkdir()
+    (m1 / "small.txt").write_bytes(SMALL)
+    (m1 / "large.bin").write_bytes(LARGE)
+    (m2 / "new.txt").write_bytes(NEW)
+    proc, config = _start_workers(start_vend, tmp_path, [m1])
+    workers = _children(proc.pid)
+    _health_by_pid(proc.url, workers)
+
+    keep_alive = httpx.Client(base_url=proc.url, timeout=30)
+
+    def over_keep_alive(target: str) -> tuple[int, bytes]:
+        response = keep_alive.get(target)
+        return response.status_code, response.content
+
+    def over_new_connection(target: str) -> tuple[int, bytes]:
+        response = get_raw(proc.port, target.encode())
+        return response.status, response.body
+
+    raw = _RawKeepAlive(proc.port)
+    loops = [
+        _ClientLoop("httpx keep-alive", over_keep_alive),
+        _ClientLoop("raw keep-alive", raw.get),
+        _ClientLoop("raw new connections", over_new_connection),
+    ]
+    for loop in loops:
+        loop.thread.start()
+    try:
+        for reload in range(1, 5):
+            time.sleep(1.5)
+            if reload == 3:
+                config.write_text(_toml([m1, m2]))
+            os.kill(proc.pid, signal.SIGHUP)
+            _wait_for(
+                f"reload {reload} in every worker",
+                lambda n=reload: all(
+                    h["process"]["reloads"] == n for h in _health_by_pid(proc.url, workers).values()
+                ),
+            )
+        time.sleep(1.5)
+    finally:
+        for loop in loops:
+            loop.stop.set()
+        for loop in loops:
+            loop.thread.join(30)
+        keep_alive.close()
+        raw.close()
+    assert [f for loop in loops for f in loop.failures] == []
+    assert all(loop.count >= 20 for loop in loops), [loop.count for loop in loops]
+    assert _children(proc.pid) == workers, "no worker was replaced"
+    for health in _health_by_pid(proc.url, workers).values():
+        assert [m["name"] for m in health["mounts"]] == ["m1", "m2"]
+        assert health["process"]["reloads"] == 4
+    for _ in range(40):  # new connections, spread over both workers by the kernel
+        assert get_raw(proc.port, b"/new.txt").body == NEW
+    assert "reloaded settings: mounts m1, m2" in proc.output()
+
+
+def test_a_killed_worker_is_replaced_while_the_other_serves(
+    tmp_path: Path, start_vend: Any
+) -> None:
+    """SIGKILL of one worker: requests keep being answered, a new worker takes its place, its gauges go."""
+    mount = tmp_path / "m1"
+    mount.mkdir()
+    (mount / "small.txt").write_bytes(SMALL)
+    proc, _ = _start_workers(start_vend, tmp_path, [mount])
+    first, second = _children(proc.pid)
+    _health_by_pid(proc.url, [first, second])
+    environ = Path(f"/proc/{first}/environ").read_bytes().split(b"\0")
+    metrics_dir = Path(
+        next(e for e in environ if e.startswith(b"PROMETHEUS_MULTIPROC_DIR="))
+        .split(b"=", 1)[1]
+        .decode()
+    )
+    assert list(metrics_dir.glob(f"gauge_livemin_{first}.db"))
+    os.kill(first, signal.SIGKILL)
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        assert get_raw(proc.port, b"/small.txt").body == SMALL
+        workers = _children(proc.pid)
+        if len(workers) == 2 and first not in workers:
+            break
+    replacement = next(w for w in _children(proc.pid) if w != second)
+    answers = _health_by_pid(proc.url, [second, replacement])
+    assert answers[replacement]["mounts"][0]["state"] == "up"
+    assert not list(metrics_dir.glob(f"gauge_livemin_{first}.db")), "dead worker's gauges removed"
+    assert "exited (SIGKILL)" in proc.output()
+
+
+def test_sigterm_stops_every_worker_and_exits_0(tmp_path: Path, start_vend: Any) -> None:
+    """SIGTERM: exit status 0, no worker process left, the metrics directory removed."""
+    mount = tmp_path / "m1"
+    mount.mkdir()
+    (mount / "small.txt").write_bytes(SMALL)
+    proc, _ = _start_workers(start_vend, tmp_path, [mount])
+    workers = _children(proc.pid)
+    _health_by_pid(proc.url, workers)
+    environ = Path(f"/proc/{workers[0]}/environ").read_bytes().split(b"\0")
+    metrics_dir = next(e for e in environ if e.startswith(b"PROMETHEUS_MULTIPROC_DIR="))
+    os.kill(proc.pid, signal.SIGTERM)
+    assert proc.proc.wait(30) == 0, proc.output()
+    assert [w for w in workers if Path(f"/proc/{w}").exists()] == []
+    assert not Path(metrics_dir.split(b"=", 1)[1].decode()).exists()
+
+
+def test_port_in_use_exits_3(tmp_path: Path) -> None:
+    """With workers, an address already in use ends vend at once with exit status 3."""
+    mount = tmp_path / "m1"
+    mount.mkdir()
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        env = {k: v for k, v in os.environ.items() if not k.startswith("VEND_")}
+        env["VEND_MOUNTS"] = f'["{mount}"]'
+        result = subprocess.run(
+            [str(VEND), "serve", "--port", str(port), "--workers", "2"],
+            env=env,
+            capture_output=True,
+            timeout=60,
+        )
+    assert result.returncode == 3, result.stderr
+
+
+def test_workers_that_cannot_start_exit_3(tmp_path: Path) -> None:
+    """With workers, settings a worker cannot use (an access log it cannot open) end vend with status 3."""
+    mount = tmp_path / "m1"
+    mount.mkdir()
+    env = {k: v for k, v in os.environ.items() if not k.startswith("VEND_")}
+    env["VEND_MOUNTS"] = f'["{mount}"]'
+    env["VEND_ACCESS_LOG"] = str(tmp_path / "no-such-dir" / "access.log")
+    result = subprocess.run(
+        [str(VEND), "serve", "--port", str(free_port()), "--workers", "2"],
+        env=env,
+        capture_output=True,
+        timeout=60,
+    )
+    assert result.returncode == 3, result.stderr
+    assert b"could not start" in result.stderr
