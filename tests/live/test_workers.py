@@ -318,3 +318,34 @@ def test_workers_that_cannot_start_exit_3(tmp_path: Path) -> None:
     )
     assert result.returncode == 3, result.stderr
     assert b"could not start" in result.stderr
+
+
+def test_a_removed_mount_leaves_every_workers_metrics(tmp_path: Path, start_vend: Any) -> None:
+    """With two workers, after a reload without mount m1 no scrape (whichever worker) names m1."""
+    m1, m2 = tmp_path / "m1", tmp_path / "m2"
+    for m in (m1, m2):
+        m.mkdir()
+    (m1 / "small.txt").write_bytes(SMALL)
+    (m2 / "new.txt").write_bytes(NEW)
+    proc, config = _start_workers(start_vend, tmp_path, [m1, m2])
+    workers = _children(proc.pid)
+    _health_by_pid(proc.url, workers)
+    for _ in range(20):  # new connections: lookups on both mounts in both workers
+        assert get_raw(proc.port, b"/small.txt").status == 200
+        assert get_raw(proc.port, b"/new.txt").status == 200
+    with httpx.Client(base_url=proc.url, timeout=10) as client:
+        assert 'mount="m1"' in client.get("/.well-known/vend/metrics").text
+    config.write_text(_toml([m2]))
+    os.kill(proc.pid, signal.SIGHUP)
+    _wait_for(
+        "the reload in every worker",
+        lambda: all(
+            h["process"]["reloads"] == 1 for h in _health_by_pid(proc.url, workers).values()
+        ),
+    )
+    for _ in range(10):
+        with httpx.Client(base_url=proc.url, timeout=10) as client:  # a new connection each time
+            text = client.get("/.well-known/vend/metrics").text
+        assert 'mount="m1"' not in text
+        assert 'vend_mount_up{mount="m2"} 1.0' in text
+        assert _total_200(text) >= 40
