@@ -3,15 +3,19 @@
 ``serve(settings)`` starts uvicorn with ``app.server.protocol.VendHttpToolsProtocol`` (httptools
 plus zero-copy send), uvloop where installed, vend's own access log instead of uvicorn's,
 no ``Server`` header, and X-Forwarded-For trusted only from ``trusted_proxies``. With
-``workers > 1`` uvicorn's supervisor forks workers that share the listening socket.
+``workers > 1`` this process binds the listening socket and vend's supervisor
+(``app.server.workers``) runs that many worker processes on it, each a
+``uvicorn.Server``.
 
 Settings reach the application (in each worker) two ways, both in the environment:
 ``VEND_RESOLVED_SETTINGS``, the settings the parent validated, and
 ``VEND_SETTINGS_SOURCES``, where they came from (the config file and the command-line
-overrides), to read them anew. SIGHUP re-reads the sources: with one worker the running
-application switches in place (``VendApp.reload``); with several, uvicorn's supervisor
-restarts the workers one by one and each reads the sources as it starts. Invalid new
-settings are refused with a logged error and the last valid ones stay in force.
+overrides), to read them anew. SIGHUP re-reads the sources and the running application
+switches in place (``VendApp.reload``): with one worker in this process, with several in
+every worker (the supervisor forwards the signal), so no worker is replaced, no
+connection is closed and what each worker remembers stays. A worker started later (to
+replace one that died) reads the sources as it starts. Invalid new settings are refused
+with a logged error and the last valid ones stay in force.
 """
 
 from __future__ import annotations
@@ -57,7 +61,7 @@ def app_from_environment() -> VendApp:
 
     Returns:
         The application, built from its settings' sources when they load (a worker
-        restarted by SIGHUP sees the new settings), else from the settings ``serve``
+        started after a reload sees the new settings), else from the settings ``serve``
         validated.
 
     Raises:

@@ -68,9 +68,11 @@ def _health_by_pid(url: str, pids: list[int], attempts: int = 400) -> dict[int, 
     raise AssertionError(f"only workers {sorted(answers)} of {pids} answered")
 
 
-def _start_workers(start_vend: Any, tmp_path: Path, mounts: list[Path]) -> tuple[Any, Path]:
+def _start_workers(
+    start_vend: Any, tmp_path: Path, mounts: list[Path], extra_toml: str = ""
+) -> tuple[Any, Path]:
     config = tmp_path / "vend.toml"
-    config.write_text(_toml(mounts))
+    config.write_text(_toml(mounts) + extra_toml)
     proc = start_vend(args=["--config", str(config), "--workers", "2"])
     _wait_for("two workers", lambda: len(_children(proc.pid)) == 2)
     return proc, config
@@ -268,17 +270,22 @@ def test_a_killed_worker_is_replaced_while_the_other_serves(
     assert "exited (SIGKILL)" in proc.output()
 
 
-def test_sigterm_stops_every_worker_and_exits_0(tmp_path: Path, start_vend: Any) -> None:
-    """SIGTERM: exit status 0, no worker process left, the metrics directory removed."""
+def test_sigterm_drains_every_worker_then_exits_0(tmp_path: Path, start_vend: Any) -> None:
+    """SIGTERM to vend: every worker drains (health 503, files served), then exit 0, no worker left."""
     mount = tmp_path / "m1"
     mount.mkdir()
     (mount / "small.txt").write_bytes(SMALL)
-    proc, _ = _start_workers(start_vend, tmp_path, [mount])
+    drain = "[timeouts]\ndrain_s = 6\n"
+    proc, _ = _start_workers(start_vend, tmp_path, [mount], drain)
     workers = _children(proc.pid)
     _health_by_pid(proc.url, workers)
     environ = Path(f"/proc/{workers[0]}/environ").read_bytes().split(b"\0")
     metrics_dir = next(e for e in environ if e.startswith(b"PROMETHEUS_MULTIPROC_DIR="))
-    os.kill(proc.pid, signal.SIGTERM)
+    os.kill(proc.pid, signal.SIGTERM)  # the parent only, as systemd's KillMode=mixed does
+    for health in _health_by_pid(proc.url, workers).values():
+        assert health["status"] == "draining"
+    response = get_raw(proc.port, b"/small.txt")
+    assert (response.status, response.body) == (200, SMALL)
     assert proc.proc.wait(30) == 0, proc.output()
     assert [w for w in workers if Path(f"/proc/{w}").exists()] == []
     assert not Path(metrics_dir.split(b"=", 1)[1].decode()).exists()
