@@ -107,6 +107,9 @@ class Supervisor:
             0 after a clean stop; 3 when workers could not start.
         """
         self._slots = [_Slot() for _ in range(self.workers)]
+        # A handler (never called: the signal stays blocked) rather than SIG_IGN, under
+        # which a SIGHUP might be discarded instead of waiting for sigtimedwait.
+        previous_hup = signal.signal(signal.SIGHUP, _ignore)
         previous_mask = signal.pthread_sigmask(signal.SIG_BLOCK, _SIGNALS)
         try:
             for slot in range(self.workers):
@@ -124,6 +127,7 @@ class Supervisor:
                 worker.proc.kill()
                 worker.proc.wait()
             signal.pthread_sigmask(signal.SIG_SETMASK, previous_mask)
+            signal.signal(signal.SIGHUP, previous_hup)
         return self._status
 
     def _spawn(self, slot: int) -> None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import re
 import signal
@@ -356,3 +357,47 @@ def test_a_removed_mount_leaves_every_workers_metrics(tmp_path: Path, start_vend
         assert 'mount="m1"' not in text
         assert 'vend_mount_up{mount="m2"} 1.0' in text
         assert _total_200(text) >= 40
+
+
+def test_sighup_while_starting_ends_nothing(tmp_path: Path) -> None:
+    """SIGHUP every 50 ms to vend and its workers from their start until they serve: all live and serve.
+
+    The spray starts with the first worker process: a Python process cannot guard its
+    own first moments, before it runs vend's code.
+    """
+    from tests.support import VendProcess
+
+    mount = tmp_path / "m1"
+    mount.mkdir()
+    (mount / "small.txt").write_bytes(SMALL)
+    proc = VendProcess([str(mount)], args=["--workers", "2"])
+    stop = threading.Event()
+
+    def hup_everyone() -> None:
+        deadline = time.monotonic() + 60
+        while not stop.is_set() and time.monotonic() < deadline:
+            children = _children(proc.pid) if proc.proc is not None else []
+            if children and proc.proc is not None and proc.proc.poll() is None:
+                for pid in [proc.pid, *children]:
+                    with contextlib.suppress(ProcessLookupError):
+                        os.kill(pid, signal.SIGHUP)
+            time.sleep(0.05)
+
+    spammer = threading.Thread(target=hup_everyone, daemon=True)
+    spammer.start()
+    try:
+        proc.start(tmp_path / "vend.log", timeout_s=30)
+        workers = _wait_for(
+            "two workers", lambda: len(_children(proc.pid)) == 2 and _children(proc.pid)
+        )
+        _health_by_pid(proc.url, workers)  # both serve
+        time.sleep(0.5)
+        stop.set()
+        spammer.join(10)
+        assert proc.proc is not None and proc.proc.poll() is None
+        assert _children(proc.pid) == workers
+        assert "exited" not in proc.output()
+        assert get_raw(proc.port, b"/small.txt").body == SMALL
+    finally:
+        stop.set()
+        proc.stop()
