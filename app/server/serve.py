@@ -168,6 +168,22 @@ def listening_sockets(config: uvicorn.Config) -> list[socket.socket]:
     return [sock]
 
 
+def _remember_settings() -> None:
+    """On SIGHUP, keep the settings the workers switch to for workers started later.
+
+    A worker started later reads the sources itself, and falls back to these when the
+    sources have since become invalid (the running workers refused them too).
+    """
+    sources = _sources()
+    if sources is None:
+        return
+    try:
+        settings = _reader(sources)()
+    except Exception:  # every worker logs why; the supervisor must not stop over it
+        return
+    os.environ[SETTINGS_ENV] = settings.model_dump_json()
+
+
 def _serve_workers(settings: Settings, config: uvicorn.Config) -> int:
     """``serve`` with ``settings.workers`` processes under vend's supervisor."""
     try:
@@ -184,6 +200,7 @@ def _serve_workers(settings: Settings, config: uvicorn.Config) -> int:
         workers=settings.workers,
         sockets=sockets,
         stop_timeout_s=timeouts.drain_s + timeouts.graceful_shutdown_s + STOP_MARGIN_S,
+        on_reload=_remember_settings,
     )
     try:
         return supervisor.run()

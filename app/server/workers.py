@@ -38,6 +38,7 @@ import socket
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Final
 
@@ -89,11 +90,15 @@ class Supervisor:
             serves all of them.
         stop_timeout_s: after SIGTERM, how long a worker may take to stop before it is
             killed, in seconds (drain plus graceful shutdown plus a margin).
+        on_reload: called on SIGHUP before the workers are signalled (``serve`` reads
+            the settings anew there, so a worker started later gets the last valid
+            ones), or None.
     """
 
     workers: int
     sockets: list[socket.socket]
     stop_timeout_s: float
+    on_reload: Callable[[], None] | None = None
     _running: dict[int, _Worker] = field(default_factory=dict)
     _slots: list[_Slot] = field(default_factory=list)
     _stopping_since: float | None = None
@@ -147,6 +152,8 @@ class Supervisor:
     def _on_signal(self, signo: int) -> None:
         if signo == signal.SIGHUP and self._stopping_since is None:
             log.warning("SIGHUP: reloading the settings in %d workers", len(self._running))
+            if self.on_reload is not None:
+                self.on_reload()
             self._signal_all(signal.SIGHUP)
         elif signo in (signal.SIGTERM, signal.SIGINT):
             self._stop(f"{signal.Signals(signo).name}: stopping the workers")

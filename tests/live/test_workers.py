@@ -69,6 +69,18 @@ def _health_by_pid(url: str, pids: list[int], attempts: int = 400) -> dict[int, 
     raise AssertionError(f"only workers {sorted(answers)} of {pids} answered")
 
 
+def _served_by_each(url: str, pids: list[int], target: str) -> dict[int, httpx.Response]:
+    """Each worker's answer to ``target``, told apart by the health JSON on the same connection."""
+    answers: dict[int, httpx.Response] = {}
+    for _ in range(400):
+        with httpx.Client(base_url=url, timeout=10) as client:  # one connection, one worker
+            pid = client.get("/.well-known/vend/health").json()["process"]["pid"]
+            answers[pid] = client.get(target)
+        if set(pids) <= set(answers):
+            return answers
+    raise AssertionError(f"only workers {sorted(answers)} of {pids} answered")
+
+
 def _start_workers(
     start_vend: Any, tmp_path: Path, mounts: list[Path], extra_toml: str = ""
 ) -> tuple[Any, Path]:
@@ -235,21 +247,29 @@ def test_reloads_under_load_drop_nothing_and_keep_the_workers(
     for health in _health_by_pid(proc.url, workers).values():
         assert [m["name"] for m in health["mounts"]] == ["m1", "m2"]
         assert health["process"]["reloads"] == 4
-    for _ in range(40):  # new connections, spread over both workers by the kernel
-        assert get_raw(proc.port, b"/new.txt").body == NEW
+    for response in _served_by_each(proc.url, workers, "/new.txt").values():
+        assert (response.status_code, response.content) == (200, NEW)
     assert "reloaded settings: mounts m1, m2" in proc.output()
 
 
 def test_a_killed_worker_is_replaced_while_the_other_serves(
     tmp_path: Path, start_vend: Any
 ) -> None:
-    """SIGKILL of one worker: requests keep being answered, a new worker takes its place, its gauges go."""
-    mount = tmp_path / "m1"
-    mount.mkdir()
+    """SIGKILL of one worker: requests keep being answered, a new worker with the last valid settings takes its place, its gauges go."""
+    mount, m2 = tmp_path / "m1", tmp_path / "m2"
+    for m in (mount, m2):
+        m.mkdir()
     (mount / "small.txt").write_bytes(SMALL)
-    proc, _ = _start_workers(start_vend, tmp_path, [mount])
+    (m2 / "new.txt").write_bytes(NEW)
+    proc, config = _start_workers(start_vend, tmp_path, [mount])
     first, second = _children(proc.pid)
     _health_by_pid(proc.url, [first, second])
+    config.write_text(_toml([mount, m2]))
+    os.kill(proc.pid, signal.SIGHUP)
+    _wait_for("the reload", lambda: proc.output().count("reloaded settings") == 2)
+    config.write_text("mounts = [")  # refused by every worker; m1 and m2 stay in force
+    os.kill(proc.pid, signal.SIGHUP)
+    _wait_for("the refusal", lambda: proc.output().count("reload refused") == 2)
     environ = Path(f"/proc/{first}/environ").read_bytes().split(b"\0")
     metrics_dir = Path(
         next(e for e in environ if e.startswith(b"PROMETHEUS_MULTIPROC_DIR="))
@@ -266,7 +286,10 @@ def test_a_killed_worker_is_replaced_while_the_other_serves(
             break
     replacement = next(w for w in _children(proc.pid) if w != second)
     answers = _health_by_pid(proc.url, [second, replacement])
+    assert [m["name"] for m in answers[replacement]["mounts"]] == ["m1", "m2"]
     assert answers[replacement]["mounts"][0]["state"] == "up"
+    new = _served_by_each(proc.url, [replacement], "/new.txt")[replacement]
+    assert (new.status_code, new.content) == (200, NEW)
     assert not list(metrics_dir.glob(f"gauge_livemin_{first}.db")), "dead worker's gauges removed"
     assert "exited (SIGKILL)" in proc.output()
 
