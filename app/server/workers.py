@@ -23,12 +23,15 @@ Signals are never lost to a worker that is still starting: the parent keeps SIGH
 SIGTERM, SIGINT and SIGCHLD blocked and takes them with ``sigtimedwait``; a worker
 inherits that mask, unblocks SIGTERM and SIGINT at once, and SIGHUP only once it
 serves (its reload handler is installed by then), so a reload sent meanwhile is
-delivered then. A worker reports that it serves by writing one byte to a pipe.
+delivered then. Each worker shares a socket pair with the parent: it writes one byte
+there once it serves, and stops on its own when the parent's end closes (the parent was
+killed), so no orphan keeps the port.
 """
 
 from __future__ import annotations
 
 import argparse
+import asyncio
 import contextlib
 import logging
 import os
@@ -66,7 +69,7 @@ class _Worker:
 
     slot: int
     proc: subprocess.Popen[bytes]
-    ready_fd: int
+    channel: socket.socket
     started_at: float
     ready: bool = False
 
@@ -136,16 +139,20 @@ class Supervisor:
         return self._status
 
     def _spawn(self, slot: int) -> None:
-        ready_read, ready_write = os.pipe()
+        channel, worker_end = socket.socketpair()
         fds = [s.fileno() for s in self.sockets]
-        command = [sys.executable, "-P", "-m", "app.server.workers", "--ready-fd", str(ready_write)]
+        command = [sys.executable, "-P", "-m", "app.server.workers"]
+        command += ["--control-fd", str(worker_end.fileno())]
         for fd in fds:
             command += ["--listen-fd", str(fd)]
         try:
-            proc = subprocess.Popen(command, pass_fds=[*fds, ready_write])
+            proc = subprocess.Popen(command, pass_fds=[*fds, worker_end.fileno()])
+        except BaseException:
+            channel.close()
+            raise
         finally:
-            os.close(ready_write)
-        self._running[proc.pid] = _Worker(slot, proc, ready_read, time.monotonic())
+            worker_end.close()
+        self._running[proc.pid] = _Worker(slot, proc, channel, time.monotonic())
         self._slots[slot].restart_at = None
         log.info("worker %d started (pid %d)", slot + 1, proc.pid)
 
@@ -178,7 +185,7 @@ class Supervisor:
                 continue
             del self._running[pid]
             self._read_ready_fd(worker)
-            os.close(worker.ready_fd)
+            worker.channel.close()
             remove_dead_process(pid)
             if self._stopping_since is None:
                 self._replace(worker, status)
@@ -207,16 +214,16 @@ class Supervisor:
         )
 
     def _read_ready(self) -> None:
-        waiting = {w.ready_fd: w for w in self._running.values() if not w.ready}
+        waiting = {w.channel: w for w in self._running.values() if not w.ready}
         if waiting:
             readable, _, _ = select.select(list(waiting), [], [], 0)
-            for fd in readable:
-                self._read_ready_fd(waiting[fd])
+            for channel in readable:
+                self._read_ready_fd(waiting[channel])
 
     def _read_ready_fd(self, worker: _Worker) -> None:
-        if worker.ready or not select.select([worker.ready_fd], [], [], 0)[0]:
+        if worker.ready or not select.select([worker.channel], [], [], 0)[0]:
             return
-        if os.read(worker.ready_fd, 1):
+        if worker.channel.recv(1):
             worker.ready = self._served = True
             self._slots[worker.slot].failed_starts = 0
             log.info("worker %d (pid %d) serves", worker.slot + 1, worker.proc.pid)
@@ -241,7 +248,7 @@ class Supervisor:
 def _parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog="python -m app.server.workers")
     parser.add_argument("--listen-fd", type=int, action="append", required=True)
-    parser.add_argument("--ready-fd", type=int, required=True)
+    parser.add_argument("--control-fd", type=int, required=True)
     return parser.parse_args(argv)
 
 
@@ -251,7 +258,7 @@ def worker_main(argv: list[str] | None = None) -> None:
     Settings come from the environment ``serve`` set (``app.server.serve``).
 
     Args:
-        argv: ``--listen-fd FD`` (repeatable) and ``--ready-fd FD``; default
+        argv: ``--listen-fd FD`` (repeatable) and ``--control-fd FD``; default
             ``sys.argv[1:]``.
     """
     signal.pthread_sigmask(signal.SIG_SETMASK, {signal.SIGHUP})  # see the module docstring
@@ -261,23 +268,37 @@ def worker_main(argv: list[str] | None = None) -> None:
     from app.server.serve import worker_config
 
     config = worker_config()
-    ready_fd: list[int] = [args.ready_fd]
+    server = uvicorn.Server(config)
+    control = socket.socket(fileno=args.control_fd)
+    control.setblocking(False)
+    serving: list[bool] = []
+
+    def stop_orphan() -> None:
+        """The main process is gone (its end of the control socket closed): stop."""
+        asyncio.get_running_loop().remove_reader(control)
+        if not server.should_exit:
+            log.error("vend's main process is gone: this worker stops")
+            server.should_exit = True
 
     async def notify_serving() -> None:
         """Called by uvicorn once serving (then every ``timeout_notify`` seconds)."""
-        if not ready_fd:
+        if serving:
             return
+        serving.append(True)
         if signal.getsignal(signal.SIGHUP) in (signal.SIG_DFL, None):
             log.warning("no SIGHUP handler in this worker: SIGHUP is ignored")
             signal.signal(signal.SIGHUP, signal.SIG_IGN)
         signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGHUP})
-        fd = ready_fd.pop()
-        os.write(fd, b"1")
-        os.close(fd)
+        try:
+            control.send(b"1")
+        except OSError:
+            stop_orphan()
+            return
+        # The main process never writes: readable means it has exited.
+        asyncio.get_running_loop().add_reader(control, stop_orphan)
 
     config.callback_notify = notify_serving
     sockets = [socket.socket(fileno=fd) for fd in args.listen_fd]
-    server = uvicorn.Server(config)
     # uvicorn re-raises the stopping signal after its shutdown, under the handler found
     # when it started: let that be a no-op, so the worker exits 0 after a clean stop.
     for signo in (signal.SIGTERM, signal.SIGINT):

@@ -424,3 +424,27 @@ def test_sighup_while_starting_ends_nothing(tmp_path: Path) -> None:
     finally:
         stop.set()
         proc.stop()
+
+
+def _alive(pid: int) -> bool:
+    """True while the process exists and is not a zombie."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except FileNotFoundError:
+        return False
+    return stat.rsplit(")", 1)[1].split()[0] != "Z"
+
+
+def test_workers_stop_when_the_main_process_is_killed(tmp_path: Path, start_vend: Any) -> None:
+    """SIGKILL of vend's main process: its workers stop on their own and free the port."""
+    mount = tmp_path / "m1"
+    mount.mkdir()
+    (mount / "small.txt").write_bytes(SMALL)
+    proc, _ = _start_workers(start_vend, tmp_path, [mount])
+    workers = _children(proc.pid)
+    _health_by_pid(proc.url, workers)
+    os.kill(proc.pid, signal.SIGKILL)
+    _wait_for("the workers to stop", lambda: not any(_alive(w) for w in workers))
+    with pytest.raises(ConnectionRefusedError):
+        socket.create_connection(("127.0.0.1", proc.port), timeout=5).close()
+    assert "main process is gone" in proc.output()
