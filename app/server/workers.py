@@ -6,7 +6,8 @@ module, the socket passed as an inherited descriptor); each worker runs
 
 - SIGHUP: forwarded to every worker, which reloads its settings in place
   (``VendApp.reload``): no worker is replaced, no connection is closed, and what a
-  worker remembers (its name cache, where names live, its counters) stays.
+  worker keeps across a reload (its counters, the threads and health of mounts that
+  did not change) stays.
 - SIGTERM or SIGINT: SIGTERM to every worker, which stops as one server does (drain,
   then in-flight requests get ``timeouts.graceful_shutdown_s``); a worker still running
   ``STOP_MARGIN_S`` seconds after that is killed. A second signal skips the drain.
@@ -234,7 +235,11 @@ class Supervisor:
         now = time.monotonic()
         for index, slot in enumerate(self._slots):
             if slot.restart_at is not None and slot.restart_at <= now:
-                self._spawn(index)
+                try:
+                    self._spawn(index)
+                except OSError as exc:  # no process or descriptor to spare: try later
+                    slot.restart_at = now + RESTART_DELAYS_S[-1]
+                    log.error("worker %d could not be started (%s): retrying", index + 1, exc)
 
     def _kill_overdue(self) -> None:
         if self._stopping_since is None:
