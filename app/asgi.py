@@ -134,7 +134,9 @@ class VendApp:
             max_file_bytes=c.max_file_bytes,
         )
         self.mounts = mounts
-        self.metrics.keep_mounts(m.name for m in mounts)
+        names = {m.name for m in mounts}
+        self.metrics.forget_mounts([m.name for m in kept.values() if m.name not in names])
+        self.metrics.current_mounts = names
         return fresh, list(kept.values())
 
     def _observe_lookup(self, mount: Mount, outcome: str, seconds: float) -> None:

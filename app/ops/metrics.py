@@ -4,26 +4,24 @@ Exposed at ``/.well-known/vend/metrics`` in Prometheus' text format. With one pr
 each application instance has its own registry (tests build many apps in one process).
 With ``--workers N``, ``vend serve`` sets ``PROMETHEUS_MULTIPROC_DIR`` before the workers
 start, each worker writes its values there, and a scrape (answered by any worker) adds
-up all workers' values: prometheus-client's multiprocess mode. The values of a worker
-that exited stay counted; its live gauges are removed (``remove_dead_process``).
+up all workers' values: prometheus-client's multiprocess mode.
 
-Series labelled with a mount that the current settings no longer have (removed by a
-reload) are left out of every scrape (``Metrics.keep_mounts``); in multiprocess mode
-their values stay in the workers' files but are never shown.
+On reload, the label sets of mounts no longer configured are removed (``.remove``). In
+multiprocess mode prometheus-client cannot remove a label set (its values stay in the
+workers' files), so the scrape itself leaves out every sample whose ``mount`` label is
+not a mount of the answering worker's current table.
 """
 
 from __future__ import annotations
 
-import copy
 import os
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable
 from typing import Any, Final
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
 from prometheus_client.metrics_core import Metric
-from prometheus_client.multiprocess import MultiProcessCollector, mark_process_dead
-from prometheus_client.registry import Collector
+from prometheus_client.multiprocess import MultiProcessCollector
 
 MULTIPROC_ENV: Final = "PROMETHEUS_MULTIPROC_DIR"
 
@@ -38,7 +36,8 @@ class Metrics:
             ``timeout``, ``skipped`` while the mount is down).
         cache: name cache lookups by outcome.
         lookup_seconds: time of one mount lookup, in seconds.
-        mount_up: 1 when the mount is usable, else 0.
+        mount_up: 1 when the mount is usable (up or overdue), 0 when down.
+        current_mounts: names of the configured mounts (what a scrape shows).
     """
 
     content_type = CONTENT_TYPE_LATEST
@@ -85,35 +84,13 @@ class Metrics:
             multiprocess_mode="livemin",
         )
 
+        self.current_mounts: set[str] | None = None
         # Label children looked up once: labels() takes a lock and a dict lookup, and
         # these counters move on every request of the hot path.
         self._by_status: dict[int, Any] = {}
         self.cache_hit = self.cache.labels("hit")
         self.cache_miss = self.cache.labels("miss")
         self.cache_miss_remembered = self.cache.labels("miss_remembered")
-        self._mounts: frozenset[str] | None = None
-
-    def keep_mounts(self, names: Iterable[str]) -> None:
-        """Drop the series of every mount not in ``names`` (after a reload).
-
-        Args:
-            names: the names of the mounts now configured; series labelled with any
-                other mount are removed (one process) and left out of scrapes (both modes).
-        """
-        self._mounts = frozenset(names)
-        for metric, labelnames in (
-            (self.lookups, ("mount", "outcome")),
-            (self.lookup_seconds, ("mount",)),
-            (self.mount_up, ("mount",)),
-        ):
-            stale = {
-                tuple(sample.labels[n] for n in labelnames)
-                for family in metric.collect()
-                for sample in family.samples
-                if sample.labels.get("mount") not in self._mounts
-            }
-            for values in stale:
-                metric.remove(*values)
 
     def count_response(self, status: int, body_bytes: int) -> None:
         """Count one answered request and the body bytes it sent."""
@@ -124,42 +101,39 @@ class Metrics:
         if body_bytes:
             self.body_bytes.inc(body_bytes)
 
+    def forget_mounts(self, names: Iterable[str]) -> None:
+        """Remove every label set of the mounts ``names`` (removed by a reload)."""
+        if self._multiprocess:
+            return  # not possible there: render() leaves them out instead
+        for name in names:
+            for outcome in ("hit", "miss", "error", "timeout", "skipped"):
+                self.lookups.remove(name, outcome)
+            for metric in (self.lookup_seconds, self.mount_up):
+                metric.remove(name)
+
     def render(self) -> bytes:
         """The current values in Prometheus' text exposition format (all workers')."""
-        registry = self.registry
-        if registry is None:
-            registry = CollectorRegistry()
-            MultiProcessCollector(registry)  # type: ignore[no-untyped-call]
-        if self._mounts is None:
-            return generate_latest(registry)
-        return generate_latest(_MountFilter(registry, self._mounts))
+        if self.registry is not None:
+            return generate_latest(self.registry)
+        registry = CollectorRegistry()
+        MultiProcessCollector(registry)  # type: ignore[no-untyped-call]
+        return generate_latest(_CurrentMounts(registry, self.current_mounts))
 
 
-class _MountFilter:
-    """A collector passing on another's metrics without the series of unknown mounts."""
+class _CurrentMounts:
+    """A registry view without the samples of mounts that are no longer configured."""
 
-    def __init__(self, source: Collector, mounts: frozenset[str]) -> None:
-        self._source = source
+    def __init__(self, registry: CollectorRegistry, mounts: set[str] | None) -> None:
+        self._registry = registry
         self._mounts = mounts
 
-    def collect(self) -> Iterator[Metric]:
-        """The source's metrics, each without samples whose ``mount`` is not kept."""
-        for family in self._source.collect():
-            kept = copy.copy(family)
-            kept.samples = [
-                s
-                for s in family.samples
-                if "mount" not in s.labels or s.labels["mount"] in self._mounts
-            ]
-            yield kept
-
-
-def remove_dead_process(pid: int) -> None:
-    """Forget a dead worker's live gauges (multiprocess mode; otherwise nothing to do).
-
-    Args:
-        pid: the process id of a worker that exited.
-    """
-    directory = os.environ.get(MULTIPROC_ENV)
-    if directory:
-        mark_process_dead(pid, directory)  # type: ignore[no-untyped-call]
+    def collect(self) -> Iterable[Metric]:
+        """The registry's metrics, filtered by the ``mount`` label."""
+        for metric in self._registry.collect():
+            if self._mounts is not None:
+                metric.samples = [
+                    s
+                    for s in metric.samples
+                    if "mount" not in s.labels or s.labels["mount"] in self._mounts
+                ]
+            yield metric

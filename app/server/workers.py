@@ -46,7 +46,9 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Final
 
-from app.ops.metrics import remove_dead_process
+from prometheus_client.multiprocess import mark_process_dead
+
+from app.ops.metrics import MULTIPROC_ENV
 
 log = logging.getLogger("vend.workers")
 
@@ -187,7 +189,9 @@ class Supervisor:
             del self._running[pid]
             self._read_ready_fd(worker)
             worker.channel.close()
-            remove_dead_process(pid)
+            metrics_dir = os.environ.get(MULTIPROC_ENV)
+            if metrics_dir:  # its live gauges (vend_mount_up) must not outlive it
+                mark_process_dead(pid, metrics_dir)  # type: ignore[no-untyped-call]
             if self._stopping_since is None:
                 self._replace(worker, status)
 
