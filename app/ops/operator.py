@@ -3,15 +3,16 @@
 ``GET /.well-known/vend/health`` answers JSON::
 
     {"status": "ok", "mounts": [{"name": "server1", "state": "up", "last_error": null,
-                                 "latency_ms": 0.2}, ...],
-     "process": {"pid": 4242, "reloads": 1}}
+                                 "latency_ms": 0.2}, ...]}
 
 with 200 when at least one mount is usable and 503 (``"status": "unavailable"``) when none
 is, or (``"status": "draining"``) while vend drains after SIGTERM. It names mounts,
-never filesystem paths. ``process`` tells which worker answered (its process id) and how
-many settings reloads it has taken in place (SIGHUP) since it started.
-``GET /.well-known/vend/metrics`` answers Prometheus' text format.
+never filesystem paths. ``GET /.well-known/vend/metrics`` answers Prometheus' text format.
 The Apache vhost keeps this prefix off the public side.
+
+Health also carries ``"process": {"pid": 4242, "reloads": 1}``: which worker answered
+(its process id) and how many settings reloads it has taken in place (SIGHUP) since it
+started.
 """
 
 from __future__ import annotations
