@@ -81,6 +81,7 @@ class VendApp:
         cache: the name cache of the hot path.
         draining: True after SIGTERM while ``timeouts.drain_s`` runs: health is 503 and
             every response closes its connection.
+        reloads: settings reloads that took effect in this process (SIGHUP).
     """
 
     def __init__(
@@ -90,6 +91,7 @@ class VendApp:
         self.mounts: list[Mount] = []
         self._reload_settings = reload_settings
         self.draining = False
+        self.reloads = 0
         self.access_log = AccessLog("off")
         self._probe_task: asyncio.Task[None] | None = None
         self._operator = create_operator_app(self)
@@ -132,6 +134,9 @@ class VendApp:
             max_file_bytes=c.max_file_bytes,
         )
         self.mounts = mounts
+        names = {m.name for m in mounts}
+        self.metrics.forget_mounts([m.name for m in kept.values() if m.name not in names])
+        self.metrics.current_mounts = names
         return fresh, list(kept.values())
 
     def _observe_lookup(self, mount: Mount, outcome: str, seconds: float) -> None:
@@ -347,6 +352,7 @@ class VendApp:
         for mount in gone:
             # Requests that started on the old table may still use it for a while.
             asyncio.get_running_loop().call_later(RETIRE_AFTER_S, mount.close)
+        self.reloads += 1
         log.warning("reloaded settings: mounts %s", ", ".join(m.name for m in self.mounts))
         return True
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import signal
 import sys
 import time
 from urllib.parse import quote
@@ -50,6 +51,8 @@ def main() -> None:
 @click.option("--workers", type=int, default=None, help="Worker processes (default 1).")
 def serve(config_file: str | None, host: str | None, port: int | None, workers: int | None) -> None:
     """Serve the configured mounts over HTTP until SIGINT or SIGTERM."""
+    # SIGHUP reloads once the server runs; until then it must not end the process.
+    signal.signal(signal.SIGHUP, signal.SIG_IGN)
     from app.server.serve import serve as run_server
 
     overrides = {

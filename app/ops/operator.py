@@ -9,10 +9,15 @@ with 200 when at least one mount is usable and 503 (``"status": "unavailable"``)
 is, or (``"status": "draining"``) while vend drains after SIGTERM. It names mounts,
 never filesystem paths. ``GET /.well-known/vend/metrics`` answers Prometheus' text format.
 The Apache vhost keeps this prefix off the public side.
+
+Health also carries ``"process": {"pid": 4242, "reloads": 1}``: which worker answered
+(its process id) and how many settings reloads it has taken in place (SIGHUP) since it
+started.
 """
 
 from __future__ import annotations
 
+import os
 from typing import TYPE_CHECKING
 
 from starlette.applications import Starlette
@@ -42,7 +47,11 @@ def create_operator_app(vend: VendApp) -> Starlette:
         mounts = [describe(mount) for mount in vend.mounts]
         usable = any(m["state"] == "up" for m in mounts) and not vend.draining
         status = "draining" if vend.draining else "ok" if usable else "unavailable"
-        body = {"status": status, "mounts": mounts}
+        body = {
+            "status": status,
+            "mounts": mounts,
+            "process": {"pid": os.getpid(), "reloads": vend.reloads},
+        }
         return JSONResponse(
             body, status_code=200 if usable else 503, headers={"cache-control": "no-store"}
         )

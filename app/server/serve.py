@@ -3,15 +3,19 @@
 ``serve(settings)`` starts uvicorn with ``app.server.protocol.VendHttpToolsProtocol`` (httptools
 plus zero-copy send), uvloop where installed, vend's own access log instead of uvicorn's,
 no ``Server`` header, and X-Forwarded-For trusted only from ``trusted_proxies``. With
-``workers > 1`` uvicorn's supervisor forks workers that share the listening socket.
+``workers > 1`` this process binds the listening socket and vend's supervisor
+(``app.server.workers``) runs that many worker processes on it, each a
+``uvicorn.Server``.
 
 Settings reach the application (in each worker) two ways, both in the environment:
 ``VEND_RESOLVED_SETTINGS``, the settings the parent validated, and
 ``VEND_SETTINGS_SOURCES``, where they came from (the config file and the command-line
-overrides), to read them anew. SIGHUP re-reads the sources: with one worker the running
-application switches in place (``VendApp.reload``); with several, uvicorn's supervisor
-restarts the workers one by one and each reads the sources as it starts. Invalid new
-settings are refused with a logged error and the last valid ones stay in force.
+overrides), to read them anew. SIGHUP re-reads the sources and the running application
+switches in place (``VendApp.reload``): with one worker in this process, with several in
+every worker (the supervisor forwards the signal), so no worker is replaced, no
+connection is closed and what each worker remembers stays. A worker started later (to
+replace one that died) reads the sources as it starts. Invalid new settings are refused
+with a logged error and the last valid ones stay in force.
 """
 
 from __future__ import annotations
@@ -20,16 +24,17 @@ import json
 import logging
 import os
 import shutil
+import socket
 import tempfile
 from collections.abc import Callable
 from typing import Any, Final
 
 import uvicorn
-from uvicorn.supervisors import Multiprocess
 
 from app.asgi import VendApp, create_app
 from app.ops.metrics import MULTIPROC_ENV
 from app.server.protocol import VendHttpToolsProtocol
+from app.server.workers import STOP_MARGIN_S, Supervisor
 from app.settings import Settings, SettingsError, load_settings
 
 SETTINGS_ENV: Final = "VEND_RESOLVED_SETTINGS"
@@ -56,7 +61,7 @@ def app_from_environment() -> VendApp:
 
     Returns:
         The application, built from its settings' sources when they load (a worker
-        restarted by SIGHUP sees the new settings), else from the settings ``serve``
+        started after a reload sees the new settings), else from the settings ``serve``
         validated.
 
     Raises:
@@ -73,6 +78,20 @@ def app_from_environment() -> VendApp:
     VendHttpToolsProtocol.send_timeout_s = settings.timeouts.send_s
     VendHttpToolsProtocol.request_head_s = settings.timeouts.request_head_s
     return create_app(settings, reload_settings)
+
+
+def worker_config() -> uvicorn.Config:
+    """The uvicorn configuration in a worker process started by ``serve``.
+
+    Returns:
+        ``uvicorn_config`` of the settings and sources ``serve`` put in the environment.
+
+    Raises:
+        KeyError: ``VEND_RESOLVED_SETTINGS`` is not set (not started by ``serve``).
+    """
+    settings = Settings.model_validate_json(os.environ[SETTINGS_ENV])
+    config_file, overrides = _sources() or (None, {})
+    return uvicorn_config(settings, config_file, overrides)
 
 
 def uvicorn_config(
@@ -125,17 +144,67 @@ def serve(
     """
     config = uvicorn_config(settings, config_file, overrides)
     if settings.workers > 1:
-        # Workers write their metrics here; set before they start (prometheus-client
-        # picks its mode when imported). Removed with the process's private /tmp or
-        # below when vend stops.
-        metrics_dir = tempfile.mkdtemp(prefix="vend-metrics-")
-        os.environ[MULTIPROC_ENV] = metrics_dir
-        try:
-            sock = config.bind_socket()
-            Multiprocess(config, sockets=[sock]).run()
-        finally:
-            shutil.rmtree(metrics_dir, ignore_errors=True)
-        return 0
+        return _serve_workers(settings, config)
     server = uvicorn.Server(config)
     server.run()
     return 0 if server.started else 3
+
+
+def listening_sockets(config: uvicorn.Config) -> list[socket.socket]:
+    """Bind and listen on the sockets every worker serves (before any worker starts).
+
+    Args:
+        config: the uvicorn configuration (its host, port and backlog).
+
+    Returns:
+        The listening sockets, inheritable by the workers.
+
+    Raises:
+        SystemExit: with status 3 when an address cannot be bound (uvicorn logs why).
+    """
+    sock = config.bind_socket()
+    # Listening at once: connections queue while a worker starts or is replaced.
+    sock.listen(config.backlog)
+    return [sock]
+
+
+def _remember_settings() -> None:
+    """On SIGHUP, keep the settings the workers switch to for workers started later.
+
+    A worker started later reads the sources itself, and falls back to these when the
+    sources have since become invalid (the running workers refused them too).
+    """
+    sources = _sources()
+    if sources is None:
+        return
+    try:
+        settings = _reader(sources)()
+    except Exception:  # every worker logs why; the supervisor must not stop over it
+        return
+    os.environ[SETTINGS_ENV] = settings.model_dump_json()
+
+
+def _serve_workers(settings: Settings, config: uvicorn.Config) -> int:
+    """``serve`` with ``settings.workers`` processes under vend's supervisor."""
+    try:
+        sockets = listening_sockets(config)
+    except SystemExit as exc:
+        return exc.code if isinstance(exc.code, int) else 3
+    # Workers write their metrics here; set before they start (prometheus-client
+    # picks its mode when imported). Removed with the process's private /tmp or
+    # below when vend stops.
+    metrics_dir = tempfile.mkdtemp(prefix="vend-metrics-")
+    os.environ[MULTIPROC_ENV] = metrics_dir
+    timeouts = settings.timeouts
+    supervisor = Supervisor(
+        workers=settings.workers,
+        sockets=sockets,
+        stop_timeout_s=timeouts.drain_s + timeouts.graceful_shutdown_s + STOP_MARGIN_S,
+        on_reload=_remember_settings,
+    )
+    try:
+        return supervisor.run()
+    finally:
+        for sock in sockets:
+            sock.close()
+        shutil.rmtree(metrics_dir, ignore_errors=True)
