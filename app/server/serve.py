@@ -129,7 +129,10 @@ def uvicorn_config(
 
 
 def serve(
-    settings: Settings, config_file: str | None = None, overrides: dict[str, Any] | None = None
+    settings: Settings,
+    config_file: str | None = None,
+    overrides: dict[str, Any] | None = None,
+    on_listening: Callable[[], None] | None = None,
 ) -> int:
     """Serve until SIGINT or SIGTERM; SIGHUP re-reads the settings.
 
@@ -137,17 +140,29 @@ def serve(
         settings: validated settings.
         config_file: the TOML file they came from, or None.
         overrides: the command-line values among them.
+        on_listening: called once the listening socket is bound, before serving (the
+            CLI says "serving ... on ..." only then, never for a port it could not bind).
 
     Returns:
         The process exit status: 0 after a clean shutdown, 3 when the server could not
         start (the address is in use, for example), as uvicorn reports it.
     """
     config = uvicorn_config(settings, config_file, overrides)
-    if settings.workers > 1:
-        return _serve_workers(settings, config)
-    server = uvicorn.Server(config)
-    server.run()
-    return 0 if server.started else 3
+    try:
+        sockets = listening_sockets(config)
+    except SystemExit as exc:
+        return exc.code if isinstance(exc.code, int) else 3
+    if on_listening is not None:
+        on_listening()
+    try:
+        if settings.workers > 1:
+            return _serve_workers(settings, sockets)
+        server = uvicorn.Server(config)
+        server.run(sockets=sockets)
+        return 0 if server.started else 3
+    finally:
+        for sock in sockets:
+            sock.close()
 
 
 def listening_sockets(config: uvicorn.Config) -> list[socket.socket]:
@@ -184,12 +199,8 @@ def _remember_settings() -> None:
     os.environ[SETTINGS_ENV] = settings.model_dump_json()
 
 
-def _serve_workers(settings: Settings, config: uvicorn.Config) -> int:
+def _serve_workers(settings: Settings, sockets: list[socket.socket]) -> int:
     """``serve`` with ``settings.workers`` processes under vend's supervisor."""
-    try:
-        sockets = listening_sockets(config)
-    except SystemExit as exc:
-        return exc.code if isinstance(exc.code, int) else 3
     # Workers write their metrics here; set before they start (prometheus-client
     # picks its mode when imported). Removed with the process's private /tmp or
     # below when vend stops.
@@ -205,6 +216,4 @@ def _serve_workers(settings: Settings, config: uvicorn.Config) -> int:
     try:
         return supervisor.run()
     finally:
-        for sock in sockets:
-            sock.close()
         shutil.rmtree(metrics_dir, ignore_errors=True)

@@ -315,8 +315,9 @@ def test_sigterm_drains_every_worker_then_exits_0(tmp_path: Path, start_vend: An
     assert not Path(metrics_dir.split(b"=", 1)[1].decode()).exists()
 
 
-def test_port_in_use_exits_3(tmp_path: Path) -> None:
-    """With workers, an address already in use ends vend at once with exit status 3."""
+@pytest.mark.parametrize("workers", ["1", "2"])
+def test_port_in_use_exits_3(tmp_path: Path, workers: str) -> None:
+    """An address already in use ends vend at once with status 3, never claiming to serve."""
     mount = tmp_path / "m1"
     mount.mkdir()
     with socket.socket() as taken:
@@ -326,12 +327,14 @@ def test_port_in_use_exits_3(tmp_path: Path) -> None:
         env = {k: v for k, v in os.environ.items() if not k.startswith("VEND_")}
         env["VEND_MOUNTS"] = f'["{mount}"]'
         result = subprocess.run(
-            [str(VEND), "serve", "--port", str(port), "--workers", "2"],
+            [str(VEND), "serve", "--port", str(port), "--workers", workers],
             env=env,
             capture_output=True,
             timeout=60,
         )
     assert result.returncode == 3, result.stderr
+    assert b"serving" not in result.stderr, result.stderr
+    assert b"address already in use" in result.stderr.lower(), result.stderr
 
 
 def test_workers_that_cannot_start_exit_3(tmp_path: Path) -> None:
