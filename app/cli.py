@@ -1,4 +1,4 @@
-"""The ``vend`` command: ``serve``, ``check`` and ``locate``.
+"""The ``vend`` command: ``serve``, ``check``, ``locate``, ``verify`` and ``shadows``.
 
 This is the only module that exits the process. Exit statuses: 0 success; 1 a mount is
 unusable (``check``) or no mount holds the name (``locate``); 2 invalid settings, invalid
@@ -11,14 +11,22 @@ from __future__ import annotations
 
 import asyncio
 import os
+import ssl
 import sys
 import time
+from typing import NoReturn
 from urllib.parse import quote
 
 import click
 
+from app.federation.redirects import RedirectMapError
 from app.http.names import NameRefused, compile_pattern, is_allowed_name, parse_request_path
-from app.ops.check import check_mounts, locate_name
+from app.ops.check import check_mounts, check_redirect_map, locate_name
+from app.ops.online import verify_online
+from app.ops.report import Report, ReportFormat, summarize
+from app.ops.sources import OldLinks, read_source
+from app.ops.suggest import MissingNames, write_suggestions
+from app.ops.verify import Sink, Tally, UserError, switch_user, verify_offline
 from app.settings import SAMPLE_MOUNTS_DIR, Settings, SettingsError, load_settings
 
 _config_option = click.option(
@@ -56,6 +64,10 @@ def serve(config_file: str | None, host: str | None, port: int | None, workers: 
         k: v for k, v in {"host": host, "port": port, "workers": workers}.items() if v is not None
     }
     settings = _load(config_file, **overrides)
+    try:
+        asyncio.run(check_redirect_map(settings))
+    except RedirectMapError as exc:
+        _fail(str(exc))
     host_part = f"[{settings.host}]" if ":" in settings.host else settings.host
     base = f"http://{host_part}:{settings.port}"
     names = ", ".join(m.name for m in settings.mounts)
@@ -108,6 +120,105 @@ def locate(config_file: str | None, name: str) -> None:
         else:
             click.echo(f"{copy.mount}: {copy.state}")
     sys.exit(0 if serving else 1)
+
+
+@main.command()
+@_config_option
+@click.argument("sources", nargs=-1, required=True, type=click.Path(dir_okay=False))
+@click.option("--url", default=None, help="Request the links from this front instead (online).")
+@click.option("--ca-file", type=click.Path(dir_okay=False), help="CA to trust (PEM), online.")
+@click.option("--connect-to", metavar="HOST:PORT", help="Connect here, keeping --url's host.")
+@click.option("--method", type=click.Choice(["head", "range"]), default="head", show_default=True)
+@click.option("--user", default=None, help="Check access as this user (default: yourself).")
+@click.option("--jobs", type=click.IntRange(1, 256), default=16, show_default=True)
+@click.option("--report", type=click.Path(dir_okay=False), help="Write every link not served here.")
+@click.option("--format", "fmt", type=click.Choice(["jsonl", "csv"]), default="jsonl")
+@click.option("--suggest", type=click.Path(dir_okay=False), help="Write redirect map lines here.")
+@click.option("--no-progress", is_flag=True, help="No progress bar.")
+def verify(
+    config_file: str | None,
+    sources: tuple[str, ...],
+    url: str | None,
+    ca_file: str | None,
+    connect_to: str | None,
+    method: str,
+    user: str | None,
+    jobs: int,
+    report: str | None,
+    fmt: ReportFormat,
+    suggest: str | None,
+    no_progress: bool,
+) -> None:
+    """Say which old links (access logs, lists, listings, misses) vend serves.
+
+    Exit status: 0 every link is served; 1 some are not, or differ from the listing;
+    2 unusable input or settings.
+    """
+    settings = _load(config_file)
+    if url is None and (ca_file or connect_to):
+        _fail("--ca-file and --connect-to need --url")
+    if url is not None and suggest:
+        _fail("--suggest works offline only (without --url)")
+    if url is None:
+        try:
+            who = switch_user(user)
+        except UserError as exc:
+            _fail(str(exc))
+        if who == "root":
+            click.echo(
+                "vend: warning: checking access as root, who can read every file; "
+                "use --user with the user vend serves as",
+                err=True,
+            )
+    links = OldLinks()
+    for source in sources:
+        try:
+            read_source(source, links)
+        except OSError as exc:
+            _fail(f"cannot read {source}: {exc.strerror}")
+    if not links.hits:
+        click.echo(summarize(links.stats, Tally()), nl=False)
+        _fail("no usable links in the input")
+    handle = open(report, "w", encoding="utf-8", newline="") if report else None  # noqa: SIM115
+    try:
+        with Report(handle, fmt, len(links.hits), progress=not no_progress) as results:
+            if url is None:
+                sink: Sink = results.add
+                if suggest:
+                    wanted = MissingNames()
+                    sink = wanted.collecting(results.add)
+                mounts_state = asyncio.run(verify_offline(settings, links, sink, jobs=jobs))
+                if suggest:
+                    count = asyncio.run(write_suggestions(settings, wanted, suggest))
+                    click.echo(f"vend: {count} redirect map lines proposed in {suggest}", err=True)
+            else:
+                mounts_state = []
+                asyncio.run(
+                    verify_online(
+                        url,
+                        links,
+                        results.add,
+                        jobs=jobs,
+                        ca_file=ca_file,
+                        connect_to=connect_to,
+                        method=method,
+                    )
+                )
+    except (RedirectMapError, ValueError, OSError, ssl.SSLError) as exc:
+        _fail(str(exc))
+    finally:
+        if handle is not None:
+            handle.close()
+    click.echo(summarize(links.stats, results.tally), nl=False)
+    for name, error in mounts_state:
+        if error:
+            click.echo(f"vend: mount {name} was down at the end: {error}", err=True)
+    sys.exit(0 if results.tally.all_work else 1)
+
+
+def _fail(message: str) -> NoReturn:
+    click.echo(f"vend: {message}", err=True)
+    sys.exit(2)
 
 
 def _yn(flag: bool) -> str:

@@ -30,6 +30,8 @@ class Metrics:
         cache: name cache lookups by outcome.
         lookup_seconds: time of one mount lookup, in seconds.
         mount_up: 1 when the mount is usable, else 0.
+        misses: content requests answered 404, 403 or 503, by status.
+        refused: requests refused (400) by the name rules or the whitelist, by rule.
     """
 
     content_type = CONTENT_TYPE_LATEST
@@ -66,6 +68,18 @@ class Metrics:
             "vend_cache_lookups",
             "Name cache lookups: hit (from memory), miss, miss_remembered (a 404 from memory).",
             ["outcome"],
+            registry=self.registry,
+        )
+        self.misses = Counter(
+            "vend_misses",
+            "Content requests answered 404, 403 or 503, by status.",
+            ["status"],
+            registry=self.registry,
+        )
+        self.refused = Counter(
+            "vend_refused_names",
+            "Requests refused (400) by the name rules or the whitelist, by rule.",
+            ["rule"],
             registry=self.registry,
         )
         self.mount_up = Gauge(
