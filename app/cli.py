@@ -10,6 +10,7 @@ the TOML file, then the defaults), so each default is written once, in ``app.set
 from __future__ import annotations
 
 import asyncio
+import json
 import os
 import ssl
 import sys
@@ -18,12 +19,14 @@ from typing import NoReturn
 from urllib.parse import quote
 
 import click
+from tqdm import tqdm
 
 from app.federation.redirects import RedirectMapError
 from app.http.names import NameRefused, compile_pattern, is_allowed_name, parse_request_path
 from app.ops.check import check_mounts, check_redirect_map, locate_name
 from app.ops.online import verify_online
 from app.ops.report import Report, ReportFormat, summarize
+from app.ops.shadows import Shadow, shadows_of
 from app.ops.sources import OldLinks, read_source
 from app.ops.suggest import MissingNames, write_suggestions
 from app.ops.verify import Sink, Tally, UserError, switch_user, verify_offline
@@ -214,6 +217,59 @@ def verify(
         if error:
             click.echo(f"vend: mount {name} was down at the end: {error}", err=True)
     sys.exit(0 if results.tally.all_work else 1)
+
+
+@main.command()
+@_config_option
+@click.option("--hash", "hash_content", is_flag=True, help="Compare contents (SHA-256) too.")
+@click.option("--report", type=click.Path(dir_okay=False), help="Write every group (JSON lines).")
+@click.option("--no-progress", is_flag=True, help="No progress bar.")
+def shadows(
+    config_file: str | None, hash_content: bool, report: str | None, no_progress: bool
+) -> None:
+    """List names held by more than one mount: which copy wins, which differ or are newer.
+
+    Exit status: 0 no differing copies; 1 some; 2 invalid settings; 3 a mount was not
+    fully walked (hung or failing).
+    """
+    settings = _load(config_file)
+    handle = open(report, "w", encoding="utf-8") if report else None  # noqa: SIM115
+    counts = {"names": 0, "differ": 0, "newer": 0}
+    differing: list[Shadow] = []
+    bar = tqdm(unit="file", desc="walking", disable=True if no_progress else None)
+
+    def found(group: Shadow) -> None:
+        counts["names"] += 1
+        counts["differ"] += group.differs
+        counts["newer"] += group.newer
+        if group.differs and len(differing) < 20:
+            differing.append(group)
+        if handle is not None:
+            handle.write(json.dumps(group.as_json(), ensure_ascii=True) + "\n")
+
+    def walked() -> None:
+        bar.update(1)
+
+    try:
+        run = asyncio.run(shadows_of(settings, found, hash_content=hash_content, on_file=walked))
+    finally:
+        bar.close()
+        if handle is not None:
+            handle.close()
+    for name, state in run.walks:
+        verdict = f"not fully walked ({state.error})" if state.error else "walked"
+        click.echo(f"{name}: {verdict}, {state.files:,} files in {state.directories:,} directories")
+    for name, error in run.failed.items():
+        click.echo(f"{name}: failed ({error}): results involving it are incomplete")
+    click.echo(
+        f"{counts['names']:,} names on more than one mount; {counts['differ']:,} with differing "
+        f"copies; {counts['newer']:,} where a shadowed copy is newer than the one served"
+    )
+    for group in differing:
+        others = ", ".join(c.mount for c in group.shadowed)
+        flag = " (a shadowed copy is newer)" if group.newer else ""
+        click.echo(f"  {group.name!r}: served from {group.winner.mount}, differs on {others}{flag}")
+    sys.exit(3 if not run.complete else 1 if counts["differ"] else 0)
 
 
 def _fail(message: str) -> NoReturn:
