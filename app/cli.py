@@ -137,6 +137,7 @@ def locate(config_file: str | None, name: str) -> None:
 @click.option("--report", type=click.Path(dir_okay=False), help="Write every link not served here.")
 @click.option("--format", "fmt", type=click.Choice(["jsonl", "csv"]), default="jsonl")
 @click.option("--suggest", type=click.Path(dir_okay=False), help="Write redirect map lines here.")
+@click.option("--all", "every_link", is_flag=True, help="Report working links too.")
 @click.option("--no-progress", is_flag=True, help="No progress bar.")
 def verify(
     config_file: str | None,
@@ -150,6 +151,7 @@ def verify(
     report: str | None,
     fmt: ReportFormat,
     suggest: str | None,
+    every_link: bool,
     no_progress: bool,
 ) -> None:
     """Say which old links (access logs, lists, listings, misses) vend serves.
@@ -162,6 +164,22 @@ def verify(
         _fail("--ca-file and --connect-to need --url")
     if url is not None and suggest:
         _fail("--suggest works offline only (without --url)")
+    links = OldLinks()
+    for source in sources:
+        try:
+            read_source(source, links)
+        except OSError as exc:
+            _fail(f"cannot read {source}: {exc.strerror}")
+    if not links.hits:
+        click.echo(summarize(links.stats, Tally()), nl=False)
+        _fail("no usable links in the input")
+    try:
+        handle = open(report, "w", encoding="utf-8", newline="") if report else None  # noqa: SIM115
+        proposals = open(suggest, "w", encoding="utf-8") if suggest else None  # noqa: SIM115
+    except OSError as exc:
+        _fail(f"cannot write {exc.filename}: {exc.strerror}")
+    # Logs and the report are read and written as the invoking user; then access is
+    # checked as the user vend serves as.
     if url is None:
         try:
             who = switch_user(user)
@@ -173,26 +191,18 @@ def verify(
                 "use --user with the user vend serves as",
                 err=True,
             )
-    links = OldLinks()
-    for source in sources:
-        try:
-            read_source(source, links)
-        except OSError as exc:
-            _fail(f"cannot read {source}: {exc.strerror}")
-    if not links.hits:
-        click.echo(summarize(links.stats, Tally()), nl=False)
-        _fail("no usable links in the input")
-    handle = open(report, "w", encoding="utf-8", newline="") if report else None  # noqa: SIM115
     try:
-        with Report(handle, fmt, len(links.hits), progress=not no_progress) as results:
+        with Report(
+            handle, fmt, len(links.hits), progress=not no_progress, every_link=every_link
+        ) as results:
             if url is None:
                 sink: Sink = results.add
                 if suggest:
                     wanted = MissingNames()
                     sink = wanted.collecting(results.add)
                 mounts_state = asyncio.run(verify_offline(settings, links, sink, jobs=jobs))
-                if suggest:
-                    count = asyncio.run(write_suggestions(settings, wanted, suggest))
+                if proposals is not None:
+                    count = asyncio.run(write_suggestions(settings, wanted, proposals))
                     click.echo(f"vend: {count} redirect map lines proposed in {suggest}", err=True)
             else:
                 mounts_state = []
@@ -210,8 +220,9 @@ def verify(
     except (RedirectMapError, ValueError, OSError, ssl.SSLError) as exc:
         _fail(str(exc))
     finally:
-        if handle is not None:
-            handle.close()
+        for opened in (handle, proposals):
+            if opened is not None:
+                opened.close()
     click.echo(summarize(links.stats, results.tally), nl=False)
     for name, error in mounts_state:
         if error:

@@ -1,11 +1,12 @@
 """What ``vend verify`` shows: a progress bar, the terminal summary, the report file.
 
-The report lists every link that is not served as it was (every outcome but ``served``
-and ``redirected``), one record per link, written as results come in (so memory does
-not grow with the number of broken links): JSON lines (``--format jsonl``, the
-default) with the keys ``path``, ``hits``, ``outcome``, ``mount``, ``rule`` and
-``detail``, or CSV with the same columns and a header row. ``path`` is the request-target
-as the old server received it; bytes outside printable ASCII are written ``\\xNN``.
+The report lists every link that is not served as it was (every outcome but
+``served`` and ``redirected``; with ``--all`` every link), one record per link, written
+as results come in (so memory does not grow with the number of broken links): JSON
+lines (``--format jsonl``, the default) with the keys ``path``, ``hits``, ``outcome``,
+``mount``, ``rule`` and ``detail``, or CSV with the same columns and a header row.
+``path`` is the request-target as the old server received it; bytes outside printable
+ASCII are written ``\\xNN``.
 """
 
 from __future__ import annotations
@@ -37,12 +38,20 @@ class Report:
         fmt: ``"jsonl"`` or ``"csv"``.
         total: links to check, for the progress bar.
         progress: show a progress bar (on standard error, only on a terminal).
+        every_link: report working links too (``--all``).
     """
 
     def __init__(
-        self, handle: IO[str] | None, fmt: ReportFormat, total: int, *, progress: bool = True
+        self,
+        handle: IO[str] | None,
+        fmt: ReportFormat,
+        total: int,
+        *,
+        progress: bool = True,
+        every_link: bool = False,
     ) -> None:
         self.tally = Tally()
+        self._every_link = every_link
         self._handle = handle
         self._fmt = fmt
         self._csv = csv.writer(handle) if handle is not None and fmt == "csv" else None
@@ -67,7 +76,7 @@ class Report:
         """Count one link and write it to the report unless it works."""
         self.tally.add(target, hits, verdict)
         self._bar.update(1)
-        if self._handle is None or verdict.outcome.works:
+        if self._handle is None or (verdict.outcome.works and not self._every_link):
             return
         row = (
             show_target(target),

@@ -19,7 +19,7 @@ import posixpath
 import re
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Final
+from typing import IO, Final
 from urllib.parse import quote
 
 from app.federation.lookup import find_file
@@ -124,13 +124,13 @@ async def suggest(settings: Settings, missing: MissingNames) -> list[tuple[str, 
     return [(old, new, reason) for old, (new, reason) in ordered]
 
 
-async def write_suggestions(settings: Settings, missing: MissingNames, path: str) -> int:
-    """Write proposed redirect map lines to ``path``.
+async def write_suggestions(settings: Settings, missing: MissingNames, handle: IO[str]) -> int:
+    """Write proposed redirect map lines.
 
     Args:
         settings: validated settings.
         missing: the names no mount holds.
-        path: the file to write (redirect map format, each line after a comment).
+        handle: the open file to write (redirect map format, each line after a comment).
 
     Returns:
         How many lines were proposed.
@@ -139,9 +139,8 @@ async def write_suggestions(settings: Settings, missing: MissingNames, path: str
         OSError: the file cannot be written.
     """
     proposals = await suggest(settings, missing)
-    with open(path, "w", encoding="utf-8") as handle:
-        handle.write("# proposed by vend verify --suggest: review each line before use\n")
-        for old, new, reason in proposals:
-            handle.write(f"# {reason}, {missing.hits[old]} hits\n")
-            handle.write(f"/{quote(old, safe=_SAFE)} /{quote(new, safe=_SAFE)}\n")
+    handle.write("# proposed by vend verify --suggest: review each line before use\n")
+    for old, new, reason in proposals:
+        handle.write(f"# {reason}, {missing.hits[old]} hits\n")
+        handle.write(f"/{quote(old, safe=_SAFE)} /{quote(new, safe=_SAFE)}\n")
     return len(proposals)

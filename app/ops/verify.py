@@ -13,6 +13,10 @@ streamed to the report as they come.
 from __future__ import annotations
 
 import asyncio
+
+# Loaded now: after ``switch_user`` the interpreter's own files may be out of reach
+# (asyncio.to_thread imports this on first use).
+import concurrent.futures.thread  # noqa: F401
 import heapq
 import os
 import pwd
