@@ -17,6 +17,9 @@ from pathlib import Path
 import pytest
 
 from tests.support import VEND
+from tests.tools.fuse_fixtures import faultfs
+
+__all__ = ["faultfs"]
 
 MTIME_S = 1_700_000_000
 """Modification time given to every file of the tree, seconds."""
