@@ -100,7 +100,8 @@ def _open(path: str) -> io.BufferedReader | gzip.GzipFile:
     """Open a file for reading, decompressing gzip (told by its magic bytes)."""
     raw = open(path, "rb")  # noqa: SIM115 - returned to the caller, who closes it
     if raw.peek(2)[:2] == b"\x1f\x8b":
-        return gzip.GzipFile(fileobj=raw, mode="rb")
+        raw.close()
+        return gzip.open(path, "rb")
     return raw
 
 
