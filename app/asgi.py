@@ -40,7 +40,13 @@ from app.federation.health import probe_forever
 from app.federation.lookup import Miss, Redirect, find_file
 from app.federation.mount import Mount, build_mounts
 from app.federation.open import SmallFile
-from app.federation.redirects import RedirectMap, RedirectMapError, load_redirect_map
+from app.federation.redirects import (
+    RedirectMap,
+    RedirectMapError,
+    load_redirect_map,
+    load_snapshot,
+    save_snapshot,
+)
 from app.http.media_types import MediaTypes
 from app.http.names import NameRefused, compile_pattern, request_candidates
 from app.http.responses import (
@@ -313,17 +319,26 @@ class VendApp:
     async def load_redirects(self) -> bool:
         """Read the redirect map anew and check it on the current mounts.
 
+        With ``--workers N`` a checked map is also saved beside the metrics, and a worker
+        (re)started with a bad map file takes that last checked map instead.
+
         Returns:
             True when the new map is in force; False when it was refused (logged, one
             line naming the entry) and the current map stays.
         """
+        shared = os.environ.get(MULTIPROC_ENV)
+        snapshot = os.path.join(shared, "vend-redirects.json") if shared else None
         try:
             self.redirects = await load_redirect_map(
                 self.settings.redirect_map, self._pattern, self.mounts
             )
         except RedirectMapError as exc:
             log.error("redirect map refused, keeping the current one: %s", exc)
+            if snapshot and not self.redirects.targets:  # a worker just (re)started
+                self.redirects = load_snapshot(snapshot) or self.redirects
             return False
+        if snapshot:
+            save_snapshot(self.redirects, snapshot)
         return True
 
     def _close_if_draining(self, start: Message) -> None:

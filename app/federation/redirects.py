@@ -17,6 +17,8 @@ a target does not resolve to a file on the mounts.
 from __future__ import annotations
 
 import asyncio
+import json
+import os
 import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
@@ -201,3 +203,34 @@ async def load_redirect_map(
     redirects = await asyncio.to_thread(read_redirect_map, path, pattern)
     await check_targets(redirects, mounts)
     return redirects
+
+
+def save_snapshot(redirects: RedirectMap, path: str) -> None:
+    """Write a checked map where other workers find it (atomically; errors ignored).
+
+    With ``--workers N`` a worker restarted by SIGHUP reads the map file anew; when that
+    file has turned bad, it falls back to the last map a worker checked (``load_snapshot``),
+    so the map in force stays, as with one worker.
+
+    Args:
+        redirects: a map that passed ``check_targets``.
+        path: the snapshot file (in the workers' shared directory).
+    """
+    data = {"source": redirects.source, "targets": redirects.targets, "lines": redirects.lines}
+    temporary = f"{path}.{os.getpid()}.tmp"
+    try:
+        with open(temporary, "w", encoding="utf-8") as handle:
+            json.dump(data, handle)
+        os.replace(temporary, path)
+    except (OSError, TypeError):
+        return
+
+
+def load_snapshot(path: str) -> RedirectMap | None:
+    """The last map a worker checked (``save_snapshot``), or None when there is none."""
+    try:
+        with open(path, encoding="utf-8") as handle:
+            data = json.load(handle)
+        return RedirectMap(data["source"], dict(data["targets"]), dict(data["lines"]))
+    except (OSError, ValueError, KeyError, TypeError):
+        return None

@@ -202,3 +202,22 @@ def test_sighup_refuses_a_bad_map_and_keeps_the_current_one(
     assert "redirects.txt:2: target 'nowhere/at-all.html' is on no mount" in proc.output()
     assert location("/old.html") == "/renamed/newer.html"
     assert location("/older.html") == "/renamed/new.html"
+
+
+def test_sighup_with_workers_keeps_the_current_map(
+    mounts: list[Path], tmp_path: Path, start_vend: Any
+) -> None:
+    """With --workers 2, workers restarted by SIGHUP with a bad map file keep answering
+    with the last checked map."""
+    redirects = tmp_path / "redirects.txt"
+    redirects.write_text("/old.html /renamed/new.html\n")
+    proc = start_vend(mounts, {"redirect_map": str(redirects)}, args=["--workers", "2"])
+
+    def locations() -> set[str]:
+        return {get_raw(proc.port, b"/old.html").headers.get("location", "") for _ in range(8)}
+
+    assert _wait_for(lambda: locations() == {"/renamed/new.html"})
+    redirects.write_text("/old.html /nowhere.html\n")
+    os.kill(proc.pid, signal.SIGHUP)
+    assert _wait_for(lambda: proc.output().count("redirect map refused") >= 2, bound_s=30)
+    assert locations() == {"/renamed/new.html"}
