@@ -40,13 +40,7 @@ from app.federation.health import probe_forever
 from app.federation.lookup import Miss, Redirect, find_file
 from app.federation.mount import Mount, build_mounts
 from app.federation.open import SmallFile
-from app.federation.redirects import (
-    RedirectMap,
-    RedirectMapError,
-    load_redirect_map,
-    load_snapshot,
-    save_snapshot,
-)
+from app.federation.redirects import RedirectMap, refresh_redirect_map
 from app.http.media_types import MediaTypes
 from app.http.names import NameRefused, compile_pattern, request_candidates
 from app.http.responses import (
@@ -98,7 +92,7 @@ class VendApp:
         self, settings: Settings, reload_settings: Callable[[], Settings] | None = None
     ) -> None:
         self.metrics = Metrics()
-        self.misses = SharedMisses(os.environ.get(MULTIPROC_ENV) or None)
+        self.misses = SharedMisses(os.environ.get(MULTIPROC_ENV) or None, self.metrics)
         self.redirects = RedirectMap()
         self.mounts: list[Mount] = []
         self._reload_settings = reload_settings
@@ -210,7 +204,7 @@ class VendApp:
             request_name, candidates = request_candidates(raw_path, self._pattern, index_names)
         except NameRefused as refusal:
             log.debug("refused name: %s", refusal)
-            self._note_refusal(refusal.rule)
+            self.misses.count_refusal(refusal.rule)
             return await send_error(send, 400, head=head), None
         if not candidates:
             return await self._send_miss(send, raw_path, 404, head=head), None
@@ -289,17 +283,9 @@ class VendApp:
         await self._operator(scope, receive, capture)
         return status, body_bytes
 
-    def _note_refusal(self, rule: str) -> None:
-        """Count a 400 from the name rules or the whitelist, by rule (never the path)."""
-        self.metrics.refused.labels(rule).inc()
-        self.misses.summary.refuse(rule)
-        self._schedule_flush()
-
     async def _send_miss(self, send: Send, raw_path: bytes, status: int, *, head: bool) -> Sent:
         """Answer 404, 403 or 503 for content, counting it among the misses."""
-        self.metrics.misses.labels(str(status)).inc()
-        self.misses.summary.record(raw_path.decode("ascii", "replace"), status)
-        self._schedule_flush()
+        self.misses.count_miss(raw_path, status)
         return await send_error(send, status, head=head)
 
     async def _answer_not_found(self, scope: Scope, raw_path: bytes, name: str, send: Send) -> Sent:
@@ -309,12 +295,6 @@ class VendApp:
         if location is not None:
             return await send_redirect(send, location, head=head)
         return await self._send_miss(send, raw_path, 404, head=head)
-
-    def _schedule_flush(self) -> None:
-        """With several workers, write this worker's misses for the others within 1 s."""
-        if self.misses.shared and not self.misses.dirty:
-            self.misses.dirty = True
-            asyncio.get_running_loop().call_later(1.0, self.misses.flush)
 
     async def load_redirects(self) -> bool:
         """Read the redirect map anew and check it on the current mounts.
@@ -326,20 +306,16 @@ class VendApp:
             True when the new map is in force; False when it was refused (logged, one
             line naming the entry) and the current map stays.
         """
-        shared = os.environ.get(MULTIPROC_ENV)
-        snapshot = os.path.join(shared, "vend-redirects.json") if shared else None
-        try:
-            self.redirects = await load_redirect_map(
-                self.settings.redirect_map, self._pattern, self.mounts
-            )
-        except RedirectMapError as exc:
-            log.error("redirect map refused, keeping the current one: %s", exc)
-            if snapshot and not self.redirects.targets:  # a worker just (re)started
-                self.redirects = load_snapshot(snapshot) or self.redirects
-            return False
-        if snapshot:
-            save_snapshot(self.redirects, snapshot)
-        return True
+        self.redirects, error = await refresh_redirect_map(
+            self.redirects,
+            self.settings.redirect_map,
+            self._pattern,
+            self.mounts,
+            os.environ.get(MULTIPROC_ENV) or None,
+        )
+        if error is not None:
+            log.error("redirect map refused, keeping the current one: %s", error)
+        return error is None
 
     def _close_if_draining(self, start: Message) -> None:
         """While draining, make a response start close its connection after the response."""

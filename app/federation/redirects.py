@@ -234,3 +234,39 @@ def load_snapshot(path: str) -> RedirectMap | None:
         return RedirectMap(data["source"], dict(data["targets"]), dict(data["lines"]))
     except (OSError, ValueError, KeyError, TypeError):
         return None
+
+
+SNAPSHOT_NAME: Final = "vend-redirects.json"
+"""The last checked map's file name in the workers' shared directory."""
+
+
+async def refresh_redirect_map(
+    current: RedirectMap,
+    path: str,
+    pattern: re.Pattern[str],
+    mounts: Sequence[Mount],
+    shared_dir: str | None = None,
+) -> tuple[RedirectMap, str | None]:
+    """Read the map anew (start, SIGHUP); on failure keep the one in force.
+
+    Args:
+        current: the map in force ("" source and no targets in a fresh worker).
+        path: the configured file; "" for none.
+        pattern: the compiled whitelist.
+        mounts: the mounts targets must resolve on.
+        shared_dir: with ``--workers N``, the directory where the last checked map is
+            kept for workers that start after the file turned bad; None with one process.
+
+    Returns:
+        The map now in force, and None, or the one-line reason the new one was refused.
+    """
+    snapshot = os.path.join(shared_dir, SNAPSHOT_NAME) if shared_dir else None
+    try:
+        fresh = await load_redirect_map(path, pattern, mounts)
+    except RedirectMapError as exc:
+        if snapshot and not current.targets:  # a worker that just (re)started
+            current = load_snapshot(snapshot) or current
+        return current, str(exc)
+    if snapshot:
+        save_snapshot(fresh, snapshot)
+    return fresh, None

@@ -20,6 +20,7 @@ the earliest and last-seen the latest. The merge of top-k summaries keeps the bo
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import json
 import os
@@ -28,6 +29,8 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Final
+
+from app.ops.metrics import Metrics
 
 CAPACITY: Final = 256
 """Entries kept by a summary (and shown by the endpoint): the memory bound."""
@@ -159,15 +162,17 @@ def _iso(when: float) -> str:
 
 
 class SharedMisses:
-    """One worker's summary, and where every worker's summary is written.
+    """One worker's summary and metrics, and where every worker's summary is written.
 
     Args:
         directory: the multiprocess metrics directory, or None with one process.
+        metrics: the worker's metrics (``misses`` and ``refused`` are counted there).
         capacity: entries kept.
     """
 
-    def __init__(self, directory: str | None, capacity: int = CAPACITY) -> None:
+    def __init__(self, directory: str | None, metrics: Metrics, capacity: int = CAPACITY) -> None:
         self.summary = MissSummary(capacity)
+        self._metrics = metrics
         self._directory = Path(directory) if directory else None
         self._file = (
             self._directory / f"{FILE_PREFIX}{os.getpid()}.json" if self._directory else None
@@ -178,6 +183,29 @@ class SharedMisses:
     def shared(self) -> bool:
         """Whether summaries are written to files for other workers."""
         return self._file is not None
+
+    def count_miss(self, raw_path: bytes, status: int) -> None:
+        """Count content answered 404, 403 or 503 (call on the event loop).
+
+        Args:
+            raw_path: the request path as received, without query.
+            status: the status answered.
+        """
+        self._metrics.misses.labels(str(status)).inc()
+        self.summary.record(raw_path.decode("ascii", "replace"), status)
+        self._schedule_flush()
+
+    def count_refusal(self, rule: str) -> None:
+        """Count a 400 from the name rules or the whitelist by rule, never the path."""
+        self._metrics.refused.labels(rule).inc()
+        self.summary.refuse(rule)
+        self._schedule_flush()
+
+    def _schedule_flush(self) -> None:
+        """With several workers, write this worker's summary for the others within 1 s."""
+        if self._file is not None and not self.dirty:
+            self.dirty = True
+            asyncio.get_running_loop().call_later(1.0, self.flush)
 
     def flush(self) -> None:
         """Write this worker's summary (atomically: a temporary file, then rename)."""
