@@ -7,7 +7,10 @@ import csv
 import gzip
 import json
 import os
+import shutil
+import time
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -290,3 +293,64 @@ def test_user_switch_needs_root(site: Site) -> None:
     result = run_vend("verify", str(links), "--user", "no-such-user-here", env=_env(site))
     assert result.returncode == 2
     assert "no such user" in result.stderr
+
+
+def test_directories_follow_index_names(site: Site) -> None:
+    """With index_names, '/dir' is redirected to '/dir/' (as serving answers 301) and
+    '/dir/' is served from its index; without them both are not found."""
+    links = site.base / "links.txt"
+    links.write_text("/dir\n/dir/\n")
+    report = site.base / "r.jsonl"
+    env = {**_env(site), "VEND_INDEX_NAMES": '["index.html"]'}
+    result = run_vend(
+        "verify", str(links), "--all", "--report", str(report), "--no-progress", env=env
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
+    rows = _report(report)
+    assert (rows["/dir"]["outcome"], rows["/dir"]["detail"]) == ("redirected", "/dir/")
+    assert (rows["/dir/"]["outcome"], rows["/dir/"]["mount"]) == ("served", "m2")
+    plain = run_vend("verify", str(links), "--report", str(report), "--no-progress", env=_env(site))
+    assert plain.returncode == 1
+    assert {p: r["outcome"] for p, r in _report(report).items()} == {
+        "/dir": "not found",
+        "/dir/": "not found",
+    }
+
+
+@pytest.mark.fuse
+@pytest.mark.skipif(
+    not os.path.exists("/dev/fuse") or shutil.which("fusermount3") is None,
+    reason="needs /dev/fuse and fusermount3 (tests/run installs fuse3)",
+)
+def test_a_hung_mount_makes_links_unavailable_not_a_hung_run(site: Site, faultfs: Any) -> None:
+    """Lookups on a hung first mount time out after timeouts.fs_op_s: the mount is marked
+    down, names only it could hold are unavailable, the second mount's names are served,
+    and the run ends long before the hang would."""
+    fs = faultfs(site.m1)
+    fs.inject("getattr", "/docs*", "hang")
+    links = site.base / "links.txt"
+    links.write_text("/docs/a.html\n/only-m2.css\n/gone.html\n")
+    report = site.base / "r.jsonl"
+    started = time.monotonic()
+    result = run_vend(
+        "verify",
+        str(links),
+        "--all",
+        "--report",
+        str(report),
+        "--no-progress",
+        env={
+            "VEND_MOUNTS": json.dumps([str(fs.mountpoint), str(site.m2)]),
+            "VEND_TIMEOUTS__FS_OP_S": "1",
+            "VEND_TIMEOUTS__PROBE_INTERVAL_S": "600",
+        },
+        timeout_s=60,
+    )
+    assert time.monotonic() - started < 30
+    assert result.returncode == 1, result.stdout + result.stderr
+    outcomes = {p: (r["outcome"], r["mount"]) for p, r in _report(report).items()}
+    assert outcomes == {
+        "/docs/a.html": ("unavailable", None),
+        "/only-m2.css": ("served", "m2"),
+        "/gone.html": ("unavailable", None),
+    }
