@@ -163,6 +163,10 @@ class OnlineChecker:
         """
         try:
             response = await self._request(target)
+        except httpx.LocalProtocolError:
+            # Not sendable as HTTP/1.1 (raw non-ASCII bytes, spaces): vend's parser
+            # would refuse it with 400 as well.
+            return Verdict(Outcome.REFUSED, detail="not a valid request-target")
         except httpx.HTTPError as exc:
             return Verdict(Outcome.UNAVAILABLE, detail=type(exc).__name__)
         status = response.status_code

@@ -37,7 +37,10 @@ MAX_LINE_BYTES: Final = 16 * 1024
 """Longest input line used, in bytes (Apache's request line limit is 8,190); longer
 lines are skipped to their end and counted as ``too_long``."""
 SNIFF_LINES: Final = 50
-"""Lines looked at to tell a file's kind."""
+"""Recognised lines looked at to tell a file's kind."""
+MAX_SNIFF_LINES: Final = 1000
+"""Lines read at most (held in memory, each at most ``MAX_LINE_BYTES``) while telling a
+file's kind, so a file starting with junk is still read as what it is."""
 MAX_JSON_BYTES: Final = 64 * 1024 * 1024
 """Largest misses-endpoint JSON read, in bytes."""
 SERVED_STATUSES: Final = frozenset({b"200", b"206", b"304"})
@@ -243,13 +246,16 @@ def read_source(path: str, links: OldLinks) -> str:
             kind = "misses"
         else:
             lines = _lines(handle, links.stats)
-            sniffed = []
+            sniffed: list[bytes] = []
+            votes: Counter[str] = Counter()
             for line in lines:
                 if line.strip():
                     sniffed.append(line)
-                if len(sniffed) >= SNIFF_LINES:
+                    kind_of_line = _kind_of(line)
+                    if kind_of_line is not None:
+                        votes[kind_of_line] += 1
+                if votes.total() >= SNIFF_LINES or len(sniffed) >= MAX_SNIFF_LINES:
                     break
-            votes = Counter(k for k in map(_kind_of, sniffed) if k is not None)
             kind = max(("log", "listing", "list"), key=lambda k: votes[k]) if votes else "empty"
             if kind == "empty":
                 links.stats.bad["unparsable"] += len(sniffed)

@@ -178,3 +178,12 @@ def test_refusals_name_their_rule() -> None:
     with pytest.raises(NameRefused) as caught:
         parse_request_path(b"/a%252e")
     assert (str(caught.value), caught.value.rule) == ("double encoding", "double_encoding")
+
+
+def test_a_file_starting_with_junk_is_still_read_as_a_log(tmp_path: Path) -> None:
+    """Two hundred junk lines before the first log line do not hide the file's kind."""
+    line = b'::1 - - [01/Jan/2026:00:00:00 +0000] "GET /ok.html HTTP/1.1" 200 1 "-" "-"\n'
+    links, kind = _read(tmp_path, b"junk junk junk\n" * 200 + line * 3)
+    assert kind == "log"
+    assert links.hits == {b"/ok.html": 3}
+    assert links.stats.bad == {"unparsable": 200}
