@@ -128,14 +128,37 @@ def locate(config_file: str | None, name: str) -> None:
 @main.command()
 @_config_option
 @click.argument("sources", nargs=-1, required=True, type=click.Path(dir_okay=False))
-@click.option("--url", default=None, help="Request the links from this front instead (online).")
+@click.option(
+    "--url",
+    default=None,
+    help="Online: request the links from this site, e.g. https://legacy.example.org.",
+)
 @click.option("--ca-file", type=click.Path(dir_okay=False), help="CA to trust (PEM), online.")
 @click.option("--connect-to", metavar="HOST:PORT", help="Connect here, keeping --url's host.")
-@click.option("--method", type=click.Choice(["head", "range"]), default="head", show_default=True)
+@click.option(
+    "--method",
+    type=click.Choice(["head", "range"]),
+    default="head",
+    show_default=True,
+    help="Online: HEAD, or GET with Range: bytes=0-0.",
+)
 @click.option("--user", default=None, help="Check access as this user (default: yourself).")
-@click.option("--jobs", type=click.IntRange(1, 256), default=16, show_default=True)
+@click.option(
+    "--jobs",
+    type=click.IntRange(1, 256),
+    default=16,
+    show_default=True,
+    help="Links checked at once.",
+)
 @click.option("--report", type=click.Path(dir_okay=False), help="Write every link not served here.")
-@click.option("--format", "fmt", type=click.Choice(["jsonl", "csv"]), default="jsonl")
+@click.option(
+    "--format",
+    "fmt",
+    type=click.Choice(["jsonl", "csv"]),
+    default="jsonl",
+    show_default=True,
+    help="Report format.",
+)
 @click.option("--suggest", type=click.Path(dir_okay=False), help="Write redirect map lines here.")
 @click.option("--all", "every_link", is_flag=True, help="Report working links too.")
 @click.option("--no-progress", is_flag=True, help="No progress bar.")
