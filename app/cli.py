@@ -188,11 +188,17 @@ def verify(
     if url is not None and suggest:
         _fail("--suggest works offline only (without --url)")
     links = OldLinks()
-    for source in sources:
-        try:
-            read_source(source, links)
-        except OSError as exc:
-            _fail(f"cannot read {source}: {exc.strerror}")
+    with tqdm(unit="line", unit_scale=True, desc="reading", disable=no_progress or None) as bar:
+
+        def read_more(lines: int) -> None:
+            bar.update(lines)
+
+        links.stats.progress = read_more
+        for source in sources:
+            try:
+                read_source(source, links)
+            except OSError as exc:
+                _fail(f"cannot read {source}: {exc.strerror}")
     if not links.hits:
         click.echo(summarize(links.stats, Tally()), nl=False)
         _fail("no usable links in the input")
@@ -270,7 +276,7 @@ def shadows(
     handle = open(report, "w", encoding="utf-8") if report else None  # noqa: SIM115
     counts = {"names": 0, "differ": 0, "newer": 0}
     differing: list[Shadow] = []
-    bar = tqdm(unit="file", desc="walking", disable=True if no_progress else None)
+    bar = tqdm(unit="file", desc="walking", disable=no_progress or None)
 
     def found(group: Shadow) -> None:
         counts["names"] += 1

@@ -28,7 +28,7 @@ import io
 import json
 import re
 from collections import Counter
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Final
 from urllib.parse import quote_from_bytes
@@ -41,6 +41,8 @@ SNIFF_LINES: Final = 50
 MAX_SNIFF_LINES: Final = 1000
 """Lines read at most (held in memory, each at most ``MAX_LINE_BYTES``) while telling a
 file's kind, so a file starting with junk is still read as what it is."""
+PROGRESS_LINES: Final = 10_000
+"""Lines between two progress reports."""
 MAX_JSON_BYTES: Final = 64 * 1024 * 1024
 """Largest misses-endpoint JSON read, in bytes."""
 SERVED_STATUSES: Final = frozenset({b"200", b"206", b"304"})
@@ -69,6 +71,8 @@ class InputStats:
         used: lines (or entries) that gave a path.
         skipped: lines left out on purpose, by reason (``method``, ``status``).
         bad: lines that could not be used, by kind.
+        progress: called with ``PROGRESS_LINES`` each time that many more lines were
+            read (a progress bar), or None.
     """
 
     files: list[tuple[str, str]] = field(default_factory=list)
@@ -76,6 +80,7 @@ class InputStats:
     used: int = 0
     skipped: Counter[str] = field(default_factory=Counter)
     bad: Counter[str] = field(default_factory=Counter)
+    progress: Callable[[int], None] | None = None
 
 
 @dataclass
@@ -119,6 +124,8 @@ def _lines(handle: io.BufferedReader | gzip.GzipFile, stats: InputStats) -> Iter
         if not line:
             return
         stats.lines += 1
+        if stats.progress is not None and stats.lines % PROGRESS_LINES == 0:
+            stats.progress(PROGRESS_LINES)
         if len(line) > MAX_LINE_BYTES and not line.endswith(b"\n"):
             stats.bad["too_long"] += 1
             while line and not line.endswith(b"\n"):
