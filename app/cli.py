@@ -185,8 +185,8 @@ def verify(
     settings = _load(config_file)
     if url is None and (ca_file or connect_to):
         _fail("--ca-file and --connect-to need --url")
-    if url is not None and suggest:
-        _fail("--suggest works offline only (without --url)")
+    if url is not None and (suggest or user):
+        _fail("--suggest and --user work offline only (without --url)")
     links = OldLinks()
     with tqdm(unit="line", unit_scale=True, desc="reading", disable=no_progress or None) as bar:
 
