@@ -221,3 +221,30 @@ def test_sighup_with_workers_keeps_the_current_map(
     os.kill(proc.pid, signal.SIGHUP)
     assert _wait_for(lambda: proc.output().count("redirect map refused") >= 2, bound_s=30)
     assert locations() == {"/renamed/new.html"}
+
+
+def test_misses_output_feeds_vend_verify(
+    mounts: list[Path], tmp_path: Path, start_vend: Any
+) -> None:
+    """What the endpoint answers is a vend verify source: each missed name comes back
+    with its count as hits, and --suggest proposes a rename for it."""
+    proc = start_vend(mounts)
+    with proc.client() as client:
+        for _ in range(3):
+            client.get("/renamed/new.htm")
+        saved = tmp_path / "misses.json"
+        saved.write_bytes(client.get(MISSES).content)
+    env = {k: v for k, v in os.environ.items() if not k.startswith("VEND_")}
+    env["VEND_MOUNTS"] = json.dumps([str(m) for m in mounts])
+    report, proposals = tmp_path / "r.jsonl", tmp_path / "proposed.txt"
+    result = subprocess.run(
+        [str(VEND), "verify", str(saved), "--report", str(report), "--suggest", str(proposals)],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert result.returncode == 1, result.stderr
+    (row,) = map(json.loads, report.read_text().splitlines())
+    assert (row["path"], row["hits"], row["outcome"]) == ("/renamed/new.htm", 3, "not found")
+    assert "/renamed/new.htm /renamed/new.html" in proposals.read_text().splitlines()
