@@ -123,7 +123,7 @@ def test_misses_merge_across_workers(mounts: list[Path], start_vend: Any) -> Non
         counts = [m["count"] for m in misses if m["path"] == "/across/workers.html"]
         return counts[0] if counts and counts[0] == 40 else 0
 
-    assert _wait_for(merged, bound_s=15) == 40
+    assert _wait_for(merged, bound_s=30) == 40
 
 
 def test_redirect_map_answers_301_keeping_the_query(
@@ -219,7 +219,7 @@ def test_sighup_with_workers_keeps_the_current_map(
     assert _wait_for(lambda: locations() == {"/renamed/new.html"})
     redirects.write_text("/old.html /nowhere.html\n")
     os.kill(proc.pid, signal.SIGHUP)
-    assert _wait_for(lambda: proc.output().count("redirect map refused") >= 2, bound_s=30)
+    assert _wait_for(lambda: proc.output().count("redirect map refused") >= 2, bound_s=60)
     assert locations() == {"/renamed/new.html"}
 
 
