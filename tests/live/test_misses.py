@@ -194,11 +194,11 @@ def test_sighup_refuses_a_bad_map_and_keeps_the_current_one(
 
     redirects.write_text("/old.html /renamed/newer.html\n/older.html /renamed/new.html\n")
     os.kill(proc.pid, signal.SIGHUP)
-    assert _wait_for(lambda: location("/old.html") == "/renamed/newer.html")
+    assert _wait_for(lambda: location("/old.html") == "/renamed/newer.html", bound_s=30)
     assert location("/older.html") == "/renamed/new.html"
     redirects.write_text("/old.html /renamed/new.html\n/older.html /nowhere/at-all.html\n")
     os.kill(proc.pid, signal.SIGHUP)
-    assert _wait_for(lambda: "redirect map refused" in proc.output())
+    assert _wait_for(lambda: "redirect map refused" in proc.output(), bound_s=30)
     assert "redirects.txt:2: target 'nowhere/at-all.html' is on no mount" in proc.output()
     assert location("/old.html") == "/renamed/newer.html"
     assert location("/older.html") == "/renamed/new.html"
@@ -216,7 +216,7 @@ def test_sighup_with_workers_keeps_the_current_map(
     def locations() -> set[str]:
         return {get_raw(proc.port, b"/old.html").headers.get("location", "") for _ in range(8)}
 
-    assert _wait_for(lambda: locations() == {"/renamed/new.html"})
+    assert _wait_for(lambda: locations() == {"/renamed/new.html"}, bound_s=30)
     redirects.write_text("/old.html /nowhere.html\n")
     os.kill(proc.pid, signal.SIGHUP)
     assert _wait_for(lambda: proc.output().count("redirect map refused") >= 2, bound_s=60)
