@@ -27,6 +27,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import os
 import signal
 import time
 from collections.abc import Callable
@@ -39,8 +40,9 @@ from app.federation.health import probe_forever
 from app.federation.lookup import Miss, Redirect, find_file
 from app.federation.mount import Mount, build_mounts
 from app.federation.open import SmallFile
+from app.federation.redirects import RedirectMap, refresh_redirect_map
 from app.http.media_types import MediaTypes
-from app.http.names import NameRefused, compile_pattern, is_allowed_name, parse_request_path
+from app.http.names import NameRefused, compile_pattern, request_candidates
 from app.http.responses import (
     MemoryBody,
     Sent,
@@ -51,7 +53,8 @@ from app.http.responses import (
     send_representation,
 )
 from app.ops.accesslog import AccessLog
-from app.ops.metrics import Metrics
+from app.ops.metrics import MULTIPROC_ENV, Metrics
+from app.ops.misses import SharedMisses
 from app.ops.operator import create_operator_app
 from app.settings import Settings
 from app.types import Message, Receive, Scope, Send
@@ -59,7 +62,9 @@ from app.types import Message, Receive, Scope, Send
 log = logging.getLogger("vend.app")
 
 OPERATOR_PREFIX: Final = b"/.well-known/vend/"
-OPERATOR_PATHS: Final = frozenset({OPERATOR_PREFIX + b"health", OPERATOR_PREFIX + b"metrics"})
+OPERATOR_PATHS: Final = frozenset(
+    OPERATOR_PREFIX + endpoint for endpoint in (b"health", b"metrics", b"misses")
+)
 """Matched exactly on the raw path: no decoding, no trailing slash, no redirect."""
 RETIRE_AFTER_S: Final = 300.0
 """After a reload, removed mounts keep their threads this long (seconds) for requests
@@ -88,6 +93,8 @@ class VendApp:
         self, settings: Settings, reload_settings: Callable[[], Settings] | None = None
     ) -> None:
         self.metrics = Metrics()
+        self.misses = SharedMisses(os.environ.get(MULTIPROC_ENV) or None, self.metrics)
+        self.redirects = RedirectMap()
         self.mounts: list[Mount] = []
         self._reload_settings = reload_settings
         self.draining = False
@@ -197,23 +204,15 @@ class VendApp:
         head = method == "HEAD"
         if method not in ("GET", "HEAD"):
             return await send_error(send, 405, headers=_ALLOW), None
+        index_names = self.settings.index_names
         try:
-            request_name = parse_request_path(raw_path)
+            request_name, candidates = request_candidates(raw_path, self._pattern, index_names)
         except NameRefused as refusal:
             log.debug("refused name: %s", refusal)
+            self.misses.count_refusal(refusal.rule)
             return await send_error(send, 400, head=head), None
-        index_names = self.settings.index_names
-        if request_name.wants_index:
-            if not index_names:
-                return await send_error(send, 404, head=head), None
-            base = f"{request_name.name}/" if request_name.name else ""
-            candidates = [base + index for index in index_names]
-        else:
-            candidates = [request_name.name]
-        candidates = [c for c in candidates if is_allowed_name(c, self._pattern)]
         if not candidates:
-            status = 404 if request_name.wants_index else 400
-            return await send_error(send, status, head=head), None
+            return await self._send_miss(send, raw_path, 404, head=head), None
 
         name = candidates[0]
         cacheable = not request_name.wants_index
@@ -222,7 +221,7 @@ class VendApp:
             cached = cache.get(name, time.monotonic())
             if isinstance(cached, CachedMiss):
                 self.metrics.cache_miss_remembered.inc()
-                return await send_error(send, 404, head=head), None
+                return await self._answer_not_found(scope, raw_path, name, send), None
             if cached is not None and cached.body is not None:
                 self.metrics.cache_hit.inc()
                 fields = read_request_fields(method, scope["headers"])
@@ -242,9 +241,12 @@ class VendApp:
             known_mount=known_mount,
         )
         if isinstance(found, Miss):
-            if found is Miss.NOT_FOUND and cacheable:
-                cache.put_miss(name, checked_at)
-            return await send_error(send, found.value, head=head), None
+            if found is not Miss.NOT_FOUND:
+                return await self._send_miss(send, raw_path, found.value, head=head), None
+            if not cacheable:
+                return await self._send_miss(send, raw_path, 404, head=head), None
+            cache.put_miss(name, checked_at)
+            return await self._answer_not_found(scope, raw_path, name, send), None
         if isinstance(found, Redirect):
             location = raw_path + b"/"
             if scope.get("query_string"):
@@ -285,6 +287,40 @@ class VendApp:
 
         await self._operator(scope, receive, capture)
         return status, body_bytes
+
+    async def _send_miss(self, send: Send, raw_path: bytes, status: int, *, head: bool) -> Sent:
+        """Answer 404, 403 or 503 for content, counting it among the misses."""
+        self.misses.count_miss(raw_path, status)
+        return await send_error(send, status, head=head)
+
+    async def _answer_not_found(self, scope: Scope, raw_path: bytes, name: str, send: Send) -> Sent:
+        """No mount holds ``name``: 301 where the redirect map lists it, else 404."""
+        head = scope["method"] == "HEAD"
+        location = self.redirects.location(name, scope.get("query_string") or b"")
+        if location is not None:
+            return await send_redirect(send, location, head=head)
+        return await self._send_miss(send, raw_path, 404, head=head)
+
+    async def load_redirects(self) -> bool:
+        """Read the redirect map anew and check it on the current mounts.
+
+        With ``--workers N`` a checked map is also saved beside the metrics, and a worker
+        (re)started with a bad map file takes that last checked map instead.
+
+        Returns:
+            True when the new map is in force; False when it was refused (logged, one
+            line naming the entry) and the current map stays.
+        """
+        self.redirects, error = await refresh_redirect_map(
+            self.redirects,
+            self.settings.redirect_map,
+            self._pattern,
+            self.mounts,
+            os.environ.get(MULTIPROC_ENV) or None,
+        )
+        if error is not None:
+            log.error("redirect map refused, keeping the current one: %s", error)
+        return error is None
 
     def _close_if_draining(self, start: Message) -> None:
         """While draining, make a response start close its connection after the response."""
@@ -349,6 +385,7 @@ class VendApp:
                 log.warning("reload: %s changes only on restart", field)
         new_mounts, gone = self._apply(settings)
         await self.prepare_mounts(new_mounts)
+        await self.load_redirects()
         for mount in gone:
             # Requests that started on the old table may still use it for a while.
             asyncio.get_running_loop().call_later(RETIRE_AFTER_S, mount.close)
@@ -362,6 +399,7 @@ class VendApp:
             message = await receive()
             if message["type"] == "lifespan.startup":
                 await self.prepare_mounts()
+                await self.load_redirects()
                 self._drain_on_sigterm(loop)
                 interval = self.settings.timeouts.probe_interval_s
                 self._probe_task = loop.create_task(

@@ -1,4 +1,4 @@
-"""The ``vend`` command: ``serve``, ``check`` and ``locate``.
+"""The ``vend`` command: ``serve``, ``check``, ``locate``, ``verify`` and ``shadows``.
 
 This is the only module that exits the process. Exit statuses: 0 success; 1 a mount is
 unusable (``check``) or no mount holds the name (``locate``); 2 invalid settings, invalid
@@ -10,16 +10,27 @@ the TOML file, then the defaults), so each default is written once, in ``app.set
 from __future__ import annotations
 
 import asyncio
+import json
 import os
 import signal
+import ssl
 import sys
 import time
+from typing import NoReturn
 from urllib.parse import quote
 
 import click
+from tqdm import tqdm
 
+from app.federation.redirects import RedirectMapError
 from app.http.names import NameRefused, compile_pattern, is_allowed_name, parse_request_path
-from app.ops.check import check_mounts, locate_name
+from app.ops.check import check_mounts, check_redirect_map, locate_name
+from app.ops.online import verify_online
+from app.ops.report import Report, ReportFormat, summarize
+from app.ops.shadows import Shadow, shadows_of
+from app.ops.sources import OldLinks, read_source
+from app.ops.suggest import MissingNames, write_suggestions
+from app.ops.verify import Sink, Tally, UserError, switch_user, verify_offline
 from app.settings import SAMPLE_MOUNTS_DIR, Settings, SettingsError, load_settings
 
 _config_option = click.option(
@@ -59,6 +70,10 @@ def serve(config_file: str | None, host: str | None, port: int | None, workers: 
         k: v for k, v in {"host": host, "port": port, "workers": workers}.items() if v is not None
     }
     settings = _load(config_file, **overrides)
+    try:
+        asyncio.run(check_redirect_map(settings))
+    except RedirectMapError as exc:
+        _fail(str(exc))
     host_part = f"[{settings.host}]" if ":" in settings.host else settings.host
     base = f"http://{host_part}:{settings.port}"
 
@@ -116,6 +131,198 @@ def locate(config_file: str | None, name: str) -> None:
         else:
             click.echo(f"{copy.mount}: {copy.state}")
     sys.exit(0 if serving else 1)
+
+
+@main.command()
+@_config_option
+@click.argument("sources", nargs=-1, required=True, type=click.Path(dir_okay=False))
+@click.option(
+    "--url",
+    default=None,
+    help="Online: request the links from this site, e.g. https://legacy.example.org.",
+)
+@click.option("--ca-file", type=click.Path(dir_okay=False), help="CA to trust (PEM), online.")
+@click.option("--connect-to", metavar="HOST:PORT", help="Connect here, keeping --url's host.")
+@click.option(
+    "--method",
+    type=click.Choice(["head", "range"]),
+    default="head",
+    show_default=True,
+    help="Online: HEAD, or GET with Range: bytes=0-0.",
+)
+@click.option("--user", default=None, help="Check access as this user (default: yourself).")
+@click.option(
+    "--jobs",
+    type=click.IntRange(1, 256),
+    default=16,
+    show_default=True,
+    help="Links checked at once.",
+)
+@click.option("--report", type=click.Path(dir_okay=False), help="Write every link not served here.")
+@click.option(
+    "--format",
+    "fmt",
+    type=click.Choice(["jsonl", "csv"]),
+    default="jsonl",
+    show_default=True,
+    help="Report format.",
+)
+@click.option("--suggest", type=click.Path(dir_okay=False), help="Write redirect map lines here.")
+@click.option("--all", "every_link", is_flag=True, help="Report working links too.")
+@click.option("--no-progress", is_flag=True, help="No progress bar.")
+def verify(
+    config_file: str | None,
+    sources: tuple[str, ...],
+    url: str | None,
+    ca_file: str | None,
+    connect_to: str | None,
+    method: str,
+    user: str | None,
+    jobs: int,
+    report: str | None,
+    fmt: ReportFormat,
+    suggest: str | None,
+    every_link: bool,
+    no_progress: bool,
+) -> None:
+    """Say which old links (access logs, lists, listings, misses) vend serves.
+
+    Exit status: 0 every link is served; 1 some are not, or differ from the listing;
+    2 unusable input or settings.
+    """
+    settings = _load(config_file)
+    if url is None and (ca_file or connect_to):
+        _fail("--ca-file and --connect-to need --url")
+    if url is not None and (suggest or user):
+        _fail("--suggest and --user work offline only (without --url)")
+    links = OldLinks()
+    with tqdm(unit="line", unit_scale=True, desc="reading", disable=no_progress or None) as bar:
+
+        def read_more(lines: int) -> None:
+            bar.update(lines)
+
+        links.stats.progress = read_more
+        for source in sources:
+            try:
+                read_source(source, links)
+            except OSError as exc:
+                _fail(f"cannot read {source}: {exc.strerror}")
+    if not links.hits:
+        click.echo(summarize(links.stats, Tally()), nl=False)
+        _fail("no usable links in the input")
+    try:
+        handle = open(report, "w", encoding="utf-8", newline="") if report else None  # noqa: SIM115
+        proposals = open(suggest, "w", encoding="utf-8") if suggest else None  # noqa: SIM115
+    except OSError as exc:
+        _fail(f"cannot write {exc.filename}: {exc.strerror}")
+    # Logs and the report are read and written as the invoking user; then access is
+    # checked as the user vend serves as.
+    if url is None:
+        try:
+            who = switch_user(user)
+        except UserError as exc:
+            _fail(str(exc))
+        if who == "root":
+            click.echo(
+                "vend: warning: checking access as root, who can read every file; "
+                "use --user with the user vend serves as",
+                err=True,
+            )
+    try:
+        with Report(
+            handle, fmt, len(links.hits), progress=not no_progress, every_link=every_link
+        ) as results:
+            if url is None:
+                sink: Sink = results.add
+                if suggest:
+                    wanted = MissingNames()
+                    sink = wanted.collecting(results.add)
+                mounts_state = asyncio.run(verify_offline(settings, links, sink, jobs=jobs))
+                if proposals is not None:
+                    count = asyncio.run(write_suggestions(settings, wanted, proposals))
+                    click.echo(f"vend: {count} redirect map lines proposed in {suggest}", err=True)
+            else:
+                mounts_state = []
+                asyncio.run(
+                    verify_online(
+                        url,
+                        links,
+                        results.add,
+                        jobs=jobs,
+                        ca_file=ca_file,
+                        connect_to=connect_to,
+                        method=method,
+                    )
+                )
+    except (RedirectMapError, ValueError, OSError, ssl.SSLError) as exc:
+        _fail(str(exc))
+    finally:
+        for opened in (handle, proposals):
+            if opened is not None:
+                opened.close()
+    click.echo(summarize(links.stats, results.tally), nl=False)
+    for name, error in mounts_state:
+        if error:
+            click.echo(f"vend: mount {name} was down at the end: {error}", err=True)
+    sys.exit(0 if results.tally.all_work else 1)
+
+
+@main.command()
+@_config_option
+@click.option("--hash", "hash_content", is_flag=True, help="Compare contents (SHA-256) too.")
+@click.option("--report", type=click.Path(dir_okay=False), help="Write every group (JSON lines).")
+@click.option("--no-progress", is_flag=True, help="No progress bar.")
+def shadows(
+    config_file: str | None, hash_content: bool, report: str | None, no_progress: bool
+) -> None:
+    """List names held by more than one mount: which copy wins, which differ or are newer.
+
+    Exit status: 0 no differing copies; 1 some; 2 invalid settings; 3 a mount was not
+    fully walked (hung or failing).
+    """
+    settings = _load(config_file)
+    handle = open(report, "w", encoding="utf-8") if report else None  # noqa: SIM115
+    counts = {"names": 0, "differ": 0, "newer": 0}
+    differing: list[Shadow] = []
+    bar = tqdm(unit="file", desc="walking", disable=no_progress or None)
+
+    def found(group: Shadow) -> None:
+        counts["names"] += 1
+        counts["differ"] += group.differs
+        counts["newer"] += group.newer
+        if group.differs and len(differing) < 20:
+            differing.append(group)
+        if handle is not None:
+            handle.write(json.dumps(group.as_json(), ensure_ascii=True) + "\n")
+
+    def walked() -> None:
+        bar.update(1)
+
+    try:
+        run = asyncio.run(shadows_of(settings, found, hash_content=hash_content, on_file=walked))
+    finally:
+        bar.close()
+        if handle is not None:
+            handle.close()
+    for name, state in run.walks:
+        verdict = f"not fully walked ({state.error})" if state.error else "walked"
+        click.echo(f"{name}: {verdict}, {state.files:,} files in {state.directories:,} directories")
+    for name, error in run.failed.items():
+        click.echo(f"{name}: failed ({error}): results involving it are incomplete")
+    click.echo(
+        f"{counts['names']:,} names on more than one mount; {counts['differ']:,} with differing "
+        f"copies; {counts['newer']:,} where a shadowed copy is newer than the one served"
+    )
+    for group in differing:
+        others = ", ".join(c.mount for c in group.shadowed)
+        flag = " (a shadowed copy is newer)" if group.newer else ""
+        click.echo(f"  {group.name!r}: served from {group.winner.mount}, differs on {others}{flag}")
+    sys.exit(3 if not run.complete else 1 if counts["differ"] else 0)
+
+
+def _fail(message: str) -> NoReturn:
+    click.echo(f"vend: {message}", err=True)
+    sys.exit(2)
 
 
 def _yn(flag: bool) -> str:

@@ -171,6 +171,8 @@ class Settings(BaseSettings):
     # A name last served by a mount that is now down may have an older copy on a later
     # mount: "unavailable" answers 503 for it rather than serve the wrong version.
     down_mount_policy: Literal["unavailable", "skip"] = "unavailable"
+    # Old names of renamed content (``old new`` lines), answered 301; "" for none.
+    redirect_map: str = ""
 
     @classmethod
     def settings_customise_sources(
@@ -219,6 +221,13 @@ class Settings(BaseSettings):
     def _log_target(cls, value: str) -> str:
         if value not in ("off", "stdout") and not os.path.isabs(value):
             raise ValueError("'off', 'stdout', or an absolute file path")
+        return value
+
+    @field_validator("redirect_map")
+    @classmethod
+    def _map_path(cls, value: str) -> str:
+        if value and not os.path.isabs(value):
+            raise ValueError("an absolute file path, or '' for none")
         return value
 
     @field_validator("trusted_proxies")

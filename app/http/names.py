@@ -29,6 +29,7 @@ index file's name.
 from __future__ import annotations
 
 import re
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Final
 
@@ -55,7 +56,17 @@ _FORBIDDEN_CHARS: Final = re.compile(r"[\x00-\x1f\x7f-\x9f\\]")
 
 
 class NameRefused(ValueError):
-    """The request path is not an acceptable name; the reason is for logs only."""
+    """The request path is not an acceptable name; the reason is for logs only.
+
+    Attributes:
+        rule: the rule that refused it, as a short identifier for metrics and reports
+            (``"double_encoding"``, ``"name_pattern"``...); never the path itself.
+    """
+
+    @property
+    def rule(self) -> str:
+        """The refusing rule: the message in lower case, words joined by ``_``."""
+        return re.sub(r"[^a-z0-9]+", "_", str(self).lower()).strip("_")
 
 
 @dataclass(frozen=True, slots=True)
@@ -166,3 +177,41 @@ def is_allowed_name(name: str, pattern: re.Pattern[str]) -> bool:
         True when ``pattern.fullmatch(name)`` matches.
     """
     return pattern.fullmatch(name) is not None
+
+
+PATTERN_REFUSAL: Final = "name pattern"
+"""The message (rule ``name_pattern``) of a name the whitelist refuses."""
+
+
+def request_candidates(
+    raw_path: bytes, pattern: re.Pattern[str], index_names: Sequence[str]
+) -> tuple[RequestName, list[str]]:
+    """The names a request path asks for, in the order the mounts are searched for them.
+
+    This is the one place that decides what a request names: serving (``app.asgi``) and
+    ``vend verify`` both call it, so they cannot disagree.
+
+    Args:
+        raw_path: the path as received, without query string.
+        pattern: the compiled whitelist.
+        index_names: the configured index file names (``index_names``).
+
+    Returns:
+        The parsed request and its candidate names: one name, or a directory's index
+        names that the whitelist admits. An empty list means 404 (a directory index
+        asked for where none is configured or allowed).
+
+    Raises:
+        NameRefused: a fixed rule or the whitelist refuses the name (400); ``rule``
+            names which.
+    """
+    request = parse_request_path(raw_path)
+    if request.wants_index:
+        base = f"{request.name}/" if request.name else ""
+        candidates = [base + index for index in index_names]
+    else:
+        candidates = [request.name]
+    allowed = [c for c in candidates if is_allowed_name(c, pattern)]
+    if not allowed and not request.wants_index:
+        raise NameRefused(PATTERN_REFUSAL)
+    return request, allowed

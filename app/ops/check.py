@@ -1,5 +1,8 @@
 """``vend check`` and ``vend locate``: what operators ask of the mounts, without a server.
 
+Also the start-up check of the redirect map (``check_redirect_map``): ``vend serve``
+refuses to start (exit 2) when an entry is bad or a target resolves on no mount.
+
 Every probe runs in the mount's own threads with the configured timeout, so a hung NFS
 server makes its line say ``ETIMEDOUT`` instead of hanging the command.
 """
@@ -16,6 +19,8 @@ from app.federation.lookup import list_copies
 from app.federation.mount import Mount, MountUnavailable, build_mounts
 from app.federation.mountinfo import filesystem_type
 from app.federation.open import Lookup, OpenFile, SmallFile
+from app.federation.redirects import load_redirect_map
+from app.http.names import compile_pattern
 from app.settings import Settings
 
 
@@ -136,6 +141,30 @@ async def locate_name(settings: Settings, name: str) -> list[Copy]:
             else:
                 copies.append(Copy(mount.name, found))
         return copies
+    finally:
+        for mount in mounts:
+            mount.close()
+
+
+async def check_redirect_map(settings: Settings) -> int:
+    """Load the redirect map and resolve every target on the mounts (``vend serve`` start).
+
+    Args:
+        settings: validated settings.
+
+    Returns:
+        How many entries the map has (0 when none is configured).
+
+    Raises:
+        RedirectMapError: the map is unusable; the message names the entry.
+    """
+    if not settings.redirect_map:
+        return 0
+    mounts = build_mounts(settings.mounts, fs_op_s=settings.timeouts.fs_op_s, threads=4)
+    try:
+        await asyncio.gather(*(mount.probe() for mount in mounts))
+        pattern = compile_pattern(settings.name_pattern)
+        return len((await load_redirect_map(settings.redirect_map, pattern, mounts)).targets)
     finally:
         for mount in mounts:
             mount.close()

@@ -38,6 +38,8 @@ class Metrics:
         lookup_seconds: time of one mount lookup, in seconds.
         mount_up: 1 when the mount is usable (up or overdue), 0 when down.
         current_mounts: names of the configured mounts (what a scrape shows).
+        misses: content requests answered 404, 403 or 503, by status.
+        refused: requests refused (400) by the name rules or the whitelist, by rule.
     """
 
     content_type = CONTENT_TYPE_LATEST
@@ -74,6 +76,18 @@ class Metrics:
             "vend_cache_lookups",
             "Name cache lookups: hit (from memory), miss, miss_remembered (a 404 from memory).",
             ["outcome"],
+            registry=self.registry,
+        )
+        self.misses = Counter(
+            "vend_misses",
+            "Content requests answered 404, 403 or 503, by status.",
+            ["status"],
+            registry=self.registry,
+        )
+        self.refused = Counter(
+            "vend_refused_names",
+            "Requests refused (400) by the name rules or the whitelist, by rule.",
+            ["rule"],
             registry=self.registry,
         )
         self.mount_up = Gauge(

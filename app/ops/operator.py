@@ -8,6 +8,8 @@
 with 200 when at least one mount is usable and 503 (``"status": "unavailable"``) when none
 is, or (``"status": "draining"``) while vend drains after SIGTERM. It names mounts,
 never filesystem paths. ``GET /.well-known/vend/metrics`` answers Prometheus' text format.
+``GET /.well-known/vend/misses`` answers the names most often answered 404, 403 or 503
+since start, and the 400s per refusing rule, as JSON (``app.ops.misses``).
 The Apache vhost keeps this prefix off the public side.
 
 Health also carries ``"process": {"pid": 4242, "reloads": 1}``: which worker answered
@@ -21,6 +23,7 @@ import os
 from typing import TYPE_CHECKING
 
 from starlette.applications import Starlette
+from starlette.concurrency import run_in_threadpool
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
@@ -56,6 +59,11 @@ def create_operator_app(vend: VendApp) -> Starlette:
             body, status_code=200 if usable else 503, headers={"cache-control": "no-store"}
         )
 
+    async def misses(request: Request) -> Response:
+        """The most frequent 404/403/503 names and 400s per rule, as JSON (no-store)."""
+        body = await run_in_threadpool(vend.misses.render)
+        return JSONResponse(body, headers={"cache-control": "no-store"})
+
     async def metrics(request: Request) -> Response:
         """All metrics in Prometheus' text exposition format (version 0.0.4)."""
         return Response(vend.metrics.render(), media_type=vend.metrics.content_type)
@@ -64,5 +72,6 @@ def create_operator_app(vend: VendApp) -> Starlette:
         routes=[
             Route("/.well-known/vend/health", health, methods=["GET", "HEAD"]),
             Route("/.well-known/vend/metrics", metrics, methods=["GET", "HEAD"]),
+            Route("/.well-known/vend/misses", misses, methods=["GET", "HEAD"]),
         ]
     )

@@ -61,6 +61,9 @@ def test_acme_challenge_is_served_by_apache(front: Front, content: Content, port
     [
         "/.well-known/vend/health",
         "/.well-known/vend/metrics",
+        "/.well-known/vend/misses",
+        "/.well-known/vend/misses?format=json",
+        "/.well-known/vend/%6Disses",
         "/.well-known/vend",
         "/.well-known/vend/",
         "//.well-known/vend/health",
@@ -76,16 +79,18 @@ def test_acme_challenge_is_served_by_apache(front: Front, content: Content, port
     ],
 )
 def test_operator_endpoints_not_reachable_publicly(front: Front, target: str) -> None:
-    """No spelling of vend's health or metrics path gets an answer from vend to a public
-    client: Apache refuses it (403), or vend does not know the spelling (4xx)."""
+    """No spelling of vend's health, metrics or misses path gets an answer from vend to a
+    public client: Apache refuses it (403), or vend does not know the spelling (4xx)."""
     response = raw_request(front.apache.https_port, get_request(target), ca_pem=front.pki.ca_pem)
     assert 400 <= response.status < 500, (response.status, response.body[:200])
     assert b'"mounts"' not in response.body
+    assert b'"misses"' not in response.body
     assert b"vend_" not in response.body  # Prometheus metric names
 
 
 def test_operator_endpoints_reachable_from_monitoring(front: Front) -> None:
-    """From an address in VEND_MONITORING, the health endpoint answers through Apache."""
+    """From an address in VEND_MONITORING, the health and misses endpoints answer through
+    Apache."""
     response = raw_request(
         front.apache.https_port,
         get_request("/.well-known/vend/health"),
@@ -94,3 +99,11 @@ def test_operator_endpoints_reachable_from_monitoring(front: Front) -> None:
     )
     assert response.status == 200
     assert json.loads(response.body)["status"] == "ok"
+    misses = raw_request(
+        front.apache.https_port,
+        get_request("/.well-known/vend/misses"),
+        ca_pem=front.pki.ca_pem,
+        source_address=MONITORING_ADDRESS,
+    )
+    assert misses.status == 200
+    assert "misses" in json.loads(misses.body)
