@@ -149,7 +149,11 @@ def serve(
     """
     config = uvicorn_config(settings, config_file, overrides)
     try:
-        sockets = listening_sockets(config)
+        # Bound now, so the port is known to be ours before anything says "serving". A
+        # single server listens only once its application has started (uvicorn's order:
+        # a client that can connect gets answered); a supervisor listens at once, so
+        # connections queue while a worker starts or is replaced.
+        sockets = listening_sockets(config) if settings.workers > 1 else [config.bind_socket()]
     except SystemExit as exc:
         return exc.code if isinstance(exc.code, int) else 3
     if on_listening is not None:
