@@ -2,8 +2,10 @@
 
 ``serve(settings)`` starts uvicorn with ``app.server.protocol.VendHttpToolsProtocol`` (httptools
 plus zero-copy send), uvloop where installed, vend's own access log instead of uvicorn's,
-no ``Server`` header, and X-Forwarded-For trusted only from ``trusted_proxies``. With
-``workers > 1`` uvicorn's supervisor forks workers that share the listening socket.
+no ``Server`` header, and X-Forwarded-For trusted only from ``trusted_proxies``
+(``app.server.forwarded``). It listens on ``host:port``, or on the Unix socket named by
+``unix_socket`` (``app.server.listen``). With ``workers > 1`` uvicorn's supervisor forks
+workers that share the listening socket.
 
 Settings reach the application (in each worker) two ways, both in the environment:
 ``VEND_RESOLVED_SETTINGS``, the settings the parent validated, and
@@ -20,17 +22,22 @@ import json
 import logging
 import os
 import shutil
+import socket
 import tempfile
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any, Final
 
 import uvicorn
 from uvicorn.supervisors import Multiprocess
 
-from app.asgi import VendApp, create_app
+from app.asgi import create_app
 from app.ops.metrics import MULTIPROC_ENV
+from app.server.forwarded import ForwardedHeaders, ProxyTrust
+from app.server.listen import bind_unix_socket
 from app.server.protocol import VendHttpToolsProtocol
 from app.settings import Settings, SettingsError, load_settings
+from app.types import ASGIApp
 
 SETTINGS_ENV: Final = "VEND_RESOLVED_SETTINGS"
 SOURCES_ENV: Final = "VEND_SETTINGS_SOURCES"
@@ -51,13 +58,13 @@ def _reader(sources: tuple[str | None, dict[str, Any]]) -> Callable[[], Settings
     return lambda: load_settings(config_file, **overrides)
 
 
-def app_from_environment() -> VendApp:
+def app_from_environment() -> ASGIApp:
     """uvicorn's application factory in each worker process.
 
     Returns:
         The application, built from its settings' sources when they load (a worker
         restarted by SIGHUP sees the new settings), else from the settings ``serve``
-        validated.
+        validated; X-Forwarded-For is applied by ``app.server.forwarded``'s rule.
 
     Raises:
         KeyError: ``VEND_RESOLVED_SETTINGS`` is not set (not started by ``serve``).
@@ -72,7 +79,8 @@ def app_from_environment() -> VendApp:
             log.error("settings refused, keeping the last valid ones: %s", exc)
     VendHttpToolsProtocol.send_timeout_s = settings.timeouts.send_s
     VendHttpToolsProtocol.request_head_s = settings.timeouts.request_head_s
-    return create_app(settings, reload_settings)
+    trust = ProxyTrust(settings.trusted_proxies, unix_listener=bool(settings.unix_socket))
+    return ForwardedHeaders(create_app(settings, reload_settings), trust)
 
 
 def uvicorn_config(
@@ -101,12 +109,31 @@ def uvicorn_config(
         lifespan="on",
         access_log=False,
         server_header=False,
-        proxy_headers=bool(settings.trusted_proxies),
-        forwarded_allow_ips=settings.trusted_proxies,
+        # X-Forwarded-For is vend's own (app.server.forwarded): uvicorn's never trusts a
+        # peer on a Unix socket.
+        proxy_headers=False,
         timeout_keep_alive=max(1, round(settings.timeouts.keep_alive_s)),
         timeout_graceful_shutdown=max(1, round(settings.timeouts.graceful_shutdown_s)),
         log_level=settings.log_level,
     )
+
+
+def listening_socket(settings: Settings) -> socket.socket | None:
+    """The Unix socket to serve on, when the ``unix_socket`` setting names one.
+
+    Args:
+        settings: validated settings.
+
+    Returns:
+        The bound, listening socket (mode 0660), or None to listen on ``host:port``
+        (uvicorn binds it).
+
+    Raises:
+        OSError: the path is in use, is not a socket, or cannot be bound.
+    """
+    if not settings.unix_socket:
+        return None
+    return bind_unix_socket(Path(settings.unix_socket))
 
 
 def serve(
@@ -124,6 +151,11 @@ def serve(
         start (the address is in use, for example), as uvicorn reports it.
     """
     config = uvicorn_config(settings, config_file, overrides)
+    try:
+        unix = listening_socket(settings)
+    except OSError as exc:
+        log.error("cannot listen on %s: %s", settings.unix_socket, exc.strerror or exc)
+        return 3
     if settings.workers > 1:
         # Workers write their metrics here; set before they start (prometheus-client
         # picks its mode when imported). Removed with the process's private /tmp or
@@ -131,11 +163,11 @@ def serve(
         metrics_dir = tempfile.mkdtemp(prefix="vend-metrics-")
         os.environ[MULTIPROC_ENV] = metrics_dir
         try:
-            sock = config.bind_socket()
+            sock = unix or config.bind_socket()
             Multiprocess(config, sockets=[sock]).run()
         finally:
             shutil.rmtree(metrics_dir, ignore_errors=True)
         return 0
     server = uvicorn.Server(config)
-    server.run()
+    server.run(sockets=[unix] if unix is not None else None)
     return 0 if server.started else 3
