@@ -9,6 +9,7 @@ port accepts connections and returns a ``Running`` peer. The production-path pee
 
 from __future__ import annotations
 
+import grp
 import json
 import os
 import pwd
@@ -27,9 +28,12 @@ from harness.processes import (
     stop_server,
     wait_for_port,
     wait_for_settled_group,
+    wait_for_unix_socket,
 )
 
 ALL_SIZES: Final = ("4k", "100k", "256m")
+# Peers whose rows the issue's targets read also get the load over 2,000 names.
+WITH_NAMES: Final = ("4k", "4k-names", "100k", "256m")
 PEERS_DIR: Final = Path(__file__).resolve().parent.parent / "peers"
 
 
@@ -127,6 +131,7 @@ def _launch(
     *,
     env: dict[str, str] | None = None,
     cwd: Path | None = None,
+    unix_socket: Path | None = None,
 ) -> ServerProcess:
     server = start_server(
         name,
@@ -139,7 +144,10 @@ def _launch(
         cgroup=ctx.cgroups.create(name),
     )
     try:
-        wait_for_port(port, server)
+        if unix_socket is not None:
+            wait_for_unix_socket(unix_socket, server)
+        else:
+            wait_for_port(port, server)
     except BaseException:
         # The caller only learns of the server through the return value.
         stop_server(server, ctx.registry)
@@ -148,15 +156,21 @@ def _launch(
     return server
 
 
-def _start_nginx(ctx: Context, name: str, body: str) -> Running:
+def _start_nginx(ctx: Context, name: str, body: str, *, access_log: bool = False) -> Running:
     port = free_port()
     prefix = ctx.run_dir(name)
     (prefix / "tmp").mkdir(exist_ok=True)
     conf = prefix / "nginx.conf"
     (prefix / "error.log").unlink(missing_ok=True)
+    (prefix / "access.log").unlink(missing_ok=True)
     conf.write_text(
         configs.nginx_conf(
-            prefix=prefix, port=port, body=body, is_root=ctx.is_root, connections=ctx.connections
+            prefix=prefix,
+            port=port,
+            body=body,
+            is_root=ctx.is_root,
+            connections=ctx.connections,
+            access_log=prefix / "access.log" if access_log else None,
         )
     )
     argv = ["nginx", "-p", f"{prefix}/", "-c", str(conf), "-e", str(prefix / "error.log")]
@@ -172,6 +186,7 @@ def _start_apache(
     modules: list[tuple[str, str]],
     port: int | None = None,
     tls: bool = False,
+    vhost_tls: bool = False,
 ) -> ServerProcess:
     port = port or free_port()
     root = ctx.run_dir(name)
@@ -190,6 +205,7 @@ def _start_apache(
             is_root=ctx.is_root,
             connections=ctx.connections,
             tls=ctx.tls if tls else None,
+            vhost_tls=vhost_tls,
         )
     )
     return _launch(ctx, name, ["apache2", "-f", str(conf), "-DFOREGROUND"], port)
@@ -232,6 +248,29 @@ def start_nginx_one_root(ctx: Context) -> Running:
 def start_nginx_try_files(ctx: Context) -> Running:
     """Starts nginx with ``try_files`` over the three mounts. Returns: the running peer."""
     return _start_nginx(ctx, "nginx-try-files", configs.nginx_try_files(ctx.mounts))
+
+
+def start_nginx_try_files_log(ctx: Context) -> Running:
+    """Starts nginx with ``try_files`` and its access log on, written to a file.
+
+    Returns:
+        The running peer.
+    """
+    body = configs.nginx_try_files(ctx.mounts)
+    return _start_nginx(ctx, "nginx-try-files-log", body, access_log=True)
+
+
+def start_bare_httptools(ctx: Context) -> Running:
+    """Starts peers/bare_httptools.py answering from memory: the ceiling.
+
+    Returns:
+        The running peer.
+    """
+    port = free_port()
+    argv = [str(ctx.bench_python), str(PEERS_DIR / "bare_httptools.py"), "--port", str(port)]
+    for mount in ctx.mounts:
+        argv += ["--root", str(mount)]
+    return Running(port, [_launch(ctx, "bare-httptools", argv, port, env=_python_env(ctx))])
 
 
 def start_apache_event(ctx: Context) -> Running:
@@ -322,14 +361,33 @@ def start_starlette_memory(ctx: Context) -> Running:
     return Running(port, [server])
 
 
-def _start_vend_process(ctx: Context, name: str) -> tuple[int, ServerProcess]:
+def _start_vend_process(
+    ctx: Context, name: str, *, settings: dict[str, str] | None = None, unix_socket: bool = False
+) -> tuple[int, ServerProcess, Path | None]:
     if not ctx.vend_bin.is_file():
         raise RuntimeError(f"{ctx.vend_bin} is missing: install vend into the checkout's .venv")
     port = free_port()
     env = {key: value for key, value in os.environ.items() if not key.startswith("VEND_")}
     env["VEND_MOUNTS"] = json.dumps([str(mount) for mount in ctx.mounts])
+    env.update(settings or {})
     argv = [str(ctx.vend_bin), "serve", "--port", str(port)]
-    return port, _launch(ctx, name, argv, port, env=env, cwd=ctx.run_dir(name))
+    sock = None
+    if unix_socket:
+        sock = _socket_dir(ctx, name) / "vend.sock"
+        env["VEND_UNIX_SOCKET"] = str(sock)
+    server = _launch(ctx, name, argv, port, env=env, cwd=ctx.run_dir(name), unix_socket=sock)
+    return port, server, sock
+
+
+def _socket_dir(ctx: Context, name: str) -> Path:
+    """A directory for vend's socket as apache/README.md sets it up: Apache's group, setgid
+    (the socket file vend makes with mode 0660 gets that group), mode 2750."""
+    directory = ctx.run_dir(name) / "sock"
+    directory.mkdir(exist_ok=True)
+    if ctx.is_root:
+        os.chown(directory, 0, grp.getgrnam(configs.RUN_USER).gr_gid)
+    directory.chmod(0o2750)
+    return directory
 
 
 def start_vend(ctx: Context) -> Running:
@@ -341,46 +399,79 @@ def start_vend(ctx: Context) -> Running:
     Raises:
         RuntimeError: if the checkout has no .venv/bin/vend or it does not start.
     """
-    port, server = _start_vend_process(ctx, "vend")
+    port, server, _ = _start_vend_process(ctx, "vend")
+    return Running(port, [server])
+
+
+def start_vend_log(ctx: Context) -> Running:
+    """Starts ``vend serve`` as ``start_vend`` does, with its access log written to a file.
+
+    Returns:
+        The running peer.
+    """
+    log = ctx.run_dir("vend-log") / "access.log"
+    log.unlink(missing_ok=True)
+    port, server, _ = _start_vend_process(ctx, "vend-log", settings={"VEND_ACCESS_LOG": str(log)})
     return Running(port, [server])
 
 
 def start_tls_apache_static(ctx: Context) -> Running:
     """Starts Apache (event, TLS) serving the last mount itself. Returns: the running peer."""
     port = free_port()
+    root = ctx.run_dir("tls-apache-static")
+    (root / "access.log").unlink(missing_ok=True)
     server = _start_apache(
         ctx,
         "tls-apache-static",
         mpm="event",
         port=port,
         modules=[],
-        body=configs.apache_static(ctx.mounts[-1]),
+        body=configs.apache_static(ctx.mounts[-1], access_log=root / "access.log"),
         tls=True,
     )
     return Running(port, [server])
 
 
 def start_tls_apache_vend(ctx: Context) -> Running:
-    """Starts vend, then Apache (event, TLS) proxying every path to it: the production path.
+    """Starts vend on its Unix socket, then Apache (event) with the shipped apache/vend.conf,
+    only its ``Define`` lines edited: the production path.
 
     Both share the server core, as they would share a host.
 
     Returns:
-        The running peer (Apache's port; both process groups).
+        The running peer (Apache's HTTPS port; both process groups).
+
+    Raises:
+        RuntimeError: vend or Apache did not start.
     """
-    vend_port, vend = _start_vend_process(ctx, "tls-vend")
+    if ctx.tls is None:
+        raise RuntimeError("no TLS certificate was made for the production path")
+    _, vend, sock = _start_vend_process(ctx, "tls-vend", unix_socket=True)
     running = Running(0, [vend])
     try:
         port = free_port()
+        root = ctx.run_dir("tls-apache-vend")
+        (root / "acme").mkdir(exist_ok=True)
+        for log in ("vend-access.log", "vend-error.log"):
+            (root / log).unlink(missing_ok=True)
+        defines = configs.shipped_vhost_defines(
+            https_port=port,
+            http_port=free_port(),
+            tls=ctx.tls,
+            backend=f"unix:{sock}|http://localhost",
+            log_dir=root,
+            acme=root / "acme",
+        )
+        (root / "vend.conf").write_text(configs.render_shipped_vhost(defines))
         running.servers.append(
             _start_apache(
                 ctx,
                 "tls-apache-vend",
                 mpm="event",
                 port=port,
-                modules=configs.PROXY_MODULES,
-                body=configs.apache_reverse_proxy(vend_port),
-                tls=True,
+                modules=configs.SHIPPED_VHOST_MODULES,
+                body=f"{configs.DEBIAN_DEFLATE}\nInclude {root / 'vend.conf'}",
+                vhost_tls=True,
             )
         )
         running.port = port
@@ -395,7 +486,24 @@ PEERS: Final = {
     peer.name: peer
     for peer in [
         Peer("nginx", "nginx, one root, sendfile", start_nginx_one_root, federates=False),
-        Peer("nginx-try-files", "nginx, try_files over three roots", start_nginx_try_files),
+        Peer(
+            "nginx-try-files",
+            "nginx, try_files over three roots",
+            start_nginx_try_files,
+            sizes=WITH_NAMES,
+        ),
+        Peer(
+            "nginx-try-files-log",
+            "nginx, try_files, access log to a file",
+            start_nginx_try_files_log,
+            sizes=("4k",),
+        ),
+        Peer(
+            "bare-httptools",
+            "bare httptools + uvloop, prebuilt responses from a dict (the ceiling)",
+            start_bare_httptools,
+            sizes=("4k", "4k-names"),
+        ),
         Peer("apache-event", "Apache event, static", start_apache_event, federates=False),
         Peer(
             "apache-php",
@@ -412,7 +520,13 @@ PEERS: Final = {
             sizes=("4k",),
             serves_probe_bytes=False,
         ),
-        Peer("vend", "vend serve (one worker)", start_vend),
+        Peer("vend", "vend serve (one worker)", start_vend, sizes=WITH_NAMES),
+        Peer(
+            "vend-log",
+            "vend serve, access log to a file",
+            start_vend_log,
+            sizes=("4k",),
+        ),
         Peer(
             "tls-apache-static",
             "Apache TLS serving the file itself",
@@ -422,7 +536,7 @@ PEERS: Final = {
         ),
         Peer(
             "tls-apache-vend",
-            "Apache TLS -> vend (production path)",
+            "Apache TLS, shipped vend.conf -> vend's Unix socket (production path)",
             start_tls_apache_vend,
             scheme="https",
         ),
