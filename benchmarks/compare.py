@@ -61,7 +61,10 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     """
     parser = argparse.ArgumentParser(
         prog="benchmarks/compare",
-        description="Benchmark vend against nginx, Apache, mod_php and Python peers on loopback.",
+        description="Benchmark vend against nginx, Apache, mod_php and Python peers on loopback. "
+        f"A full run (no --quick, no --only) takes about "
+        f"{estimate_minutes(list(PEERS.values()), FULL_PLAN):.0f} minutes; --help and --list "
+        "install nothing.",
     )
     parser.add_argument(
         "--quick",

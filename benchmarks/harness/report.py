@@ -13,20 +13,16 @@ ignores)::
 from __future__ import annotations
 
 import json
-from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Final
 
 from harness.chart import render_chart
-from harness.content import LOAD_LABELS, NAMES_KEY
+from harness.content import LOAD_LABELS
 from harness.loads import LARGE_SIZE, LoadPlan, Measurement, headline
 from harness.peers import LEGACY_REFERENCE, NGINX_REFERENCE, PEERS, TLS_REFERENCE
+from harness.targets import by_peer_size, contention_notes, targets_section
 
-# Loads during which other processes ran on the server core, or on the load generator's
-# core, for at least this share of it are named in the notes, and ratios using them are
-# marked.
-CONTENDED_SHARE: Final = 0.2
 SIZE_LABELS: Final = dict(LOAD_LABELS)
 
 
@@ -161,16 +157,12 @@ def _row_label(name: str) -> str:
     return label if peer.federates else f"{label} (last mount only)"
 
 
-def _by_peer_size(measurements: Iterable[Measurement]) -> dict[tuple[str, str], Measurement]:
-    return {(m.peer, m.probe.key): m for m in measurements}
-
-
 def _section(
     title: str, measurements: list[Measurement], reference_names: list[str], intro: str
 ) -> list[str]:
     if not measurements:
         return []
-    index = _by_peer_size(measurements)
+    index = by_peer_size(measurements)
     lines = [f"## {title}", "", intro, ""]
     for size, _ in LOAD_LABELS:
         rows = [m for m in measurements if m.probe.key == size]
@@ -178,164 +170,6 @@ def _section(
             refs = [(name, index.get((name, size))) for name in reference_names]
             lines += _size_table(size, rows, refs)
     return lines
-
-
-@dataclass(frozen=True)
-class _Target:
-    label: str
-    peer: str
-    reference: str
-    size: str
-    passes: Callable[[float], bool]
-    metric: Callable[[Measurement], float | None] = headline
-    # "ratio": metric(peer) / metric(reference); "value": metric(peer) alone.
-    kind: str = "ratio"
-
-
-def _p99(m: Measurement) -> float | None:
-    return m.p99_ms
-
-
-# Issue 10's targets, nginx try_files as the reference throughout.
-_TARGETS: Final = [
-    _Target(
-        "4 KiB, one name: vend / nginx try_files req/s >= 1.0 (aim 1.3)",
-        "vend",
-        NGINX_REFERENCE,
-        "4k",
-        lambda r: r >= 1.0,
-    ),
-    _Target(
-        "4 KiB: vend server CPU per request <= 25 µs",
-        "vend",
-        NGINX_REFERENCE,
-        "4k",
-        lambda v: v <= 25,
-        lambda m: m.cpu_us_per_request,
-        kind="value",
-    ),
-    _Target(
-        "4 KiB: vend p99 latency / nginx try_files p99 <= 3",
-        "vend",
-        NGINX_REFERENCE,
-        "4k",
-        lambda r: r <= 3,
-        _p99,
-    ),
-    _Target(
-        "4 KiB, 2,000 names at random: vend / nginx try_files >= 0.8",
-        "vend",
-        NGINX_REFERENCE,
-        NAMES_KEY,
-        lambda r: r >= 0.8,
-    ),
-    _Target(
-        "4 KiB, access log to a file: vend / nginx try_files (log on) >= 0.8",
-        "vend-log",
-        "nginx-try-files-log",
-        "4k",
-        lambda r: r >= 0.8,
-    ),
-    _Target(
-        "100 KiB: vend / nginx try_files >= 0.6",
-        "vend",
-        NGINX_REFERENCE,
-        "100k",
-        lambda r: r >= 0.6,
-    ),
-    _Target(
-        "256 MiB: vend / nginx try_files MiB/s >= 0.9",
-        "vend",
-        NGINX_REFERENCE,
-        LARGE_SIZE,
-        lambda r: r >= 0.9,
-    ),
-    _Target(
-        "256 MiB: vend / nginx try_files CPU s per GiB <= 2",
-        "vend",
-        NGINX_REFERENCE,
-        LARGE_SIZE,
-        lambda r: r <= 2,
-        lambda m: m.cpu_s_per_gib,
-    ),
-    _Target(
-        "TLS 4 KiB: Apache (shipped vhost) -> vend / Apache static >= 0.5",
-        "tls-apache-vend",
-        TLS_REFERENCE,
-        "4k",
-        lambda r: r >= 0.5,
-    ),
-]
-
-
-def _is_contended(m: Measurement) -> bool:
-    return max(m.others_share or 0, m.load_others_share or 0) >= CONTENDED_SHARE
-
-
-def _targets(measurements: list[Measurement]) -> list[str]:
-    """Issue 10's targets, checked against this run's ratios (vend rows only)."""
-    index = _by_peer_size(measurements)
-    rows = []
-    for target in _TARGETS:
-        a, b = index.get((target.peer, target.size)), index.get((target.reference, target.size))
-        if not (a and a.ok) or (target.kind == "ratio" and not (b and b.ok)):
-            continue
-        top = target.metric(a)
-        if top is None:
-            continue
-        if target.kind == "value":
-            value, shown = top, f"{top:.0f}"
-        else:
-            bottom = target.metric(b) if b else None
-            if not bottom:
-                continue
-            value = top / bottom
-            shown = f"{value:.2f}"
-        verdict = "met" if target.passes(value) else "missed"
-        if _is_contended(a) or (target.kind == "ratio" and b and _is_contended(b)):
-            verdict += " (contended run: see notes)"
-        rows.append(f"| {target.label} | {shown} | {verdict} |")
-    vend_rss = [
-        m.peak_rss_mib
-        for (peer, _), m in index.items()
-        if peer in ("vend", "vend-log") and m.ok and m.peak_rss_mib is not None
-    ]
-    if vend_rss:
-        worst = max(vend_rss)
-        rows.append(
-            f"| vend peak RSS per worker <= 100 MiB (one worker) | {worst:.0f} MiB | "
-            f"{'met' if worst <= 100 else 'missed'} |"
-        )
-    if not rows:
-        return []
-    return [
-        "## Targets of issue 10 (ratios within this run)",
-        "",
-        "| target | measured | |",
-        "|---|---:|---|",
-        *rows,
-        "",
-    ]
-
-
-def _contention_notes(measurements: list[Measurement]) -> list[str]:
-    """Names the loads during which other processes took part of the server's core or of
-    the load generator's."""
-    flagged = [
-        f"{m.peer} {SIZE_LABELS[m.probe.key]} ({(m.others_share or 0) * 100:.0f}% of core 0, "
-        f"{(m.load_others_share or 0) * 100:.0f}% of core 1)"
-        for m in measurements
-        if m.ok and _is_contended(m)
-    ]
-    if not flagged:
-        return []
-    return [
-        f"CONTENDED: other processes took {CONTENDED_SHARE:.0%} or more of the server's core "
-        "(0) or of the load generator's (1) during these loads; their numbers are low by up "
-        "to that much, and a full run for the record should be repeated on a quiet machine: "
-        + ", ".join(flagged)
-        + "."
-    ]
 
 
 def render_markdown(info: RunInfo, measurements: list[Measurement]) -> str:
@@ -381,8 +215,8 @@ def render_markdown(info: RunInfo, measurements: list[Measurement]) -> str:
         "the same core; compared with Apache serving the file itself over TLS, its access "
         "log on too.",
     )
-    lines += _targets(measurements)
-    notes = [*info.notes, *_contention_notes(measurements)]
+    lines += targets_section(measurements)
+    notes = [*info.notes, *contention_notes(measurements)]
     if notes:
         lines += ["## Notes", "", *[f"- {note}" for note in notes], ""]
     lines += [
