@@ -165,3 +165,12 @@ def test_a_socket_in_use_or_a_plain_file_is_refused(unix_vend: Any, tmp_path: Pa
     assert third.proc.wait(START_BOUND_S) == 3
     assert "not a socket" in third.output()
     assert first.sock.read_text() == "not a socket"
+
+
+def test_several_workers_share_the_socket(unix_vend: Any) -> None:
+    """With workers = 2, the workers serve on the one socket vend bound before forking."""
+    vend = unix_vend({"workers": 2})
+    with vend.client() as client:
+        statuses = {client.get("/about.html").status_code for _ in range(20)}
+    assert statuses == {200}
+    assert stat.S_IMODE(vend.sock.lstat().st_mode) == 0o660
