@@ -380,7 +380,7 @@ class VendApp:
         except Exception as exc:
             log.error("reload refused, keeping the current settings: %s", exc)
             return False
-        for field in ("host", "port", "workers"):
+        for field in ("host", "port", "workers", "unix_socket"):
             if getattr(settings, field) != getattr(self.settings, field):
                 log.warning("reload: %s changes only on restart", field)
         new_mounts, gone = self._apply(settings)

@@ -79,8 +79,11 @@ def serve(config_file: str | None, host: str | None, port: int | None, workers: 
 
     def announce() -> None:
         names = ", ".join(m.name for m in settings.mounts)
-        click.echo(f"vend: serving mounts {names} on {base}/", err=True)
-        if all(m.path.is_relative_to(SAMPLE_MOUNTS_DIR) for m in settings.mounts):
+        where = f"unix:{settings.unix_socket}" if settings.unix_socket else f"{base}/"
+        click.echo(f"vend: serving mounts {names} on {where}", err=True)
+        if not settings.unix_socket and all(
+            m.path.is_relative_to(SAMPLE_MOUNTS_DIR) for m in settings.mounts
+        ):
             click.echo(f"vend: sample content, try {base}/about.html", err=True)
 
     sys.exit(

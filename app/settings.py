@@ -40,6 +40,12 @@ SAMPLE_MOUNTS_DIR: Final = Path(__file__).resolve().parent.parent / "examples" /
 """The sample content shipped in the repository, served when no mount is configured."""
 
 
+UNIX_PEER: Final = "unix"
+"""The ``trusted_proxies`` entry that stands for a peer on vend's own Unix socket."""
+UNIX_PATH_MAX_BYTES: Final = 107
+"""Longest Unix socket path Linux accepts (``sun_path`` holds 108 bytes with its NUL)."""
+
+
 class SettingsError(Exception):
     """Settings are invalid; the message is one line that names the field."""
 
@@ -163,7 +169,10 @@ class Settings(BaseSettings):
     host: str = "127.0.0.1"
     port: int = Field(default=8000, ge=1, le=65535)
     workers: int = Field(default=1, ge=1, le=64)
-    trusted_proxies: list[str] = Field(default_factory=lambda: ["127.0.0.1", "::1"])
+    # Not empty: vend listens on this Unix-domain socket instead of host:port.
+    unix_socket: str = ""
+    # "unix" stands for a peer on vend's own Unix socket (such a peer has no address).
+    trusted_proxies: list[str] = Field(default_factory=lambda: ["127.0.0.1", "::1", "unix"])
     threads_per_mount: int = Field(default=8, ge=1, le=256)
     timeouts: Timeouts = Field(default_factory=Timeouts)
     cache: CacheSettings = Field(default_factory=CacheSettings)
@@ -234,12 +243,25 @@ class Settings(BaseSettings):
     @classmethod
     def _addresses(cls, value: list[str]) -> list[str]:
         for entry in value:
-            if entry == "*":
+            if entry in ("*", UNIX_PEER):
                 continue
             try:
                 ipaddress.ip_network(entry, strict=False)
             except ValueError:
-                raise ValueError(f"{entry!r} is not an IP address, a network, or '*'") from None
+                raise ValueError(
+                    f"{entry!r} is not an IP address, a network, {UNIX_PEER!r} or '*'"
+                ) from None
+        return value
+
+    @field_validator("unix_socket")
+    @classmethod
+    def _socket_path(cls, value: str) -> str:
+        if not value:
+            return value
+        if not os.path.isabs(value):
+            raise ValueError("an absolute path, such as /run/vend/vend.sock")
+        if len(os.fsencode(value)) > UNIX_PATH_MAX_BYTES:
+            raise ValueError(f"at most {UNIX_PATH_MAX_BYTES} bytes (the kernel's sun_path)")
         return value
 
     @field_validator("cache_control")

@@ -18,15 +18,15 @@ import time
 from pathlib import Path
 from typing import Final, NoReturn
 
+# Only the standard library below this line's imports: ``--help`` and ``--list`` run with
+# any python3, before benchmarks/compare installs anything (see main() for the rest).
+from harness.apache_etc import EtcSnapshot
 from harness.cgroups import CpuCgroups
 from harness.content import Probe, build_tree, mount_dirs
 from harness.loads import LoadPlan, Measurement, measure
 from harness.peers import PEERS, Context, Peer, Running
 from harness.probes import ProbeMismatchError, verify_peer
 from harness.processes import Registry, stop_server
-from harness.report import RunInfo, results_stem, write_results
-from harness.tls import make_certificates
-from harness.versions import collect_versions
 
 BENCH_DIR: Final = Path(__file__).resolve().parent
 REPO: Final = BENCH_DIR.parent
@@ -39,7 +39,12 @@ FULL_PLAN: Final = LoadPlan(
 QUICK_PLAN: Final = LoadPlan(
     runs=1, duration_s=3, warmup_s=1, connections=256, server_cpu=SERVER_CPU, load_cpu=LOAD_CPU
 )
-PEERS_NEEDING_VEND: Final = ("vend", "tls-apache-vend")
+PEERS_NEEDING_VEND: Final = ("vend", "vend-log", "tls-apache-vend")
+RESULTS_DIR: Final = BENCH_DIR / "results"
+# --quick and --only runs: git ignores this folder; only full runs are committed.
+DRAFT_RESULTS_DIR: Final = RESULTS_DIR / "draft"
+# /etc/apache2 as benchmarks/compare found it, saved before it installed any package.
+ETC_SNAPSHOT: Final = WORK_DIR / "etc-apache2.snapshot"
 
 
 def parse_args(argv: list[str]) -> argparse.Namespace:
@@ -56,7 +61,10 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     """
     parser = argparse.ArgumentParser(
         prog="benchmarks/compare",
-        description="Benchmark vend against nginx, Apache, mod_php and Python peers on loopback.",
+        description="Benchmark vend against nginx, Apache, mod_php and Python peers on loopback. "
+        f"A full run (no --quick, no --only) takes about "
+        f"{estimate_minutes(list(PEERS.values()), FULL_PLAN):.0f} minutes; --help and --list "
+        "install nothing.",
     )
     parser.add_argument(
         "--quick",
@@ -74,8 +82,8 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     parser.add_argument(
         "--results-dir",
         type=Path,
-        default=BENCH_DIR / "results",
-        help="where the results files go (default benchmarks/results)",
+        help="where the results files go (default benchmarks/results for a full run, "
+        "benchmarks/results/draft, which git ignores, for --quick and --only runs)",
     )
     options = parser.parse_args(argv)
     if options.list:
@@ -93,6 +101,23 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     if options.connections is not None and not 1 <= options.connections <= 10_000:
         parser.error("--connections must be between 1 and 10000")
     return options
+
+
+def estimate_minutes(peers: list[Peer], plan: LoadPlan) -> float:
+    """How long a run takes, in minutes: each load's warm-up and runs, plus half a second
+    around each run and 4 s to start, check and stop each peer (what runs took on
+    Debian 12: a --quick run of every peer 3.3 minutes).
+
+    Args:
+        peers: the peers to run.
+        plan: how loads are driven.
+
+    Returns:
+        Minutes.
+    """
+    loads = sum(len(peer.sizes) for peer in peers)
+    per_load = plan.warmup_s + plan.runs * (plan.duration_s + 0.5)
+    return (loads * per_load + 4 * len(peers)) / 60
 
 
 def _raise_on_sigterm(signum: int, frame: object) -> NoReturn:
@@ -144,7 +169,12 @@ def run_peer(
         for probe in peer_probes:
             url = f"{peer.scheme}://127.0.0.1:{running.port}{probe.url_path}"
             result = measure(
-                peer=peer.name, probe=probe, url=url, servers=running.servers, plan=plan
+                peer=peer.name,
+                probe=probe,
+                url=url,
+                servers=running.servers,
+                plan=plan,
+                script_dir=ctx.run_dir(peer.name),
             )
             _say(f"[{peer.name}] {probe.label}: " + _one_line(result))
             results.append(result)
@@ -190,6 +220,11 @@ def main(argv: list[str]) -> int:
         1 when the machine cannot run the benchmark.
     """
     options = parse_args(argv)
+    # Third-party packages (trustme, matplotlib): only for a real run, from the bench venv.
+    from harness.report import RunInfo, results_stem, write_results
+    from harness.tls import make_certificates
+    from harness.versions import collect_versions
+
     signal.signal(signal.SIGTERM, _raise_on_sigterm)
     if len(os.sched_getaffinity(0)) < 2 or not {SERVER_CPU, LOAD_CPU} <= os.sched_getaffinity(0):
         _say(f"benchmarks/compare needs cores {SERVER_CPU} and {LOAD_CPU}")
@@ -212,8 +247,7 @@ def main(argv: list[str]) -> int:
         peers = [peer for peer in peers if peer.name not in PEERS_NEEDING_VEND]
 
     loads = sum(len(peer.sizes) for peer in peers)
-    estimate_s = loads * (plan.warmup_s + plan.runs * plan.duration_s + 2) + 5 * len(peers)
-    _say(f"{len(peers)} peers, {loads} loads, about {estimate_s / 60:.0f} min")
+    _say(f"{len(peers)} peers, {loads} loads, about {estimate_minutes(peers, plan):.0f} min")
     _say("building the content tree under benchmarks/work/mounts")
     probes = build_tree(WORK_DIR)
     tls_files = cafile = None
@@ -242,6 +276,15 @@ def main(argv: list[str]) -> int:
         cgroups.close()
     notes.append(f"Server CPU time from {cgroups.source}.")
 
+    if ETC_SNAPSHOT.with_suffix(".json").is_file():
+        changed = EtcSnapshot.load(ETC_SNAPSHOT).differences()
+        if changed:
+            notes.append(
+                "/etc/apache2 differs from what benchmarks/compare found (restored at exit): "
+                + ", ".join(changed[:10])
+            )
+        else:
+            notes.append("/etc/apache2 byte-identical to what benchmarks/compare found.")
     versions = collect_versions(repo=REPO, vend_python=REPO / ".venv" / "bin" / "python")
     info = RunInfo(
         started=started_wall.isoformat(),
@@ -253,7 +296,10 @@ def main(argv: list[str]) -> int:
         notes=notes,
     )
     stem = results_stem(started_wall.date().isoformat(), quick=options.quick, partial=info.partial)
-    written = write_results(options.results_dir, stem, info, measurements)
+    results_dir = options.results_dir or (
+        DRAFT_RESULTS_DIR if options.quick or info.partial else RESULTS_DIR
+    )
+    written = write_results(results_dir, stem, info, measurements)
     print(written[0].read_text())
     _say("wrote " + ", ".join(str(path) for path in written))
     return 0

@@ -2,10 +2,11 @@
 
 ``serve(settings)`` starts uvicorn with ``app.server.protocol.VendHttpToolsProtocol`` (httptools
 plus zero-copy send), uvloop where installed, vend's own access log instead of uvicorn's,
-no ``Server`` header, and X-Forwarded-For trusted only from ``trusted_proxies``. With
-``workers > 1`` this process binds the listening socket and vend's supervisor
-(``app.server.workers``) runs that many worker processes on it, each a
-``uvicorn.Server``.
+no ``Server`` header, and X-Forwarded-For trusted only from ``trusted_proxies``
+(``app.server.forwarded``). It listens on ``host:port``, or on the Unix socket named by
+``unix_socket`` (``app.server.listen``). With ``workers > 1`` this process binds the
+listening socket and vend's supervisor (``app.server.workers``) runs that many worker
+processes on it, each a ``uvicorn.Server``.
 
 Settings reach the application (in each worker) two ways, both in the environment:
 ``VEND_RESOLVED_SETTINGS``, the settings the parent validated, and
@@ -27,15 +28,19 @@ import shutil
 import socket
 import tempfile
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any, Final
 
 import uvicorn
 
-from app.asgi import VendApp, create_app
+from app.asgi import create_app
 from app.ops.metrics import MULTIPROC_ENV
+from app.server.forwarded import ForwardedHeaders, ProxyTrust
+from app.server.listen import bind_unix_socket
 from app.server.protocol import VendHttpToolsProtocol
 from app.server.workers import STOP_MARGIN_S, Supervisor
 from app.settings import Settings, SettingsError, load_settings
+from app.types import ASGIApp
 
 SETTINGS_ENV: Final = "VEND_RESOLVED_SETTINGS"
 SOURCES_ENV: Final = "VEND_SETTINGS_SOURCES"
@@ -56,13 +61,13 @@ def _reader(sources: tuple[str | None, dict[str, Any]]) -> Callable[[], Settings
     return lambda: load_settings(config_file, **overrides)
 
 
-def app_from_environment() -> VendApp:
+def app_from_environment() -> ASGIApp:
     """uvicorn's application factory in each worker process.
 
     Returns:
         The application, built from its settings' sources when they load (a worker
         started after a reload sees the new settings), else from the settings ``serve``
-        validated.
+        validated; X-Forwarded-For is applied by ``app.server.forwarded``'s rule.
 
     Raises:
         KeyError: ``VEND_RESOLVED_SETTINGS`` is not set (not started by ``serve``).
@@ -77,7 +82,8 @@ def app_from_environment() -> VendApp:
             log.error("settings refused, keeping the last valid ones: %s", exc)
     VendHttpToolsProtocol.send_timeout_s = settings.timeouts.send_s
     VendHttpToolsProtocol.request_head_s = settings.timeouts.request_head_s
-    return create_app(settings, reload_settings)
+    trust = ProxyTrust(settings.trusted_proxies, unix_listener=bool(settings.unix_socket))
+    return ForwardedHeaders(create_app(settings, reload_settings), trust)
 
 
 def worker_config() -> uvicorn.Config:
@@ -120,12 +126,31 @@ def uvicorn_config(
         lifespan="on",
         access_log=False,
         server_header=False,
-        proxy_headers=bool(settings.trusted_proxies),
-        forwarded_allow_ips=settings.trusted_proxies,
+        # X-Forwarded-For is vend's own (app.server.forwarded): uvicorn's never trusts a
+        # peer on a Unix socket.
+        proxy_headers=False,
         timeout_keep_alive=max(1, round(settings.timeouts.keep_alive_s)),
         timeout_graceful_shutdown=max(1, round(settings.timeouts.graceful_shutdown_s)),
         log_level=settings.log_level,
     )
+
+
+def listening_socket(settings: Settings) -> socket.socket | None:
+    """The Unix socket to serve on, when the ``unix_socket`` setting names one.
+
+    Args:
+        settings: validated settings.
+
+    Returns:
+        The bound, listening socket (mode 0660), or None to listen on ``host:port``
+        (uvicorn binds it).
+
+    Raises:
+        OSError: the path is in use, is not a socket, or cannot be bound.
+    """
+    if not settings.unix_socket:
+        return None
+    return bind_unix_socket(Path(settings.unix_socket))
 
 
 def serve(
@@ -153,9 +178,18 @@ def serve(
         # single server listens only once its application has started (uvicorn's order:
         # a client that can connect gets answered); a supervisor listens at once, so
         # connections queue while a worker starts or is replaced.
-        sockets = listening_sockets(config) if settings.workers > 1 else [config.bind_socket()]
+        unix = listening_socket(settings)
+        if unix is not None:
+            sockets = [unix]
+        elif settings.workers > 1:
+            sockets = listening_sockets(config)
+        else:
+            sockets = [config.bind_socket()]
     except SystemExit as exc:
         return exc.code if isinstance(exc.code, int) else 3
+    except OSError as exc:
+        log.error("cannot listen on %s: %s", settings.unix_socket, exc.strerror or exc)
+        return 3
     if on_listening is not None:
         on_listening()
     try:

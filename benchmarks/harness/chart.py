@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from harness.content import PROBE_SIZES
+from harness.content import LOAD_LABELS
 from harness.loads import LARGE_SIZE, Measurement, headline
 from harness.peers import PEERS
 
@@ -27,7 +27,7 @@ def render_chart(path: Path, title: str, measurements: list[Measurement]) -> Non
 
     panels = []
     for scheme, prefix in (("http", ""), ("https", "TLS ")):
-        for size, label, _ in PROBE_SIZES:
+        for size, label in LOAD_LABELS:
             rows = [
                 m
                 for m in measurements

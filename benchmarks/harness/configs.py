@@ -5,19 +5,25 @@ Nothing under /etc/nginx or /etc/apache2 is read or changed: each Apache is star
 ``LoadModule`` lines from Debian's module directory, and nginx with ``nginx -p <dir> -c
 <generated file>``. Only /etc/mime.types (and nginx's mime.types) are read, for
 Content-Type. Access logs are off in every peer so that no peer pays for logging that
-another skips (vend runs with its defaults; see benchmarks/README.md).
+another skips (vend runs with its defaults, which log nothing), except the "-log" peers,
+which write them to a file, and the production path, whose shipped vhost logs (so the
+TLS reference logs too). The production path's Apache loads ``apache/vend.conf`` itself,
+only its ``Define`` lines edited (``render_shipped_vhost``).
 """
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Final, Literal
 
 APACHE_MODULE_DIR: Final = Path("/usr/lib/apache2/modules")
 NGINX_MIME_TYPES: Final = Path("/etc/nginx/mime.types")
-# Apache event threads beyond one per client connection.
-EVENT_SPARE_THREADS: Final = 64
+# Apache event threads beyond one per client connection: a proxied TLS response holds its
+# thread while it waits for vend and while it writes, and an event process with no idle
+# thread closes keep-alive connections (wrk counts read errors; seen with 64 spare).
+EVENT_SPARE_THREADS: Final = 256
 # The unprivileged account Debian's web servers run as; the harness runs as root.
 RUN_USER: Final = "www-data"
 
@@ -37,7 +43,15 @@ class TlsFiles:
     key_path: Path
 
 
-def nginx_conf(*, prefix: Path, port: int, body: str, is_root: bool, connections: int) -> str:
+def nginx_conf(
+    *,
+    prefix: Path,
+    port: int,
+    body: str,
+    is_root: bool,
+    connections: int,
+    access_log: Path | None = None,
+) -> str:
     """Returns an nginx.conf for one worker on 127.0.0.1:port.
 
     Args:
@@ -46,10 +60,13 @@ def nginx_conf(*, prefix: Path, port: int, body: str, is_root: bool, connections
         body: the directives inside ``location / { }``.
         is_root: whether the harness runs as root (then workers run as ``RUN_USER``).
         connections: concurrent client connections the loads open.
+        access_log: write nginx's combined access log to this file (unbuffered, a write
+            per request, as vend's is a line per request), or no log.
 
     Returns:
         The configuration text.
     """
+    log = f"access_log {access_log} combined;" if access_log else "access_log off;"
     user = f"user {RUN_USER};\n" if is_root else ""
     temp = "\n".join(
         f"    {kind}_temp_path {prefix}/tmp/{kind};"
@@ -64,7 +81,7 @@ events {{ worker_connections {max(1024, connections * 2)}; }}
 http {{
     include {NGINX_MIME_TYPES};
     default_type application/octet-stream;
-    access_log off;
+    {log}
     sendfile on;
     tcp_nopush on;
     keepalive_timeout 65s;
@@ -129,6 +146,7 @@ def apache_conf(
     is_root: bool,
     connections: int,
     tls: TlsFiles | None = None,
+    vhost_tls: bool = False,
 ) -> str:
     """Returns a complete httpd.conf for one Apache on 127.0.0.1:port.
 
@@ -144,6 +162,8 @@ def apache_conf(
         connections: concurrent client connections the loads open; the MPM is sized so
             that all of them are served at once.
         tls: certificate and key to serve HTTPS; mod_ssl is loaded when given.
+        vhost_tls: load mod_ssl and its session cache for a ``body`` whose virtual host
+            sets up TLS itself (the shipped vhost).
 
     Returns:
         The configuration text.
@@ -153,7 +173,7 @@ def apache_conf(
         ("authz_core_module", "mod_authz_core.so"),
         ("mime_module", "mod_mime.so"),
     ]
-    if tls is not None:
+    if tls is not None or vhost_tls:
         base += [("socache_shmcb_module", "mod_socache_shmcb.so"), ("ssl_module", "mod_ssl.so")]
     loads = "\n".join(_load(module, filename) for module, filename in base + modules)
     user = f"User {RUN_USER}\nGroup {RUN_USER}\n" if is_root else ""
@@ -181,11 +201,12 @@ MinSpareServers 1
 MaxSpareServers {connections}
 MaxConnectionsPerChild 0"""
     tls_block = ""
+    if tls is not None or vhost_tls:
+        tls_block = f"SSLSessionCache shmcb:{server_root}/ssl_scache(512000)\n"
     if tls is not None:
-        tls_block = f"""SSLEngine on
+        tls_block += f"""SSLEngine on
 SSLCertificateFile {tls.cert_path}
 SSLCertificateKeyFile {tls.key_path}
-SSLSessionCache shmcb:{server_root}/ssl_scache(512000)
 """
     return f"""ServerRoot {server_root}
 {loads}
@@ -212,16 +233,24 @@ EnableMMAP On
 """
 
 
-def apache_static(root: Path) -> str:
+def apache_static(root: Path, *, access_log: Path | None = None) -> str:
     """Returns the body serving one directory as static files.
 
     Args:
         root: the directory.
+        access_log: write Apache's combined access log there (as the shipped vhost does
+            for the production path it is compared with), or no log.
 
     Returns:
         Apache directives.
     """
-    return f"""DocumentRoot {root}
+    log = ""
+    if access_log is not None:
+        log = (
+            'LogFormat "%h %l %u %t \\"%r\\" %>s %O \\"%{Referer}i\\" \\"%{User-Agent}i\\"" '
+            f"combined\nCustomLog {access_log} combined\n"
+        )
+    return f"""{log}DocumentRoot {root}
 <Directory {root}>
     Require all granted
 </Directory>"""
@@ -251,28 +280,87 @@ RewriteRule "^/?(.*)$" "/{script.name}" [L]
 </Files>"""
 
 
-def apache_reverse_proxy(backend_port: int) -> str:
-    """Returns the body proxying every path to a backend on 127.0.0.1, as production does.
+SHIPPED_VHOST: Final = Path(__file__).resolve().parents[2] / "apache" / "vend.conf"
+_DEFINE_LINE: Final = re.compile(r"^Define[ \t]+(\w+)[ \t]+(.*)$", re.MULTILINE)
+# What the shipped vhost needs, plus what Debian enables on every site of a stock host
+# and that touches each request (mod_deflate with its stock AddOutputFilterByType below).
+SHIPPED_VHOST_MODULES: Final = [
+    (f"{name}_module", f"mod_{name}.so")
+    for name in (
+        "authz_host",
+        "alias",
+        "env",
+        "headers",
+        "filter",
+        "deflate",
+        "rewrite",
+        "proxy",
+        "proxy_http",
+        "http2",
+    )
+]
+# As Debian's mods-available/deflate.conf; the shipped vhost keeps it off vend's bodies.
+DEBIAN_DEFLATE: Final = """AddOutputFilterByType DEFLATE text/html text/plain text/xml text/css
+AddOutputFilterByType DEFLATE text/javascript application/javascript application/json
+LogFormat "%h %l %u %t \\"%r\\" %>s %O \\"%{Referer}i\\" \\"%{User-Agent}i\\"" combined"""
 
-    The RewriteRule, ProxyIOBufferSize and the pooled connections' ttl (4 s, below vend's
-    5 s keep-alive timeout) are the production ones (apache/vend.conf). The ``<Proxy>`` section with ``ProxySet``
-    defines a worker for the backend URL, so the rule's requests reuse pooled keep-alive
-    connections instead of mod_proxy's default worker, which opens one per request.
+
+def render_shipped_vhost(defines: dict[str, str], *, vhost: Path = SHIPPED_VHOST) -> str:
+    """Returns the shipped vhost with the values of some ``Define`` lines replaced.
+
+    Nothing else of the file is changed: what the production-path peer measures is what
+    ships (apache/README.md tells operators to edit only these lines).
 
     Args:
-        backend_port: TCP port of the backend (vend) on 127.0.0.1.
+        defines: ``Define`` name -> new value (written as is).
+        vhost: the shipped file.
 
     Returns:
-        Apache directives.
+        The edited text.
+
+    Raises:
+        KeyError: a name has no ``Define`` line in the file, or more than one.
     """
-    backend = f"http://127.0.0.1:{backend_port}"
-    return f"""ProxyIOBufferSize 131072
-RewriteEngine On
-RewriteRule "^/?(.*)$" "{backend}/$1" [P]
-<Proxy "{backend}/">
-    ProxySet keepalive=On ttl=4
-    Require all granted
-</Proxy>"""
+    text = vhost.read_text()
+    found = [match.group(1) for match in _DEFINE_LINE.finditer(text)]
+    for name in defines:
+        if found.count(name) != 1:
+            raise KeyError(f"{name}: {found.count(name)} Define lines in {vhost}")
+
+    def replace(match: re.Match[str]) -> str:
+        name = match.group(1)
+        return f"Define {name} {defines[name]}" if name in defines else match.group(0)
+
+    return _DEFINE_LINE.sub(replace, text)
+
+
+def shipped_vhost_defines(
+    *, https_port: int, http_port: int, tls: TlsFiles, backend: str, log_dir: Path, acme: Path
+) -> dict[str, str]:
+    """Returns the benchmark's values for the shipped vhost's ``Define`` lines.
+
+    Args:
+        https_port: the TLS port on 127.0.0.1 the load goes to.
+        http_port: the port-80 vhost's port (redirects only; not loaded).
+        tls: the throw-away certificate and key.
+        backend: vend's URL, e.g. ``unix:/path/vend.sock|http://localhost``.
+        log_dir: where Apache's vend-access.log and vend-error.log go.
+        acme: an (empty) ACME webroot.
+
+    Returns:
+        Define name -> value.
+    """
+    return {
+        "VEND_SERVER_NAME": "localhost",
+        "VEND_SERVER_ALIAS": "127.0.0.1",
+        "VEND_HTTP_PORT": str(http_port),
+        "VEND_HTTPS_PORT": str(https_port),
+        "VEND_CERT_FILE": str(tls.cert_path),
+        "VEND_KEY_FILE": str(tls.key_path),
+        "VEND_ACME_WEBROOT": str(acme),
+        "VEND_BACKEND": backend,
+        "VEND_LOG_DIR": str(log_dir),
+    }
 
 
 def php_modules() -> list[tuple[str, str]]:
@@ -292,10 +380,3 @@ def php_modules() -> list[tuple[str, str]]:
         ("rewrite_module", "mod_rewrite.so"),
         ("env_module", "mod_env.so"),
     ]
-
-
-PROXY_MODULES: Final = [
-    ("rewrite_module", "mod_rewrite.so"),
-    ("proxy_module", "mod_proxy.so"),
-    ("proxy_http_module", "mod_proxy_http.so"),
-]

@@ -9,7 +9,10 @@ Layout under ``<work>/mounts``::
     server3/probe/100k.bin                so a federating server misses on the first two
     server3/probe/256m.bin
 
-The tree is built once and reused while the stamp file matches ``LAYOUT_VERSION``.
+The tree is built once and reused while the stamp file matches ``LAYOUT_VERSION``. The
+"4 KiB, 2,000 names" load asks for the small files at random (their paths are listed in
+``<work>/mounts/names-4k.txt``); they are spread over all three mounts, so only peers that
+search every mount serve it.
 """
 
 from __future__ import annotations
@@ -22,7 +25,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Final
 
-LAYOUT_VERSION: Final = "vend-bench-layout-1"
+LAYOUT_VERSION: Final = "vend-bench-layout-2"
 MOUNT_NAMES: Final = ("server1", "server2", "server3")
 SMALL_FILE_COUNT: Final = 2000
 SMALL_FILE_BYTES: Final = 4 * 1024
@@ -38,11 +41,14 @@ class Probe:
     """One file the loads request.
 
     Attributes:
-        key: short size label used on the command line and in tables ("4k", "100k", "256m").
-        label: the size as people write it ("4 KiB").
-        url_path: the request target, e.g. "/probe/4k.bin".
+        key: short load label used in tables and files ("4k", "4k-names", "100k", "256m").
+        label: the load as people write it ("4 KiB").
+        url_path: the request target, e.g. "/probe/4k.bin" (for a load over many names,
+            one of them, checked before the load).
         size_bytes: exact body length in bytes.
         sha256: hex digest of the body, to verify each peer's answer.
+        names_file: for a load over many names, the file listing their paths, one per
+            line, which wrk picks from at random; None for one URL.
     """
 
     key: str
@@ -50,6 +56,7 @@ class Probe:
     url_path: str
     size_bytes: int
     sha256: str
+    names_file: Path | None = None
 
 
 PROBE_SIZES: Final = (
@@ -57,6 +64,20 @@ PROBE_SIZES: Final = (
     ("100k", "100 KiB", MEDIUM_FILE_BYTES),
     ("256m", "256 MiB", LARGE_FILE_BYTES),
 )
+NAMES_KEY: Final = "4k-names"
+NAMES_LABEL: Final = f"4 KiB, {SMALL_FILE_COUNT:,} names at random"
+# Every load, in table order: (key, label).
+LOAD_LABELS: Final = (
+    ("4k", "4 KiB"),
+    (NAMES_KEY, NAMES_LABEL),
+    ("100k", "100 KiB"),
+    ("256m", "256 MiB"),
+)
+
+
+def small_file_path(index: int) -> str:
+    """Returns the request path of small file ``index`` (0 <= index < SMALL_FILE_COUNT)."""
+    return f"/docs/d{index % 10:02d}/s{index // 10 % 10:02d}/page-{index:04d}.html"
 
 
 def mount_dirs(work_dir: Path) -> list[Path]:
@@ -78,7 +99,7 @@ def build_tree(work_dir: Path) -> dict[str, Probe]:
         work_dir: the benchmark work directory; the tree goes to ``work_dir/mounts``.
 
     Returns:
-        The probes by key ("4k", "100k", "256m"), with their digests.
+        The probes by key ("4k", "4k-names", "100k", "256m"), with their digests.
 
     Raises:
         OSError: when the tree cannot be written (disk full, permissions).
@@ -90,17 +111,29 @@ def build_tree(work_dir: Path) -> dict[str, Probe]:
             shutil.rmtree(root)
         _write_tree(root)
         stamp.write_text(LAYOUT_VERSION)
-    return _describe_probes(root / MOUNT_NAMES[-1])
+    probes = _describe_probes(root / MOUNT_NAMES[-1])
+    # The names load is checked on a name the first mount does not have.
+    first = root / MOUNT_NAMES[1] / small_file_path(1).lstrip("/")
+    probes[NAMES_KEY] = Probe(
+        NAMES_KEY,
+        NAMES_LABEL,
+        small_file_path(1),
+        SMALL_FILE_BYTES,
+        hashlib.sha256(first.read_bytes()).hexdigest(),
+        names_file=root / "names-4k.txt",
+    )
+    return probes
 
 
 def _write_tree(root: Path) -> None:
     rng = random.Random(20240605)
     mounts = [root / name for name in MOUNT_NAMES]
     for index in range(SMALL_FILE_COUNT):
-        mount = mounts[index % len(mounts)]
-        path = mount / "docs" / f"d{index % 10:02d}" / f"s{index // 10 % 10:02d}"
-        path.mkdir(parents=True, exist_ok=True)
-        (path / f"page-{index:04d}.html").write_bytes(rng.randbytes(SMALL_FILE_BYTES))
+        path = mounts[index % len(mounts)] / small_file_path(index).lstrip("/")
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_bytes(rng.randbytes(SMALL_FILE_BYTES))
+    names = "".join(small_file_path(index) + "\n" for index in range(SMALL_FILE_COUNT))
+    (root / "names-4k.txt").write_text(names)
     for mount in mounts:
         (mount / "media").mkdir(parents=True, exist_ok=True)
         for index in range(MEDIUM_FILES_PER_MOUNT):

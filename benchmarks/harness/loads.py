@@ -6,7 +6,9 @@ from __future__ import annotations
 
 import statistics
 import subprocess
+import time
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Final
 
 from harness.content import Probe
@@ -16,7 +18,7 @@ from harness.procstat import (
     core_task_fraction,
     core_times,
 )
-from harness.wrk import WrkResult, run_wrk
+from harness.wrk import WrkResult, names_script, run_wrk
 
 GIB: Final = 2**30
 MIB: Final = 2**20
@@ -56,6 +58,8 @@ class RunSample:
         peak_pss_bytes: highest summed Pss of the server's processes seen meanwhile.
         server_core_tasks: fraction of the server core's time spent running tasks (user +
             system, of any process); what the server did not use of it, other processes did.
+        load_core_tasks: the same for the load generator's core.
+        harness_cpu_s: CPU seconds the harness itself (on the load core) used meanwhile.
     """
 
     wrk: WrkResult
@@ -63,6 +67,8 @@ class RunSample:
     peak_rss_bytes: int
     peak_pss_bytes: int
     server_core_tasks: float
+    load_core_tasks: float = 0.0
+    harness_cpu_s: float = 0.0
 
     @property
     def server_cpu_share(self) -> float:
@@ -78,6 +84,13 @@ class RunSample:
     def others_share(self) -> float:
         """Share of the server core that other processes ran on (should be near 0)."""
         return max(self.server_core_tasks - self.server_cpu_share, 0.0)
+
+    @property
+    def load_others_share(self) -> float:
+        """Share of the load generator's core that processes other than wrk and the
+        harness ran on (should be near 0)."""
+        own = (self.wrk.cpu_s + self.harness_cpu_s) / self.wrk.duration_s
+        return max(self.load_core_tasks - own, 0.0)
 
     @property
     def cpu_us_per_request(self) -> float | None:
@@ -167,22 +180,35 @@ class Measurement:
         return self._median([s.others_share for s in self.samples])
 
     @property
+    def load_others_share(self) -> float | None:
+        """Median share of the load core used by processes other than wrk and the harness."""
+        return self._median([s.load_others_share for s in self.samples])
+
+    @property
     def wrk_errors(self) -> int:
         """Errors wrk counted over all runs (non-2xx/3xx, socket errors, timeouts)."""
         return sum(s.wrk.error_count for s in self.samples)
 
 
 def measure(
-    *, peer: str, probe: Probe, url: str, servers: list[ServerProcess], plan: LoadPlan
+    *,
+    peer: str,
+    probe: Probe,
+    url: str,
+    servers: list[ServerProcess],
+    plan: LoadPlan,
+    script_dir: Path,
 ) -> Measurement:
-    """Warms a peer up on one URL, then measures it ``plan.runs`` times.
+    """Warms a peer up on one URL (or its probe's names), then measures it ``plan.runs`` times.
 
     Args:
         peer: the peer's name.
-        probe: the probe behind ``url``.
+        probe: the probe behind ``url``; with ``names_file``, each request asks for one of
+            those names at random instead.
         url: full URL on 127.0.0.1.
         servers: the processes whose CPU and memory count as the server's.
         plan: runs, durations, connections and load core.
+        script_dir: where the wrk script for a names load is written.
 
     Returns:
         The measurement; wrk failures are recorded in ``error``, not raised.
@@ -193,17 +219,30 @@ def measure(
     def cpu_s() -> float:
         return sum(server.read_cpu_s() for server in servers)
 
+    names = (names_script(script_dir), probe.names_file) if probe.names_file else None
     try:
         if plan.warmup_s > 0:
-            run_wrk(url, connections=plan.connections, duration_s=plan.warmup_s, cpu=plan.load_cpu)
+            run_wrk(
+                url,
+                connections=plan.connections,
+                duration_s=plan.warmup_s,
+                cpu=plan.load_cpu,
+                names=names,
+            )
         for _ in range(plan.runs):
-            cores = [plan.server_cpu]
+            cores = [plan.server_cpu, plan.load_cpu]
             with MemorySampler(pgids) as memory:
                 before, cores_before = cpu_s(), core_times(cores)
+                own_before = time.process_time()
                 wrk = run_wrk(
-                    url, connections=plan.connections, duration_s=plan.duration_s, cpu=plan.load_cpu
+                    url,
+                    connections=plan.connections,
+                    duration_s=plan.duration_s,
+                    cpu=plan.load_cpu,
+                    names=names,
                 )
                 after, cores_after = cpu_s(), core_times(cores)
+                own_after = time.process_time()
             result.samples.append(
                 RunSample(
                     wrk=wrk,
@@ -213,6 +252,10 @@ def measure(
                     server_core_tasks=core_task_fraction(
                         cores_before[plan.server_cpu], cores_after[plan.server_cpu]
                     ),
+                    load_core_tasks=core_task_fraction(
+                        cores_before[plan.load_cpu], cores_after[plan.load_cpu]
+                    ),
+                    harness_cpu_s=own_after - own_before,
                 )
             )
     except (RuntimeError, OSError, subprocess.TimeoutExpired) as error:

@@ -1,97 +1,37 @@
 """The servers compared, and how each is started on loopback with its own configuration.
 
-Each ``Peer`` has a short ``name`` (what ``--only`` takes), a table label, the probe sizes
-it is loaded with, and a ``start`` function that writes its configuration under
-``<work>/run/<name>/``, starts its processes pinned to the server core, waits until the
-port accepts connections and returns a ``Running`` peer. The production-path peers
+Each ``Peer`` has a short ``name`` (what ``--only`` takes), a table label, the loads it
+gets, and a ``start`` function (built on ``harness.launch``) that writes its configuration
+under ``<work>/run/<name>/``, starts its processes pinned to the server core, waits until
+the port accepts connections and returns a ``Running`` peer. The production-path peers
 ("tls-*") are reached over HTTPS.
 """
 
 from __future__ import annotations
 
-import json
-import os
-import pwd
 from collections.abc import Callable
-from dataclasses import dataclass, field
-from pathlib import Path
+from dataclasses import dataclass
 from typing import Final, Literal
 
 from harness import configs
-from harness.cgroups import CpuCgroups
-from harness.processes import (
-    Registry,
-    ServerProcess,
-    free_port,
-    start_server,
-    stop_server,
-    wait_for_port,
-    wait_for_settled_group,
+from harness.launch import (
+    PEERS_DIR,
+    Context,
+    Running,
+    launch,
+    python_env,
+    start_apache,
+    start_nginx,
+    start_vend_process,
+    uvicorn_argv,
 )
+from harness.processes import free_port, stop_server
+
+__all__ = ["PEERS", "Context", "Peer", "Running"]
 
 ALL_SIZES: Final = ("4k", "100k", "256m")
-PEERS_DIR: Final = Path(__file__).resolve().parent.parent / "peers"
-
-
-@dataclass(frozen=True)
-class Context:
-    """What every peer's start function needs.
-
-    Attributes:
-        repo: the vend checkout (holds .venv/bin/vend).
-        work_dir: benchmarks/work (run files and logs go to ``work_dir/run``).
-        mounts: the three mount directories, in search order.
-        bench_python: the Python of the benchmark venv (peers' packages).
-        registry: where started process groups are recorded.
-        server_cpu: the core servers are pinned to.
-        connections: concurrent connections the loads open (servers are sized for them).
-        cgroups: makes the control group each server's CPU time is counted in.
-        tls: certificate and key for the HTTPS peers, or None when none is needed.
-    """
-
-    repo: Path
-    work_dir: Path
-    mounts: list[Path]
-    bench_python: Path
-    registry: Registry
-    server_cpu: int
-    connections: int
-    cgroups: CpuCgroups
-    tls: configs.TlsFiles | None = None
-
-    @property
-    def is_root(self) -> bool:
-        """Whether the harness runs as root (servers then drop to www-data)."""
-        return os.geteuid() == 0
-
-    @property
-    def vend_bin(self) -> Path:
-        """The vend console script of the checkout's .venv."""
-        return self.repo / ".venv" / "bin" / "vend"
-
-    def run_dir(self, name: str) -> Path:
-        """Returns (creating it) the directory for one peer's config, pid and logs."""
-        path = self.work_dir / "run" / name
-        path.mkdir(parents=True, exist_ok=True)
-        return path
-
-    def bench_bin(self, script: str) -> str:
-        """Returns the path of a console script in the benchmark venv."""
-        return str(self.bench_python.parent / script)
-
-
-@dataclass
-class Running:
-    """A started peer.
-
-    Attributes:
-        port: the TCP port on 127.0.0.1 the load is sent to.
-        servers: every process group the peer consists of (Apache and vend for the
-            production path); CPU and memory are summed over all of them.
-    """
-
-    port: int
-    servers: list[ServerProcess] = field(default_factory=list)
+# Peers whose rows the issue's targets read also get the load over 2,000 names.
+WITH_NAMES: Final = ("4k", "4k-names", "100k", "256m")
 
 
 @dataclass(frozen=True)
@@ -119,125 +59,43 @@ class Peer:
     federates: bool = True
 
 
-def _launch(
-    ctx: Context,
-    name: str,
-    argv: list[str],
-    port: int,
-    *,
-    env: dict[str, str] | None = None,
-    cwd: Path | None = None,
-) -> ServerProcess:
-    server = start_server(
-        name,
-        argv,
-        cpu=ctx.server_cpu,
-        log_path=ctx.run_dir(name) / "out.log",
-        registry=ctx.registry,
-        env=env,
-        cwd=cwd,
-        cgroup=ctx.cgroups.create(name),
-    )
-    try:
-        wait_for_port(port, server)
-    except BaseException:
-        # The caller only learns of the server through the return value.
-        stop_server(server, ctx.registry)
-        raise
-    wait_for_settled_group([server.pgid])
-    return server
-
-
-def _start_nginx(ctx: Context, name: str, body: str) -> Running:
-    port = free_port()
-    prefix = ctx.run_dir(name)
-    (prefix / "tmp").mkdir(exist_ok=True)
-    conf = prefix / "nginx.conf"
-    (prefix / "error.log").unlink(missing_ok=True)
-    conf.write_text(
-        configs.nginx_conf(
-            prefix=prefix, port=port, body=body, is_root=ctx.is_root, connections=ctx.connections
-        )
-    )
-    argv = ["nginx", "-p", f"{prefix}/", "-c", str(conf), "-e", str(prefix / "error.log")]
-    return Running(port, [_launch(ctx, name, argv, port)])
-
-
-def _start_apache(
-    ctx: Context,
-    name: str,
-    *,
-    mpm: configs.ApacheMpm,
-    body: str,
-    modules: list[tuple[str, str]],
-    port: int | None = None,
-    tls: bool = False,
-) -> ServerProcess:
-    port = port or free_port()
-    root = ctx.run_dir(name)
-    if ctx.is_root:
-        # Children run as www-data and must be able to write the TLS session cache.
-        os.chown(root, *_www_data_ids())
-    conf = root / "httpd.conf"
-    (root / "error.log").unlink(missing_ok=True)
-    conf.write_text(
-        configs.apache_conf(
-            server_root=root,
-            port=port,
-            mpm=mpm,
-            modules=modules,
-            body=body,
-            is_root=ctx.is_root,
-            connections=ctx.connections,
-            tls=ctx.tls if tls else None,
-        )
-    )
-    return _launch(ctx, name, ["apache2", "-f", str(conf), "-DFOREGROUND"], port)
-
-
-def _www_data_ids() -> tuple[int, int]:
-    entry = pwd.getpwnam(configs.RUN_USER)
-    return entry.pw_uid, entry.pw_gid
-
-
-def _python_env(ctx: Context) -> dict[str, str]:
-    env = {key: value for key, value in os.environ.items() if not key.startswith("VEND_")}
-    env["BENCH_MOUNTS"] = ":".join(str(mount) for mount in ctx.mounts)
-    return env
-
-
-def _uvicorn_argv(ctx: Context, target: str, port: int) -> list[str]:
-    return [
-        ctx.bench_bin("uvicorn"),
-        target,
-        "--host",
-        "127.0.0.1",
-        "--port",
-        str(port),
-        "--loop",
-        "uvloop",
-        "--http",
-        "httptools",
-        "--no-access-log",
-        "--log-level",
-        "warning",
-    ]
-
-
 def start_nginx_one_root(ctx: Context) -> Running:
     """Starts nginx serving the last mount. Returns: the running peer."""
-    return _start_nginx(ctx, "nginx", configs.nginx_one_root(ctx.mounts[-1]))
+    return start_nginx(ctx, "nginx", configs.nginx_one_root(ctx.mounts[-1]))
 
 
 def start_nginx_try_files(ctx: Context) -> Running:
     """Starts nginx with ``try_files`` over the three mounts. Returns: the running peer."""
-    return _start_nginx(ctx, "nginx-try-files", configs.nginx_try_files(ctx.mounts))
+    return start_nginx(ctx, "nginx-try-files", configs.nginx_try_files(ctx.mounts))
+
+
+def start_nginx_try_files_log(ctx: Context) -> Running:
+    """Starts nginx with ``try_files`` and its access log on, written to a file.
+
+    Returns:
+        The running peer.
+    """
+    body = configs.nginx_try_files(ctx.mounts)
+    return start_nginx(ctx, "nginx-try-files-log", body, access_log=True)
+
+
+def start_bare_httptools(ctx: Context) -> Running:
+    """Starts peers/bare_httptools.py answering from memory: the ceiling.
+
+    Returns:
+        The running peer.
+    """
+    port = free_port()
+    argv = [str(ctx.bench_python), str(PEERS_DIR / "bare_httptools.py"), "--port", str(port)]
+    for mount in ctx.mounts:
+        argv += ["--root", str(mount)]
+    return Running(port, [launch(ctx, "bare-httptools", argv, port, env=python_env(ctx))])
 
 
 def start_apache_event(ctx: Context) -> Running:
     """Starts Apache (event MPM) serving the last mount. Returns: the running peer."""
     port = free_port()
-    server = _start_apache(
+    server = start_apache(
         ctx,
         "apache-event",
         mpm="event",
@@ -256,7 +114,7 @@ def start_apache_php(ctx: Context) -> Running:
     """
     port = free_port()
     body = configs.apache_mod_php(PEERS_DIR / "legacy.php", ctx.mounts)
-    server = _start_apache(
+    server = start_apache(
         ctx, "apache-php", mpm="prefork", port=port, modules=configs.php_modules(), body=body
     )
     return Running(port, [server])
@@ -284,7 +142,7 @@ def start_granian(ctx: Context) -> Running:
         "warning",
         "starlette_fileresponse:app",
     ]
-    server = _launch(ctx, "granian", argv, port, env=_python_env(ctx), cwd=PEERS_DIR)
+    server = launch(ctx, "granian", argv, port, env=python_env(ctx), cwd=PEERS_DIR)
     return Running(port, [server])
 
 
@@ -299,7 +157,7 @@ def start_aiohttp(ctx: Context) -> Running:
         "--root",
         str(ctx.mounts[-1]),
     ]
-    return Running(port, [_launch(ctx, "aiohttp", argv, port, env=_python_env(ctx))])
+    return Running(port, [launch(ctx, "aiohttp", argv, port, env=python_env(ctx))])
 
 
 def start_starlette_static(ctx: Context) -> Running:
@@ -309,27 +167,17 @@ def start_starlette_static(ctx: Context) -> Running:
         The running peer.
     """
     port = free_port()
-    argv = _uvicorn_argv(ctx, "starlette_static:app", port)
-    server = _launch(ctx, "starlette-static", argv, port, env=_python_env(ctx), cwd=PEERS_DIR)
+    argv = uvicorn_argv(ctx, "starlette_static:app", port)
+    server = launch(ctx, "starlette-static", argv, port, env=python_env(ctx), cwd=PEERS_DIR)
     return Running(port, [server])
 
 
 def start_starlette_memory(ctx: Context) -> Running:
     """Starts uvicorn + Starlette answering 4 KiB from memory. Returns: the running peer."""
     port = free_port()
-    argv = _uvicorn_argv(ctx, "starlette_memory:app", port)
-    server = _launch(ctx, "starlette-memory", argv, port, env=_python_env(ctx), cwd=PEERS_DIR)
+    argv = uvicorn_argv(ctx, "starlette_memory:app", port)
+    server = launch(ctx, "starlette-memory", argv, port, env=python_env(ctx), cwd=PEERS_DIR)
     return Running(port, [server])
-
-
-def _start_vend_process(ctx: Context, name: str) -> tuple[int, ServerProcess]:
-    if not ctx.vend_bin.is_file():
-        raise RuntimeError(f"{ctx.vend_bin} is missing: install vend into the checkout's .venv")
-    port = free_port()
-    env = {key: value for key, value in os.environ.items() if not key.startswith("VEND_")}
-    env["VEND_MOUNTS"] = json.dumps([str(mount) for mount in ctx.mounts])
-    argv = [str(ctx.vend_bin), "serve", "--port", str(port)]
-    return port, _launch(ctx, name, argv, port, env=env, cwd=ctx.run_dir(name))
 
 
 def start_vend(ctx: Context) -> Running:
@@ -341,46 +189,79 @@ def start_vend(ctx: Context) -> Running:
     Raises:
         RuntimeError: if the checkout has no .venv/bin/vend or it does not start.
     """
-    port, server = _start_vend_process(ctx, "vend")
+    port, server, _ = start_vend_process(ctx, "vend")
+    return Running(port, [server])
+
+
+def start_vend_log(ctx: Context) -> Running:
+    """Starts ``vend serve`` as ``start_vend`` does, with its access log written to a file.
+
+    Returns:
+        The running peer.
+    """
+    log = ctx.run_dir("vend-log") / "access.log"
+    log.unlink(missing_ok=True)
+    port, server, _ = start_vend_process(ctx, "vend-log", settings={"VEND_ACCESS_LOG": str(log)})
     return Running(port, [server])
 
 
 def start_tls_apache_static(ctx: Context) -> Running:
     """Starts Apache (event, TLS) serving the last mount itself. Returns: the running peer."""
     port = free_port()
-    server = _start_apache(
+    root = ctx.run_dir("tls-apache-static")
+    (root / "access.log").unlink(missing_ok=True)
+    server = start_apache(
         ctx,
         "tls-apache-static",
         mpm="event",
         port=port,
         modules=[],
-        body=configs.apache_static(ctx.mounts[-1]),
+        body=configs.apache_static(ctx.mounts[-1], access_log=root / "access.log"),
         tls=True,
     )
     return Running(port, [server])
 
 
 def start_tls_apache_vend(ctx: Context) -> Running:
-    """Starts vend, then Apache (event, TLS) proxying every path to it: the production path.
+    """Starts vend on its Unix socket, then Apache (event) with the shipped apache/vend.conf,
+    only its ``Define`` lines edited: the production path.
 
     Both share the server core, as they would share a host.
 
     Returns:
-        The running peer (Apache's port; both process groups).
+        The running peer (Apache's HTTPS port; both process groups).
+
+    Raises:
+        RuntimeError: vend or Apache did not start.
     """
-    vend_port, vend = _start_vend_process(ctx, "tls-vend")
+    if ctx.tls is None:
+        raise RuntimeError("no TLS certificate was made for the production path")
+    _, vend, sock = start_vend_process(ctx, "tls-vend", unix_socket=True)
     running = Running(0, [vend])
     try:
         port = free_port()
+        root = ctx.run_dir("tls-apache-vend")
+        (root / "acme").mkdir(exist_ok=True)
+        for log in ("vend-access.log", "vend-error.log"):
+            (root / log).unlink(missing_ok=True)
+        defines = configs.shipped_vhost_defines(
+            https_port=port,
+            http_port=free_port(),
+            tls=ctx.tls,
+            backend=f"unix:{sock}|http://localhost",
+            log_dir=root,
+            acme=root / "acme",
+        )
+        (root / "vend.conf").write_text(configs.render_shipped_vhost(defines))
         running.servers.append(
-            _start_apache(
+            start_apache(
                 ctx,
                 "tls-apache-vend",
                 mpm="event",
                 port=port,
-                modules=configs.PROXY_MODULES,
-                body=configs.apache_reverse_proxy(vend_port),
-                tls=True,
+                modules=configs.SHIPPED_VHOST_MODULES,
+                body=f"{configs.DEBIAN_DEFLATE}\nInclude {root / 'vend.conf'}",
+                vhost_tls=True,
             )
         )
         running.port = port
@@ -395,7 +276,24 @@ PEERS: Final = {
     peer.name: peer
     for peer in [
         Peer("nginx", "nginx, one root, sendfile", start_nginx_one_root, federates=False),
-        Peer("nginx-try-files", "nginx, try_files over three roots", start_nginx_try_files),
+        Peer(
+            "nginx-try-files",
+            "nginx, try_files over three roots",
+            start_nginx_try_files,
+            sizes=WITH_NAMES,
+        ),
+        Peer(
+            "nginx-try-files-log",
+            "nginx, try_files, access log to a file",
+            start_nginx_try_files_log,
+            sizes=("4k",),
+        ),
+        Peer(
+            "bare-httptools",
+            "bare httptools + uvloop, prebuilt responses from a dict (the ceiling)",
+            start_bare_httptools,
+            sizes=("4k", "4k-names"),
+        ),
         Peer("apache-event", "Apache event, static", start_apache_event, federates=False),
         Peer(
             "apache-php",
@@ -412,7 +310,13 @@ PEERS: Final = {
             sizes=("4k",),
             serves_probe_bytes=False,
         ),
-        Peer("vend", "vend serve (one worker)", start_vend),
+        Peer("vend", "vend serve (one worker)", start_vend, sizes=WITH_NAMES),
+        Peer(
+            "vend-log",
+            "vend serve, access log to a file",
+            start_vend_log,
+            sizes=("4k",),
+        ),
         Peer(
             "tls-apache-static",
             "Apache TLS serving the file itself",
@@ -422,7 +326,7 @@ PEERS: Final = {
         ),
         Peer(
             "tls-apache-vend",
-            "Apache TLS -> vend (production path)",
+            "Apache TLS, shipped vend.conf -> vend's Unix socket (production path)",
             start_tls_apache_vend,
             scheme="https",
         ),

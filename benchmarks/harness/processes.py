@@ -209,6 +209,34 @@ def wait_for_port(port: int, server: ServerProcess, *, timeout_s: float = 30.0) 
     )
 
 
+def wait_for_unix_socket(path: Path, server: ServerProcess, *, timeout_s: float = 30.0) -> None:
+    """Waits until a Unix socket accepts connections.
+
+    Args:
+        path: the socket file.
+        server: the process expected to listen; its early exit ends the wait.
+        timeout_s: upper bound on the wait, in seconds.
+
+    Raises:
+        RuntimeError: if the server exits first or the socket stays closed for ``timeout_s``.
+    """
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if server.popen.poll() is not None:
+            raise RuntimeError(
+                f"{server.name} exited with {server.popen.returncode}: {log_tail(server.log_path)}"
+            )
+        with contextlib.suppress(OSError), socket.socket(socket.AF_UNIX) as probe:
+            probe.settimeout(0.5)
+            probe.connect(str(path))
+            return
+        time.sleep(0.1)
+    raise RuntimeError(
+        f"{server.name} did not listen on {path} within {timeout_s:.0f} s: "
+        f"{log_tail(server.log_path)}"
+    )
+
+
 def wait_for_settled_group(
     pgids: list[int], *, stable_s: float = 1.0, timeout_s: float = 30.0
 ) -> int:

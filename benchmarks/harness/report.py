@@ -1,9 +1,10 @@
 """Writes a run's results: a markdown table, the raw wrk output, a JSON dump and a chart.
 
 Files, for a run started on YYYY-MM-DD (``-quick`` and ``-partial`` are added to the stem
-for ``--quick`` runs and ``--only`` runs)::
+for ``--quick`` runs and ``--only`` runs, whose files go to ``results/draft/``, which git
+ignores)::
 
-    results/YYYY-MM-DD.md         the tables, the versions, the targets of issue 5
+    results/YYYY-MM-DD.md         the tables, the versions, the targets of issue 10
     results/YYYY-MM-DD-wrk.txt    every wrk report, in run order
     results/YYYY-MM-DD.json       every number, per run, for machines
     results/YYYY-MM-DD.png        bar chart of the headline numbers
@@ -12,20 +13,17 @@ for ``--quick`` runs and ``--only`` runs)::
 from __future__ import annotations
 
 import json
-from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Final
 
 from harness.chart import render_chart
-from harness.content import PROBE_SIZES
+from harness.content import LOAD_LABELS
 from harness.loads import LARGE_SIZE, LoadPlan, Measurement, headline
 from harness.peers import LEGACY_REFERENCE, NGINX_REFERENCE, PEERS, TLS_REFERENCE
+from harness.targets import by_peer_size, contention_notes, targets_section
 
-# Loads during which other processes ran on the server core for at least this share of
-# it are named in the notes, and ratios using them are marked.
-CONTENDED_SHARE: Final = 0.2
-SIZE_LABELS: Final = {key: label for key, label, _ in PROBE_SIZES}
+SIZE_LABELS: Final = dict(LOAD_LABELS)
 
 
 @dataclass(frozen=True)
@@ -84,7 +82,7 @@ def _ratio(value: float | None, reference: float | None) -> str:
 
 
 def _busy(m: Measurement) -> str:
-    shares = (m.server_cpu_share, m.client_cpu_share, m.others_share)
+    shares = (m.server_cpu_share, m.client_cpu_share, m.others_share, m.load_others_share)
     if any(share is None for share in shares):
         return "-"
     return " / ".join(f"{(share or 0) * 100:.0f}" for share in shares)
@@ -104,7 +102,7 @@ def _size_table(
         "peak RSS MiB",
         "peak PSS MiB",
         *ratio_heads,
-        "CPU % server / wrk / others on core 0",
+        "CPU % server / wrk / others on core 0 / others on core 1",
         "wrk errors",
     ]
     lines = [
@@ -159,151 +157,19 @@ def _row_label(name: str) -> str:
     return label if peer.federates else f"{label} (last mount only)"
 
 
-def _by_peer_size(measurements: Iterable[Measurement]) -> dict[tuple[str, str], Measurement]:
-    return {(m.peer, m.probe.key): m for m in measurements}
-
-
 def _section(
     title: str, measurements: list[Measurement], reference_names: list[str], intro: str
 ) -> list[str]:
     if not measurements:
         return []
-    index = _by_peer_size(measurements)
+    index = by_peer_size(measurements)
     lines = [f"## {title}", "", intro, ""]
-    for size, _, _ in PROBE_SIZES:
+    for size, _ in LOAD_LABELS:
         rows = [m for m in measurements if m.probe.key == size]
         if rows:
             refs = [(name, index.get((name, size))) for name in reference_names]
             lines += _size_table(size, rows, refs)
     return lines
-
-
-@dataclass(frozen=True)
-class _Target:
-    label: str
-    peer: str
-    reference: str
-    size: str
-    passes: Callable[[float], bool]
-    metric: Callable[[Measurement], float | None] = headline
-
-
-_TARGETS: Final = [
-    *[
-        target
-        for size, label in (("4k", "4 KiB"), ("100k", "100 KiB"))
-        for target in (
-            _Target(
-                f"{label}: vend / mod_php >= 1.5 (aim 2.5)",
-                "vend",
-                LEGACY_REFERENCE,
-                size,
-                lambda r: r >= 1.5,
-            ),
-            _Target(
-                f"{label}: vend / Starlette StaticFiles >= 10",
-                "vend",
-                "starlette-static",
-                size,
-                lambda r: r >= 10,
-            ),
-            _Target(
-                f"{label}: vend / nginx try_files (aim about 0.4)",
-                "vend",
-                NGINX_REFERENCE,
-                size,
-                lambda r: r >= 0.4,
-            ),
-        )
-    ],
-    _Target(
-        "256 MiB: vend / nginx try_files MiB/s >= 0.9",
-        "vend",
-        NGINX_REFERENCE,
-        LARGE_SIZE,
-        lambda r: r >= 0.9,
-    ),
-    _Target(
-        "256 MiB: vend / nginx try_files CPU s per GiB <= 2",
-        "vend",
-        NGINX_REFERENCE,
-        LARGE_SIZE,
-        lambda r: r <= 2,
-        lambda m: m.cpu_s_per_gib,
-    ),
-    _Target(
-        "TLS 4 KiB: Apache->vend / Apache static (aim 0.5)",
-        "tls-apache-vend",
-        TLS_REFERENCE,
-        "4k",
-        lambda r: r >= 0.5,
-    ),
-    _Target(
-        "TLS 256 MiB: Apache->vend / Apache static (aim 0.8)",
-        "tls-apache-vend",
-        TLS_REFERENCE,
-        LARGE_SIZE,
-        lambda r: r >= 0.8,
-    ),
-]
-
-
-def _is_contended(m: Measurement) -> bool:
-    return (m.others_share or 0) >= CONTENDED_SHARE
-
-
-def _targets(measurements: list[Measurement]) -> list[str]:
-    """Issue 5's targets, checked against this run's ratios (vend rows only)."""
-    index = _by_peer_size(measurements)
-    rows = []
-    for target in _TARGETS:
-        a, b = index.get((target.peer, target.size)), index.get((target.reference, target.size))
-        if not (a and b and a.ok and b.ok):
-            continue
-        top, bottom = target.metric(a), target.metric(b)
-        if top is None or not bottom:
-            continue
-        value = top / bottom
-        verdict = "met" if target.passes(value) else "missed"
-        if _is_contended(a) or _is_contended(b):
-            verdict += " (contended run: see notes)"
-        rows.append(f"| {target.label} | {value:.2f} | {verdict} |")
-    vend_rss = [
-        m.peak_rss_mib
-        for (peer, _), m in index.items()
-        if peer == "vend" and m.ok and m.peak_rss_mib is not None
-    ]
-    if vend_rss:
-        worst = max(vend_rss)
-        rows.append(
-            f"| vend peak RSS <= 100 MiB (one worker) | {worst:.0f} MiB | "
-            f"{'met' if worst <= 100 else 'missed'} |"
-        )
-    if not rows:
-        return []
-    return [
-        "## Targets of issue 5 (ratios within this run)",
-        "",
-        "| target | measured | |",
-        "|---|---:|---|",
-        *rows,
-        "",
-    ]
-
-
-def _contention_notes(measurements: list[Measurement]) -> list[str]:
-    """Names the loads during which other processes took part of the server's core."""
-    flagged = [
-        f"{m.peer} {SIZE_LABELS[m.probe.key]} ({(m.others_share or 0) * 100:.0f}%)"
-        for m in measurements
-        if m.ok and _is_contended(m)
-    ]
-    if not flagged:
-        return []
-    return [
-        "Other processes ran on the server core during these loads (share of core 0 they "
-        "took); their numbers are low by up to that much: " + ", ".join(flagged) + "."
-    ]
 
 
 def render_markdown(info: RunInfo, measurements: list[Measurement]) -> str:
@@ -344,11 +210,13 @@ def render_markdown(info: RunInfo, measurements: list[Measurement]) -> str:
         "Production path (TLS)",
         tls,
         [TLS_REFERENCE],
-        "wrk -> Apache (TLS, event MPM) -> vend over HTTP, Apache and vend on the same "
-        "core; compared with Apache serving the file itself over TLS.",
+        "wrk -> Apache (TLS, event MPM) with the shipped apache/vend.conf (only its Define "
+        "lines edited; its access log on) -> vend over its Unix socket, Apache and vend on "
+        "the same core; compared with Apache serving the file itself over TLS, its access "
+        "log on too.",
     )
-    lines += _targets(measurements)
-    notes = [*info.notes, *_contention_notes(measurements)]
+    lines += targets_section(measurements)
+    notes = [*info.notes, *contention_notes(measurements)]
     if notes:
         lines += ["## Notes", "", *[f"- {note}" for note in notes], ""]
     lines += [
@@ -433,6 +301,8 @@ def render_json(info: RunInfo, measurements: list[Measurement]) -> str:
                         "peak_pss_bytes": s.peak_pss_bytes,
                         "wrk_cpu_s": round(s.wrk.cpu_s, 3),
                         "server_core_tasks": round(s.server_core_tasks, 3),
+                        "load_core_tasks": round(s.load_core_tasks, 3),
+                        "harness_cpu_s": round(s.harness_cpu_s, 3),
                     }
                     for s in m.samples
                 ],

@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Final
 
 SUMMARY_SCRIPT: Final = Path(__file__).with_name("wrk_summary.lua")
+NAMES_SCRIPT: Final = Path(__file__).with_name("wrk_names.lua")
 SUMMARY_MARKER: Final = "WRK_SUMMARY "
 # A 256 MiB response shared among many connections takes seconds; wrk's default 2 s
 # would count each one as a timeout.
@@ -67,7 +68,28 @@ class WrkResult:
         return sum(self.errors.values())
 
 
-def run_wrk(url: str, *, connections: int, duration_s: float, cpu: int) -> WrkResult:
+def names_script(directory: Path) -> Path:
+    """Writes the script for loads over many names: wrk_names.lua plus the summary hook.
+
+    Args:
+        directory: where the combined script goes.
+
+    Returns:
+        Its path.
+    """
+    script = directory / "wrk-names.lua"
+    script.write_text(NAMES_SCRIPT.read_text() + "\n" + SUMMARY_SCRIPT.read_text())
+    return script
+
+
+def run_wrk(
+    url: str,
+    *,
+    connections: int,
+    duration_s: float,
+    cpu: int,
+    names: tuple[Path, Path] | None = None,
+) -> WrkResult:
     """Runs one wrk load and returns its totals.
 
     Args:
@@ -75,6 +97,8 @@ def run_wrk(url: str, *, connections: int, duration_s: float, cpu: int) -> WrkRe
         connections: concurrent keep-alive connections.
         duration_s: load duration in seconds (whole seconds are passed to wrk).
         cpu: the core wrk is pinned to.
+        names: (script from ``names_script``, file of paths) to ask for a path picked at
+            random on each request instead of ``url``'s; None for ``url`` only.
 
     Returns:
         The run's totals.
@@ -94,9 +118,11 @@ def run_wrk(url: str, *, connections: int, duration_s: float, cpu: int) -> WrkRe
         "--latency",
         f"--timeout={RESPONSE_TIMEOUT_S}s",
         "-s",
-        str(SUMMARY_SCRIPT),
+        str(names[0] if names else SUMMARY_SCRIPT),
         url,
     ]
+    if names:
+        argv += ["--", str(names[1])]
     # wrk is the only child reaped meanwhile (servers are reaped when stopped), so the
     # change in the children's resource usage is wrk's CPU time.
     before = resource.getrusage(resource.RUSAGE_CHILDREN)

@@ -1,4 +1,5 @@
-"""vend as the tests run it behind Apache: ``vend serve`` subprocesses on loopback ports.
+"""vend as the tests run it behind Apache: ``vend serve`` subprocesses on loopback ports,
+or on a Unix socket (vend's ``unix_socket`` setting).
 
 Each process runs in its own process group, so ``Vend.stop`` can end it and anything it
 forked, and fixtures call it in ``finally`` even when a test fails.
@@ -12,6 +13,7 @@ import json
 import os
 import shutil
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -40,14 +42,50 @@ def vend_command() -> list[str]:
     return [sys.executable, "-c", "from app.cli import main; main()"]
 
 
-def get_status(port: int, path: str, *, timeout_s: float = 2.0) -> int:
+class UnixHTTPConnection(http.client.HTTPConnection):
+    """``http.client`` over a Unix-domain stream socket (what ``curl --unix-socket`` does).
+
+    Args:
+        path: the socket file.
+        timeout_s: connect and read timeout, in seconds.
+    """
+
+    def __init__(self, path: Path, *, timeout_s: float = 2.0) -> None:
+        super().__init__("localhost", timeout=timeout_s)
+        self.socket_path = path
+
+    def connect(self) -> None:
+        """Connect to the socket file instead of a TCP address."""
+        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        sock.settimeout(self.timeout)
+        try:
+            sock.connect(str(self.socket_path))
+        except BaseException:
+            sock.close()
+            raise
+        self.sock = sock
+
+
+def get_status(
+    port: int, path: str, *, timeout_s: float = 2.0, unix_socket: Path | None = None
+) -> int:
     """Return the status of ``GET path`` on ``127.0.0.1:port`` (plain HTTP/1.1).
+
+    Args:
+        port: the TCP port.
+        path: the request-target.
+        timeout_s: connect and read timeout, in seconds.
+        unix_socket: ask over this Unix socket instead of the port.
 
     Raises:
         OSError: the connection failed.
         http.client.HTTPException: the answer was not HTTP.
     """
-    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=timeout_s)
+    conn = (
+        UnixHTTPConnection(unix_socket, timeout_s=timeout_s)
+        if unix_socket is not None
+        else http.client.HTTPConnection("127.0.0.1", port, timeout=timeout_s)
+    )
     try:
         conn.request("GET", path, headers={"User-Agent": PROBE_USER_AGENT})
         response = conn.getresponse()
@@ -62,22 +100,27 @@ class Vend:
     """One ``vend serve`` process.
 
     Attributes:
-        port: its loopback TCP port.
+        port: its loopback TCP port (unused when it listens on ``unix_socket``).
         process: the process (leader of its own process group).
         access_log: the file its access log goes to.
         output: the file that holds its stdout and stderr.
+        unix_socket: the Unix socket it listens on instead, or None.
     """
 
     port: int
     process: subprocess.Popen[bytes]
     access_log: Path
     output: Path
+    unix_socket: Path | None = None
     _stopped: bool = field(default=False, repr=False)
 
     @property
     def address(self) -> str:
-        """``127.0.0.1:PORT``, as the vhost's ``VEND_BACKEND`` wants it."""
-        return f"127.0.0.1:{self.port}"
+        """vend's URL as the vhosts' ``VEND_BACKEND`` Defines want it:
+        ``http://127.0.0.1:PORT``, or ``unix:PATH|http://localhost``."""
+        if self.unix_socket is not None:
+            return f"unix:{self.unix_socket}|http://localhost"
+        return f"http://127.0.0.1:{self.port}"
 
     def access_lines(self) -> list[str]:
         """Return the access log's lines so far."""
@@ -105,6 +148,7 @@ def start_vend(
     port: int | None = None,
     trusted_proxies: Sequence[str] | None = None,
     drain_s: float | None = None,
+    unix_socket: Path | None = None,
     wait_healthy: bool = True,
     timeout_s: float = 20.0,
 ) -> Vend:
@@ -119,6 +163,7 @@ def start_vend(
         trusted_proxies: vend's ``trusted_proxies`` setting; vend's default when None.
         drain_s: vend's ``timeouts.drain_s`` (keep serving after SIGTERM, health 503,
             ``Connection: close``); vend's default when None.
+        unix_socket: listen on this Unix socket (vend's ``unix_socket``) instead of a port.
         wait_healthy: wait for 200 from ``/.well-known/vend/health``; when False, any
             HTTP answer will do (a vend whose mounts are all missing answers 503).
         timeout_s: seconds to wait for that answer.
@@ -141,6 +186,8 @@ def start_vend(
         env["VEND_TRUSTED_PROXIES"] = json.dumps(list(trusted_proxies))
     if drain_s is not None:
         env["VEND_TIMEOUTS__DRAIN_S"] = str(drain_s)
+    if unix_socket is not None:
+        env["VEND_UNIX_SOCKET"] = str(unix_socket)
     command = [*vend_command(), "serve", "--host", "127.0.0.1", "--port", str(port)]
     with open(output, "ab") as sink:
         process = subprocess.Popen(
@@ -151,14 +198,16 @@ def start_vend(
             stderr=sink,
             start_new_session=True,
         )
-    vend = Vend(port=port, process=process, access_log=access_log, output=output)
+    vend = Vend(
+        port=port, process=process, access_log=access_log, output=output, unix_socket=unix_socket
+    )
     deadline = time.monotonic() + timeout_s
     try:
         while True:
             if process.poll() is not None:
                 raise VendError(f"vend exited with {process.returncode}:\n{output.read_text()}")
             try:
-                status = get_status(port, "/.well-known/vend/health")
+                status = get_status(port, "/.well-known/vend/health", unix_socket=unix_socket)
                 if status == 200 or not wait_healthy:
                     return vend
             except (OSError, http.client.HTTPException):

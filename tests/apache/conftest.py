@@ -180,8 +180,9 @@ def vhost_defines(
     Args:
         pki: the certificate and key.
         content: for the ACME webroot.
-        backend: vend's ``host:port`` (VEND_BACKEND) for vend.conf.
-        backends: ``host:port`` of each member (VEND_BACKEND_1, _2, ...) for
+        backend: vend's URL (VEND_BACKEND) for vend.conf: ``http://127.0.0.1:PORT``, or
+            ``unix:/PATH|http://localhost`` for vend on a Unix socket.
+        backends: the URL of each member (VEND_BACKEND_1, _2, ...) for
             vend-balancer.conf; empty for vend.conf.
     """
     defines = {

@@ -1,7 +1,8 @@
 """Stand-in backends for what vend cannot be made to do on purpose: one that records the
 exact requests Apache sends it, and one that hangs up without answering.
 
-Both listen on a free loopback port in a thread and are closed by their fixtures.
+Both listen on a free loopback port (the recorder also on a Unix socket, as vend's
+``unix_socket`` does) in a thread and are closed by their fixtures.
 """
 
 from __future__ import annotations
@@ -11,6 +12,8 @@ import socket
 import threading
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+from socketserver import ThreadingUnixStreamServer
 
 from .httpd import free_port
 
@@ -43,19 +46,26 @@ class Recorder:
 
     Attributes:
         port: its loopback port.
+        unix_socket: listen on this Unix socket instead of the port (mode 0666).
         requests: what it received, in order.
-        connections: how many TCP connections it has accepted.
+        connections: how many connections it has accepted.
     """
 
     port: int
+    unix_socket: Path | None = None
     requests: list[RecordedRequest] = field(default_factory=list)
     connections: int = 0
-    _server: ThreadingHTTPServer | None = field(default=None, repr=False)
+    _server: ThreadingHTTPServer | ThreadingUnixStreamServer | None = field(
+        default=None, repr=False
+    )
 
     @property
     def address(self) -> str:
-        """``127.0.0.1:PORT``."""
-        return f"127.0.0.1:{self.port}"
+        """Its URL as the vhosts' ``VEND_BACKEND`` Defines want it:
+        ``http://127.0.0.1:PORT``, or ``unix:PATH|http://localhost``."""
+        if self.unix_socket is not None:
+            return f"unix:{self.unix_socket}|http://localhost"
+        return f"http://127.0.0.1:{self.port}"
 
     def start(self) -> Recorder:
         """Listen and serve in a daemon thread; returns self."""
@@ -83,7 +93,11 @@ class Recorder:
             def log_message(self, format: str, *args: object) -> None:
                 """Keep the test output quiet."""
 
-        self._server = ThreadingHTTPServer(("127.0.0.1", self.port), Handler)
+        if self.unix_socket is not None:
+            self._server = ThreadingUnixStreamServer(str(self.unix_socket), Handler)
+            self.unix_socket.chmod(0o666)  # Apache's children run as another user
+        else:
+            self._server = ThreadingHTTPServer(("127.0.0.1", self.port), Handler)
         self._server.daemon_threads = True
         threading.Thread(target=self._server.serve_forever, daemon=True).start()
         return self
@@ -112,8 +126,8 @@ class SilentBackend:
 
     @property
     def address(self) -> str:
-        """``127.0.0.1:PORT``."""
-        return f"127.0.0.1:{self.port}"
+        """``http://127.0.0.1:PORT``, as the vhosts' ``VEND_BACKEND`` Defines want it."""
+        return f"http://127.0.0.1:{self.port}"
 
     def _serve(self) -> None:
         while not self._closed.is_set():

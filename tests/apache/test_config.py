@@ -44,7 +44,11 @@ def _without_variant_parts(text: str) -> str:
     ("vhost", "modules", "backends"),
     [
         (SHIPPED_VHOST, BASE_MODULES, ()),
-        (SHIPPED_BALANCER_VHOST, BASE_MODULES + BALANCER_MODULES, ("127.0.0.1:1", "127.0.0.1:2")),
+        (
+            SHIPPED_BALANCER_VHOST,
+            BASE_MODULES + BALANCER_MODULES,
+            ("http://127.0.0.1:1", "unix:/run/vend/vend-2.sock|http://localhost"),
+        ),
     ],
     ids=["vend.conf", "vend-balancer.conf"],
 )
@@ -61,7 +65,10 @@ def test_configtest_passes(
     write_config(
         tmp_path,
         vhost=vhost,
-        defines=vhost_defines(pki, content, "127.0.0.1:8000", backends=backends),
+        # vend.conf's shipped backend: vend's Unix socket.
+        defines=vhost_defines(
+            pki, content, "unix:/run/vend/vend.sock|http://localhost", backends=backends
+        ),
         http_port=free_port(),
         https_port=free_port(),
         modules=modules,
@@ -81,7 +88,7 @@ def test_proxy_rule_has_the_documented_shape(vhost: Path) -> None:
     rules = [d for d in directives if d.startswith("RewriteRule") and d.endswith("[P]")]
     assert len(rules) == 1
     assert re.fullmatch(
-        r'RewriteRule "\^/\?\(\.\*\)\$" "(http://\$\{VEND_BACKEND\}|balancer://vend)/\$1" \[P\]',
+        r'RewriteRule "\^/\?\(\.\*\)\$" "(\$\{VEND_BACKEND\}|balancer://vend)/\$1" \[P\]',
         rules[0],
     ), rules[0]
     text = "\n".join(directives)

@@ -19,14 +19,18 @@ from .recorder import Recorder
 pytestmark = pytest.mark.apache
 
 
-@pytest.fixture(scope="module")
-def recorder() -> Iterator[Recorder]:
-    """A recording backend on a free loopback port."""
-    backend = Recorder(port=free_port()).start()
+@pytest.fixture(scope="module", params=["tcp", "unix"])
+def recorder(request: pytest.FixtureRequest, workdir: Path) -> Iterator[Recorder]:
+    """A recording backend on a free loopback port, or on a Unix socket as the shipped
+    vhost reaches vend: every test here runs over both."""
+    unix = workdir / f"recorder-{free_port()}.sock" if request.param == "unix" else None
+    backend = Recorder(port=free_port(), unix_socket=unix).start()
     try:
         yield backend
     finally:
         backend.close()
+        if unix is not None:
+            unix.unlink(missing_ok=True)
 
 
 @pytest.fixture(scope="module")
@@ -35,7 +39,7 @@ def recorded_front(
 ) -> Iterator[Apache]:
     """Apache with the shipped vend.conf in front of the recording backend."""
     apache = start_apache(
-        workdir / "apache-recorded",
+        workdir / f"apache-recorded-{free_port()}",
         vhost=SHIPPED_VHOST,
         defines=vhost_defines(pki, content, recorder.address),
     )

@@ -76,6 +76,8 @@ BAD = [
     ("bad-timeout", {"timeouts": {"fs_op_s": -1}}, "timeouts.fs_op_s"),
     ("proxy-not-an-address", {"trusted_proxies": ["notanip"]}, "trusted_proxies"),
     ("empty-mounts", {"mounts": []}, "mounts is empty"),
+    ("socket-relative", {"unix_socket": "vend.sock"}, "unix_socket"),
+    ("socket-too-long", {"unix_socket": "/" + "s" * 107}, "unix_socket"),
 ]
 
 
