@@ -33,13 +33,6 @@ def _escape(raw: bytes) -> str:
     return _UNSAFE.sub(lambda m: b"\\x%02x" % m.group()[0], raw).decode("ascii")
 
 
-def _header(scope: Scope, name: bytes) -> str:
-    for key, value in scope.get("headers", ()):
-        if key == name:
-            return _escape(value)
-    return "-"
-
-
 class AccessLog:
     """Writes access log lines to stdout or a file, or nowhere.
 
@@ -100,26 +93,68 @@ class AccessLog:
         """
         if not self.enabled:
             return
-        micros = int((time.perf_counter() - started) * 1_000_000)
         client = scope.get("client")
-        # The address may come from X-Forwarded-For: escaped like any other field.
-        host = _escape(str(client[0]).encode("utf-8", "surrogateescape")) if client else "-"
         target = scope.get("raw_path") or scope.get("path", "").encode()
         if scope.get("query_string"):
             target += b"?" + scope["query_string"]
-        request_line = (
-            f"{scope.get('method', '-')} {_escape(target)} HTTP/{scope.get('http_version', '1.1')}"
+        method = scope.get("method", "-").encode("ascii", "replace")
+        version = scope.get("http_version", "1.1").encode("ascii", "replace")
+        referer = user_agent = None
+        for key, value in scope.get("headers", ()):
+            if key == b"referer" and referer is None:
+                referer = value
+            elif key == b"user-agent" and user_agent is None:
+                user_agent = value
+        self.record_line(
+            str(client[0]) if client else None,
+            method + b" " + target + b" HTTP/" + version,
+            status,
+            body_bytes,
+            referer,
+            user_agent,
+            mount,
+            started,
         )
+
+    def record_line(
+        self,
+        client: str | None,
+        request_line: bytes | None,
+        status: int,
+        body_bytes: int,
+        referer: bytes | None,
+        user_agent: bytes | None,
+        mount: str | None,
+        started: float,
+    ) -> None:
+        """Write one line from its fields: what the server's hot path and refusals log.
+
+        Args:
+            client: the client address (after trusted X-Forwarded-For), or None.
+            request_line: method, target and version as received, or None when no
+                whole request line arrived (logged ``-``).
+            status: the status code sent.
+            body_bytes: body bytes sent.
+            referer: the Referer field, or None.
+            user_agent: the User-Agent field, or None.
+            mount: the name of the mount that served, or None.
+            started: ``time.perf_counter()`` when the request began, in seconds.
+        """
+        if not self.enabled:
+            return
+        micros = int((time.perf_counter() - started) * 1_000_000)
+        # The address may come from X-Forwarded-For: escaped like any other field.
+        host = _escape(client.encode("utf-8", "surrogateescape")) if client else "-"
         stamp = time.strftime("%d/%b/%Y:%H:%M:%S %z", time.localtime())
         self._logger.info(
             '%s - - [%s] "%s" %d %s "%s" "%s" %s %d',
             host,
             stamp,
-            request_line,
+            "-" if request_line is None else _escape(request_line),
             status,
             body_bytes or "-",
-            _header(scope, b"referer"),
-            _header(scope, b"user-agent"),
+            "-" if referer is None else _escape(referer),
+            "-" if user_agent is None else _escape(user_agent),
             mount or "-",
             micros,
         )

@@ -10,6 +10,7 @@ up all workers' values: prometheus-client's multiprocess mode.
 from __future__ import annotations
 
 import os
+from collections.abc import Callable
 from typing import Any, Final
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
@@ -82,18 +83,28 @@ class Metrics:
         self.cache_hit = self.cache.labels("hit")
         self.cache_miss = self.cache.labels("miss")
         self.cache_miss_remembered = self.cache.labels("miss_remembered")
+        self.before_render: list[Callable[[], None]] = []
+        """Called before every scrape: the server's batched counts are added here."""
 
-    def count_response(self, status: int, body_bytes: int) -> None:
-        """Count one answered request and the body bytes it sent."""
+    def count_response(self, status: int, body_bytes: int, requests: int = 1) -> None:
+        """Count answered requests of one status and the body bytes they sent.
+
+        Args:
+            status: the status code.
+            body_bytes: body bytes sent, in bytes.
+            requests: how many requests (the server's hot path counts in batches).
+        """
         child = self._by_status.get(status)
         if child is None:
             child = self._by_status[status] = self.requests.labels(str(status))
-        child.inc()
+        child.inc(requests)
         if body_bytes:
             self.body_bytes.inc(body_bytes)
 
     def render(self) -> bytes:
         """The current values in Prometheus' text exposition format (all workers')."""
+        for flush in self.before_render:
+            flush()
         if self.registry is not None:
             return generate_latest(self.registry)
         registry = CollectorRegistry()

@@ -1,7 +1,8 @@
 """Running vend under uvicorn with vend's own HTTP protocol.
 
-``serve(settings)`` starts uvicorn with ``app.server.protocol.VendHttpToolsProtocol`` (httptools
-plus zero-copy send), uvloop where installed, vend's own access log instead of uvicorn's,
+``serve(settings)`` starts uvicorn with vend's own HTTP/1.1 protocol
+(``app.server.connection``: httptools, ordered answers, the hot path, zero-copy send),
+uvloop where installed, vend's own access log instead of uvicorn's,
 no ``Server`` header, and X-Forwarded-For trusted only from ``trusted_proxies``. With
 ``workers > 1`` uvicorn's supervisor forks workers that share the listening socket.
 
@@ -29,7 +30,8 @@ from uvicorn.supervisors import Multiprocess
 
 from app.asgi import VendApp, create_app
 from app.ops.metrics import MULTIPROC_ENV
-from app.server.protocol import VendHttpToolsProtocol
+from app.server.connection import protocol_class
+from app.server.limits import ProtocolLimits
 from app.settings import Settings, SettingsError, load_settings
 
 SETTINGS_ENV: Final = "VEND_RESOLVED_SETTINGS"
@@ -70,8 +72,6 @@ def app_from_environment() -> VendApp:
             settings = reload_settings()
         except SettingsError as exc:
             log.error("settings refused, keeping the last valid ones: %s", exc)
-    VendHttpToolsProtocol.send_timeout_s = settings.timeouts.send_s
-    VendHttpToolsProtocol.request_head_s = settings.timeouts.request_head_s
     return create_app(settings, reload_settings)
 
 
@@ -96,7 +96,15 @@ def uvicorn_config(
         host=settings.host,
         port=settings.port,
         workers=settings.workers,
-        http=VendHttpToolsProtocol,
+        # A callable constructing the protocol, as uvicorn uses it (its annotation says
+        # a class; a partial pickles to worker processes where a made-up class cannot).
+        http=protocol_class(  # type: ignore[arg-type]
+            ProtocolLimits(
+                request_head_s=settings.timeouts.request_head_s,
+                keep_alive_s=settings.timeouts.keep_alive_s,
+                send_s=settings.timeouts.send_s,
+            )
+        ),
         loop="auto",
         lifespan="on",
         access_log=False,

@@ -1,0 +1,696 @@
+"""vend's HTTP/1.1 connection (RFC 9112) on httptools, run by uvicorn.
+
+uvicorn keeps the listening sockets, lifespan, signals and logging set-up; it makes one
+``VendProtocol`` per connection through ``uvicorn.Config(http=...)`` (see
+``protocol_class``) and calls ``shutdown()`` on each at a graceful exit.
+
+A connection answers in request order through one queue: every request parsed becomes,
+in order, either a ready answer (a refusal, or the hot path's prebuilt bytes,
+``app.server.hotpath``) or an ``AsgiCycle`` run through the application
+(``app.server.writer``). Only the first entry writes; the next starts when it is done.
+So pipelined answers leave whole and in order whatever path each takes, and a refusal
+goes out only after every earlier answer. Reading stops while
+``MAX_PIPELINED_REQUESTS`` requests wait, or while the transport's buffer is above its
+high-water mark; a client that accepts nothing for ``send_s`` seconds is cut off.
+
+Framing is strict (the README's table lists each case): llhttp refuses obs-fold,
+Content-Length with Transfer-Encoding, repeated or invalid Content-Length and bare LF
+line ends (400); this module adds the Host rules and request-target forms of RFC 9112
+section 3.2 and the limits of ``app.server.limits``. The reading side is that module's
+state machine. Every refusal is counted in ``vend_requests_total`` and written to the
+access log.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+import logging
+import re
+import time
+import urllib.parse
+from collections import deque
+from collections.abc import Callable
+from typing import Any, Final
+
+import httptools
+from uvicorn.config import Config
+from uvicorn.protocols.utils import get_local_addr, get_remote_addr, is_ssl
+from uvicorn.server import ServerState
+
+from app.asgi import VendApp
+from app.contract import ZEROCOPY
+from app.server.hotpath import DateField, HotPath, hot_path_for
+from app.server.limits import (
+    BODY_SLICE_BYTES,
+    LINGER_S,
+    MAX_DISCARDED_BODY_BYTES,
+    MAX_FIELD_BYTES,
+    MAX_FIELDS,
+    MAX_HEAD_BYTES,
+    MAX_PIPELINED_REQUESTS,
+    MAX_REQUEST_TARGET_BYTES,
+    REASON_PHRASES,
+    Event,
+    ProtocolLimits,
+    ReadState,
+    next_state,
+)
+from app.server.trust import find_vend_app, trusted_client_finder
+from app.server.writer import CLOSE, KEEP_ALIVE, AsgiCycle, serialize_fields, serialize_head
+
+log = logging.getLogger("vend.protocol")
+
+_HOST_RE: Final = re.compile(
+    rb"(?:\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9\-._~!$&'()*+,;=%]*)(?::[0-9]*)?", re.ASCII
+)
+"""RFC 9110 section 7.2: ``uri-host [ ":" port ]`` (IP-literal, IPv4 or reg-name)."""
+_COLD: Final = frozenset(
+    (b"range", b"if-range", b"if-match", b"if-modified-since", b"if-unmodified-since")
+)
+"""Fields that send a request to the ASGI application rather than the hot path."""
+_IDLE, _HEAD, _BODY, _DONE = ReadState.IDLE, ReadState.HEAD, ReadState.BODY, ReadState.DONE
+_READING: Final = frozenset((_IDLE, _HEAD, _BODY))
+
+
+class _Refusal(Exception):
+    """Raised in a parser callback to stop parsing and refuse the request."""
+
+    def __init__(self, status: int, reason: str, *headers: tuple[bytes, bytes]) -> None:
+        super().__init__(reason)
+        self.status = status
+        self.headers = headers
+
+
+class _RefusalEntry:
+    """A refusal (or, with no bytes, a silent close) waiting in the answer queue."""
+
+    __slots__ = ("data",)
+
+    def __init__(self, data: bytes | None) -> None:
+        self.data = data
+
+
+class VendProtocol(asyncio.Protocol):
+    """One HTTP/1.1 connection. uvicorn constructs it; the arguments are uvicorn's.
+
+    Args:
+        config: uvicorn's configuration (its ``loaded_app`` is run for each request).
+        server_state: uvicorn's shared server state (connections, tasks, counts).
+        app_state: the lifespan state, copied into each scope.
+        limits: vend's timeouts (``protocol_class`` binds them).
+    """
+
+    def __init__(
+        self,
+        config: Config,
+        server_state: ServerState,
+        app_state: dict[str, Any],
+        limits: ProtocolLimits | None = None,
+    ) -> None:
+        if not config.loaded:
+            config.load()
+        self.config = config
+        self.app = config.loaded_app
+        self.loop = asyncio.get_event_loop()
+        self.server_state = server_state
+        self.app_state = app_state
+        self.limits = limits or ProtocolLimits()
+        self.vend: VendApp | None = find_vend_app(self.app)
+        self._trusted_client = trusted_client_finder(config)
+        self.hot: HotPath | None = None
+        if self.vend is not None:
+            self.hot = hot_path_for(self.vend, self._trusted_client)
+        self.date: DateField = self.hot.date if self.hot is not None else DateField()
+        self.parser = httptools.HttpRequestParser(self)
+        self.parser.set_dangerous_leniencies(lenient_data_after_close=True)
+        self.state = ReadState.IDLE
+        self.disconnected = False
+        self.transport: asyncio.Transport = None  # type: ignore[assignment]
+        self._queue: deque[AsgiCycle | tuple[bytes, bool] | _RefusalEntry] = deque()
+        self._active: AsgiCycle | None = None
+        self._held = b""
+        self._tail = b""
+        self._head_bytes = 0
+        self._body_left: int | None = 0
+        self._feeding = False
+        self._read_paused = False
+        self._write_paused = False
+        self._served = 0
+        self._deadline = 0.0
+        self._deadline_kind: str | None = None
+        self._timer: asyncio.TimerHandle | None = None
+        self._send_timer: asyncio.TimerHandle | None = None
+        self._linger_timer: asyncio.TimerHandle | None = None
+        self._drained: asyncio.Future[None] | None = None
+        self._gone: asyncio.Future[None] | None = None
+        self._reset_request()
+
+    def _reset_request(self) -> None:
+        self._url = b""
+        self._headers: list[tuple[bytes, bytes]] = []
+        self._line_done = False
+        self._method = b""
+        self._discarded = 0
+
+    # asyncio.Protocol
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        """Start the connection: register it with uvicorn and arm the first-byte timer."""
+        self.transport = transport  # type: ignore[assignment]
+        self.server_state.connections.add(self)  # type: ignore[arg-type]
+        self._server = get_local_addr(self.transport)
+        self._client = get_remote_addr(self.transport)
+        self._scheme = "https" if is_ssl(self.transport) else "http"
+        self._sync()
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        """Forget the connection; running answers see ``disconnected`` and stop."""
+        self.server_state.connections.discard(self)
+        self.state = next_state(self.state, Event.LOST)
+        self.disconnected = True
+        self._queue.clear()
+        self._held = b""
+        for timer in (self._timer, self._send_timer, self._linger_timer):
+            if timer is not None:
+                timer.cancel()
+        for future in (self._drained, self._gone):
+            if future is not None and not future.done():
+                future.set_result(None)
+
+    def eof_received(self) -> bool:
+        """The client closed its side: answer what was asked, read nothing more."""
+        if self.state is ReadState.LINGER or (self._active is None and not self._queue):
+            self.transport.close()
+            return False
+        self.state = next_state(self.state, Event.STOP)
+        return True
+
+    def pause_writing(self) -> None:
+        """The transport's buffer is full: stop reading and start the send timer."""
+        self._write_paused = True
+        if self._send_timer is None:
+            self._send_timer = self.loop.call_later(self.limits.send_s, self._send_timed_out)
+        self._sync_reading()
+
+    def resume_writing(self) -> None:
+        """The transport's buffer drained: release writers, read again."""
+        self._write_paused = False
+        if self._send_timer is not None:
+            self._send_timer.cancel()
+            self._send_timer = None
+        if self._drained is not None and not self._drained.done():
+            self._drained.set_result(None)
+        self._drained = None
+        self._pump()
+
+    def data_received(self, data: bytes) -> None:
+        """Feed received bytes to the parser within the limits, then answer."""
+        state = self.state
+        if state not in _READING:
+            return  # DONE: nothing more is read; LINGER: discarded
+        if self._held:
+            data, self._held = self._held + data, b""
+        self._feed(data)
+        self._sync()
+
+    # Reading.
+
+    def _feed(self, data: bytes) -> None:
+        """Feed ``data`` head by head, counting head bytes before the parser sees them."""
+        parser = self.parser
+        self._feeding = True
+        try:
+            while data and self.state in _READING:
+                if len(self._queue) >= MAX_PIPELINED_REQUESTS or self._write_paused:
+                    self._held = data
+                    return
+                if self.state is not _BODY:
+                    buf = self._tail + data if self._tail else data
+                    end = buf.find(b"\r\n\r\n")
+                    if end < 0:
+                        self._head_bytes += len(data)
+                        if self._head_bytes > MAX_HEAD_BYTES:
+                            raise _Refusal(431, f"request head over {MAX_HEAD_BYTES} bytes")
+                        self._tail = buf[-3:]
+                        piece, data = data, b""
+                    else:
+                        cut = end + 4 - (len(buf) - len(data))
+                        self._head_bytes += cut
+                        if self._head_bytes > MAX_HEAD_BYTES:
+                            raise _Refusal(431, f"request head over {MAX_HEAD_BYTES} bytes")
+                        self._tail = b""
+                        piece, data = (data, b"") if cut == len(data) else (data[:cut], data[cut:])
+                else:
+                    n = self._body_left if self._body_left is not None else BODY_SLICE_BYTES
+                    piece, data = data[:n], data[n:]
+                    if self._body_left is not None:
+                        self._body_left -= len(piece)
+                parser.feed_data(piece)
+        except _Refusal as refusal:
+            self._refuse(refusal.status, str(refusal), refusal.headers)
+        except httptools.HttpParserUpgrade:
+            pass  # the request that asked for it was its connection's last
+        except httptools.HttpParserError as exc:
+            cause = exc.__context__
+            if isinstance(cause, _Refusal):
+                self._refuse(cause.status, str(cause), cause.headers)
+            else:
+                if cause is not None:
+                    log.error("parser callback failed", exc_info=cause)
+                self._refuse(400, f"invalid request: {exc}")
+        finally:
+            self._feeding = False
+
+    def on_message_begin(self) -> None:
+        """httptools: a request begins."""
+        self.state = next_state(self.state, Event.HEAD_BYTES)
+        self._set_deadline("request")
+
+    def on_url(self, url: bytes) -> None:
+        """httptools: a piece of the request-target."""
+        self._url += url
+        if len(self._url) > MAX_REQUEST_TARGET_BYTES:
+            raise _Refusal(414, f"request-target over {MAX_REQUEST_TARGET_BYTES} bytes")
+
+    def on_header(self, name: bytes, value: bytes) -> None:
+        """httptools: one header field, whole."""
+        self._line_done = True
+        headers = self._headers
+        if len(headers) >= MAX_FIELDS:
+            raise _Refusal(431, f"more than {MAX_FIELDS} header fields")
+        if len(name) + len(value) > MAX_FIELD_BYTES:
+            raise _Refusal(431, f"a header field over {MAX_FIELD_BYTES} bytes")
+        headers.append((name.lower(), value))
+
+    def on_headers_complete(self) -> None:
+        """httptools: the head is complete: check Host, target form and framing."""
+        self._line_done = True
+        self.state = next_state(self.state, Event.HEAD_COMPLETE)
+        parser = self.parser
+        self._method = method = parser.get_method()
+        version = parser.get_http_version()
+        if version not in ("1.1", "1.0"):
+            raise _Refusal(505, f"HTTP/{version}")
+        if method == b"CONNECT":
+            raise _Refusal(405, "CONNECT", (b"allow", b"GET, HEAD"))
+        hosts = [value for name, value in self._headers if name == b"host"]
+        if len(hosts) > 1:
+            raise _Refusal(400, "more than one Host field")
+        if version == "1.1" and not hosts:
+            raise _Refusal(400, "no Host field in an HTTP/1.1 request")
+        if hosts and not _HOST_RE.fullmatch(hosts[0]):
+            raise _Refusal(400, "invalid Host field")
+        url = self._url
+        if not url.startswith(b"/"):
+            self._absolute_form(url)
+        length, chunked = 0, False
+        for name, value in self._headers:
+            if name == b"content-length":
+                length = int(value)
+            elif name == b"transfer-encoding":
+                chunked = True
+        if length > MAX_DISCARDED_BODY_BYTES:
+            raise _Refusal(413, f"request body over {MAX_DISCARDED_BODY_BYTES} bytes")
+        self._body_left = None if chunked else length
+
+    def _absolute_form(self, url: bytes) -> None:
+        """RFC 9112 section 3.2.2: the target's authority takes the place of Host."""
+        if url == b"*":
+            raise _Refusal(400, "asterisk-form request-target")
+        try:
+            parsed = httptools.parse_url(url)
+        except httptools.HttpParserInvalidURLError:
+            raise _Refusal(400, "invalid request-target") from None
+        if parsed.schema not in (b"http", b"https") or not parsed.host:
+            raise _Refusal(400, "request-target is not origin-form nor absolute-form")
+        host = b"[" + parsed.host + b"]" if b":" in parsed.host else parsed.host
+        authority = host if parsed.port is None else b"%s:%d" % (host, parsed.port)
+        origin = parsed.path or b"/"
+        if parsed.query is not None:
+            origin += b"?" + parsed.query
+        self._url = origin
+        self._headers = [(n, v) for n, v in self._headers if n != b"host"]
+        self._headers.append((b"host", authority))
+
+    def on_body(self, body: bytes) -> None:
+        """httptools: body bytes, counted and discarded."""
+        self._discarded += len(body)
+        if self._discarded > MAX_DISCARDED_BODY_BYTES:
+            raise _Refusal(413, f"request body over {MAX_DISCARDED_BODY_BYTES} bytes")
+
+    def on_message_complete(self) -> None:
+        """httptools: the request is complete: answer it (hot path) or queue it."""
+        parser = self.parser
+        keep_alive = parser.should_keep_alive() and not parser.should_upgrade()
+        self.state = next_state(
+            self.state, Event.MESSAGE_COMPLETE if keep_alive else Event.LAST_MESSAGE
+        )
+        self._head_bytes = 0
+        self._body_left = 0
+        http10 = parser.get_http_version() == "1.0"
+        method, url, headers = self._method, self._url, self._headers
+        self._reset_request()
+        self._set_deadline(None)
+        hot, vend = self.hot, self.vend
+        if (
+            hot is not None
+            and vend is not None
+            and (method == b"GET" or method == b"HEAD")
+            and url[:1] == b"/"
+            and not vend.draining
+        ):
+            inm = None
+            for name, value in headers:
+                if name in _COLD or name == b"content-length" or name == b"transfer-encoding":
+                    break
+                if name == b"if-none-match":
+                    inm = value if inm is None else inm + b", " + value
+            else:
+                entry = hot.lookup(url)
+                if entry is not None:
+                    started = time.perf_counter()
+                    connection = (KEEP_ALIVE if http10 else b"") if keep_alive else CLOSE
+                    data, status, sent = hot.answer(entry, method == b"HEAD", inm, connection)
+                    self._emit(data, keep_alive)
+                    version = b"1.0" if http10 else b"1.1"
+                    line = method + b" " + url + b" HTTP/" + version
+                    hot.count(status, sent, entry, self._client, line, headers, started)
+                    return
+        self._emit(self._make_cycle(method, url, headers, http10, keep_alive), keep_alive)
+
+    def _make_cycle(
+        self,
+        method: bytes,
+        url: bytes,
+        headers: list[tuple[bytes, bytes]],
+        http10: bool,
+        keep_alive: bool,
+    ) -> AsgiCycle:
+        """The ASGI HTTP scope of a request, in a cycle ready to run."""
+        raw_path, _, query = url.partition(b"?")
+        raw_path = raw_path.partition(b"#")[0]
+        query = query.partition(b"#")[0]
+        path = raw_path.decode("ascii")
+        if "%" in path:
+            path = urllib.parse.unquote(path)
+        root_path = self.config.root_path
+        scope: dict[str, Any] = {
+            "type": "http",
+            "asgi": {"version": "3.0", "spec_version": "2.3"},
+            "http_version": "1.0" if http10 else "1.1",
+            "server": self._server,
+            "client": self._client,
+            "scheme": self._scheme,
+            "root_path": root_path,
+            "method": method.decode("ascii"),
+            "path": root_path + path,
+            "raw_path": root_path.encode("ascii") + raw_path,
+            "query_string": query,
+            "headers": headers,
+            "state": self.app_state.copy(),
+        }
+        if self._scheme == "http":
+            scope["extensions"] = {ZEROCOPY: {}}
+        return AsgiCycle(self, scope, keep_alive, http10 and keep_alive)
+
+    # The answer queue.
+
+    def _emit(self, entry: AsgiCycle | bytes, keep_alive: bool) -> None:
+        """Queue an answer (bytes, or a cycle); write or start it at once if it is first."""
+        item: AsgiCycle | tuple[bytes, bool] = (
+            (entry, keep_alive) if isinstance(entry, bytes) else entry
+        )
+        if self._active is None and not self._queue and isinstance(item, tuple):
+            self._served += 1
+            self.server_state.total_requests += 1
+            self.transport.write(item[0])
+            if not keep_alive:
+                self._close()
+            return
+        self._queue.append(item)
+        if self._active is None:
+            self._advance()
+
+    def _advance(self) -> None:
+        """Write ready answers and start the next cycle, in order, while none runs."""
+        while self._active is None and self._queue and not self.disconnected:
+            entry = self._queue.popleft()
+            if isinstance(entry, tuple):
+                self._served += 1
+                self.server_state.total_requests += 1
+                self.transport.write(entry[0])
+                if not entry[1]:
+                    self._close()
+                    return
+            elif isinstance(entry, AsgiCycle):
+                self._active = entry
+                task = self.loop.create_task(entry.run(self.app))
+                self.server_state.tasks.add(task)
+                task.add_done_callback(self.server_state.tasks.discard)
+            else:
+                self._send_refusal(entry)
+                return
+
+    def cycle_done(self, cycle: AsgiCycle) -> None:
+        """A cycle ended: close if it said so, else go on with the queue.
+
+        Args:
+            cycle: the cycle that ran.
+        """
+        self._active = None
+        self._served += 1
+        self.server_state.total_requests += 1
+        if self.disconnected:
+            return
+        if not cycle.keep_alive or not cycle.complete:
+            self._close()
+            return
+        self._advance()
+        self._pump()
+
+    def _pump(self) -> None:
+        """Feed held bytes when there is room again; set reading and timers."""
+        if self._feeding or self.disconnected:
+            return
+        if self._held and len(self._queue) < MAX_PIPELINED_REQUESTS and not self._write_paused:
+            data, self._held = self._held, b""
+            self._feed(data)
+        self._sync()
+
+    def _close(self) -> None:
+        """Close after what is written; read nothing more."""
+        if self.state in _READING:
+            self.state = next_state(self.state, Event.STOP)
+        self._queue.clear()
+        self._set_deadline(None)
+        self.transport.close()
+
+    # Refusals.
+
+    def _refuse(
+        self, status: int | None, reason: str, headers: tuple[tuple[bytes, bytes], ...] = ()
+    ) -> None:
+        """Stop reading; answer ``status`` (None: close silently) after earlier answers."""
+        if self.state not in _READING:
+            return
+        log.log(logging.INFO if status in (414, 431) else logging.DEBUG, "%s: %s", reason, status)
+        self.state = next_state(self.state, Event.REFUSE)
+        self._held = b""
+        self._set_deadline(None)
+        data = None
+        if status is not None:
+            phrase = REASON_PHRASES[status]
+            body = b"" if self._method == b"HEAD" else f"{phrase}\n".encode("ascii")
+            fields = serialize_fields(
+                [
+                    (b"content-type", b"text/plain; charset=utf-8"),
+                    (b"content-length", b"%d" % len(phrase.encode() + b"\n")),
+                    (b"x-content-type-options", b"nosniff"),
+                    *headers,
+                ]
+            )
+            data = serialize_head(status, self.date(), fields, CLOSE) + body
+            self._record_refusal(status, len(body))
+        self._reset_request()
+        self._queue.append(_RefusalEntry(data))
+        if self._active is None:
+            self._advance()
+
+    def _record_refusal(self, status: int, body_bytes: int) -> None:
+        """Count a refusal in the metrics and write its access log line."""
+        vend = self.vend
+        if vend is None:
+            return
+        vend.metrics.count_response(status, body_bytes)
+        line = None
+        if self._line_done:
+            version = self.parser.get_http_version().encode("ascii")
+            line = self.parser.get_method() + b" " + self._url + b" HTTP/" + version
+        client = self._client
+        if self._trusted_client is not None and self._line_done:
+            client = self._trusted_client(client, self._headers)
+        headers = dict(self._headers)
+        vend.access_log.record_line(
+            str(client[0]) if client else None,
+            line,
+            status,
+            body_bytes,
+            headers.get(b"referer"),
+            headers.get(b"user-agent"),
+            None,
+            time.perf_counter(),
+        )
+
+    def _send_refusal(self, entry: _RefusalEntry) -> None:
+        """Write the refusal, shut the write side and linger (read and discard)."""
+        self.state = next_state(self.state, Event.REFUSAL_SENT)
+        transport = self.transport
+        if entry.data is None or not transport.can_write_eof():
+            if entry.data is not None:
+                self.server_state.total_requests += 1
+                transport.write(entry.data)
+            transport.close()
+            return
+        self.server_state.total_requests += 1
+        transport.write(entry.data)
+        transport.write_eof()
+        self._linger_timer = self.loop.call_later(LINGER_S, transport.abort)
+        self._read_paused = True  # reading resumes to discard
+        self._sync_reading()
+
+    # Flow control and timers.
+
+    async def drain(self) -> None:
+        """Wait until the transport takes more bytes (or the connection is gone)."""
+        if not self._write_paused or self.disconnected:
+            return
+        if self._drained is None:
+            self._drained = self.loop.create_future()
+        await self._drained
+
+    async def wait_disconnected(self) -> None:
+        """Wait until the connection is gone."""
+        if self.disconnected:
+            return
+        if self._gone is None:
+            self._gone = self.loop.create_future()
+        await self._gone
+
+    def write(self, data: bytes) -> None:
+        """Write bytes of the current answer (nothing once disconnected).
+
+        Args:
+            data: the bytes.
+        """
+        if not self.disconnected:
+            self.transport.write(data)
+
+    def abort(self, why: str) -> None:
+        """Abort the connection at once (a body could not be completed).
+
+        Args:
+            why: for the debug log.
+        """
+        log.debug("aborting connection: %s", why)
+        self.disconnected = True
+        if self._active is not None:
+            self._active.keep_alive = False
+        self.transport.abort()
+
+    def shutdown(self) -> None:
+        """uvicorn's graceful exit: finish the answer in flight, then close."""
+        if self.state in _READING:
+            self.state = next_state(self.state, Event.STOP)
+        if self._active is None:
+            self._close()
+            return
+        self._queue.clear()
+        self._active.keep_alive = False
+
+    def _sync(self) -> None:
+        self._sync_reading()
+        if self.state is _IDLE and self._active is None and not self._queue:
+            self._set_deadline("first" if self._served == 0 else "idle")
+        elif self.state is _HEAD or self.state is _BODY:
+            if self._read_paused:
+                self._set_deadline(None)
+            elif self._deadline_kind != "request":
+                self._set_deadline("request")
+        else:
+            self._set_deadline(None)
+
+    def _sync_reading(self) -> None:
+        state = self.state
+        want = state is ReadState.LINGER or (
+            state in _READING
+            and not self._held
+            and not self._write_paused
+            and len(self._queue) < MAX_PIPELINED_REQUESTS
+        )
+        if want == self._read_paused and self.transport is not None:
+            self._read_paused = not want
+            if self.transport.is_closing():
+                return
+            if want:
+                self.transport.resume_reading()
+            else:
+                self.transport.pause_reading()
+
+    def _set_deadline(self, kind: str | None) -> None:
+        """Run one lazy timer: ``first``/``request`` (request_head_s), ``idle``
+        (keep_alive_s) or none."""
+        if kind == self._deadline_kind:
+            return
+        self._deadline_kind = kind
+        if kind is None:
+            return
+        seconds = self.limits.keep_alive_s if kind == "idle" else self.limits.request_head_s
+        now = self.loop.time()
+        self._deadline = now + seconds
+        if self._timer is None:
+            self._arm(now)
+
+    def _arm(self, now: float) -> None:
+        """Arm the timer at the deadline, or one tick ahead if that is sooner.
+
+        The tick is the shorter timeout, so every later deadline falls at or after the
+        armed time: a deadline is moved with two assignments, never a new timer.
+        """
+        tick = min(self.limits.keep_alive_s, self.limits.request_head_s)
+        self._timer = self.loop.call_at(min(self._deadline, now + tick), self._on_timer)
+
+    def _on_timer(self) -> None:
+        self._timer = None
+        kind = self._deadline_kind
+        if kind is None or self.disconnected:
+            return
+        now = self.loop.time()
+        if now < self._deadline:
+            self._arm(now)
+            return
+        self._deadline_kind = None
+        if kind == "idle":
+            self._close()
+        elif kind == "first":
+            self._refuse(None, f"nothing sent within {self.limits.request_head_s} s")
+        else:
+            self._refuse(408, f"no complete request within {self.limits.request_head_s} s")
+
+    def _send_timed_out(self) -> None:
+        self._send_timer = None
+        if not self.disconnected:
+            self.abort(f"client accepted nothing for {self.limits.send_s} s")
+
+
+def protocol_class(limits: ProtocolLimits) -> Callable[..., VendProtocol]:
+    """What ``uvicorn.Config(http=...)`` takes: ``VendProtocol`` bound to ``limits``.
+
+    Args:
+        limits: the timeouts from the settings.
+
+    Returns:
+        A callable uvicorn calls as ``http(config=..., server_state=..., app_state=...)``
+        for each connection (picklable, for worker processes).
+    """
+    return functools.partial(VendProtocol, limits=limits)
