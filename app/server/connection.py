@@ -27,6 +27,7 @@ import asyncio
 import functools
 import logging
 import re
+import sys
 import time
 import urllib.parse
 from collections import deque
@@ -69,6 +70,7 @@ _COLD: Final = frozenset(
     (b"range", b"if-range", b"if-match", b"if-modified-since", b"if-unmodified-since")
 )
 """Fields that send a request to the ASGI application rather than the hot path."""
+_NOTED: Final = _COLD | {b"host", b"if-none-match", b"content-length", b"transfer-encoding"}
 _IDLE, _HEAD, _BODY, _DONE = ReadState.IDLE, ReadState.HEAD, ReadState.BODY, ReadState.DONE
 _READING: Final = frozenset((_IDLE, _HEAD, _BODY))
 
@@ -98,6 +100,7 @@ class VendProtocol(asyncio.Protocol):
         config: uvicorn's configuration (its ``loaded_app`` is run for each request).
         server_state: uvicorn's shared server state (connections, tasks, counts).
         app_state: the lifespan state, copied into each scope.
+        _loop: the event loop (uvicorn passes it; None: the running loop).
         limits: vend's timeouts (``protocol_class`` binds them).
     """
 
@@ -106,13 +109,14 @@ class VendProtocol(asyncio.Protocol):
         config: Config,
         server_state: ServerState,
         app_state: dict[str, Any],
+        _loop: asyncio.AbstractEventLoop | None = None,
         limits: ProtocolLimits | None = None,
     ) -> None:
         if not config.loaded:
             config.load()
         self.config = config
         self.app = config.loaded_app
-        self.loop = asyncio.get_event_loop()
+        self.loop = _loop or asyncio.get_event_loop()
         self.server_state = server_state
         self.app_state = app_state
         self.limits = limits or ProtocolLimits()
@@ -142,6 +146,7 @@ class VendProtocol(asyncio.Protocol):
         self._timer: asyncio.TimerHandle | None = None
         self._send_timer: asyncio.TimerHandle | None = None
         self._linger_timer: asyncio.TimerHandle | None = None
+        self._valid_host = b"\x00"
         self._drained: asyncio.Future[None] | None = None
         self._gone: asyncio.Future[None] | None = None
         self._reset_request()
@@ -152,6 +157,9 @@ class VendProtocol(asyncio.Protocol):
         self._line_done = False
         self._method = b""
         self._discarded = 0
+        self._inm: bytes | None = None
+        self._host: bytes | None = None
+        self._cold = False
 
     # asyncio.Protocol
 
@@ -207,6 +215,36 @@ class VendProtocol(asyncio.Protocol):
     def data_received(self, data: bytes) -> None:
         """Feed received bytes to the parser within the limits, then answer."""
         state = self.state
+        if (
+            state is _IDLE
+            and not self._queue
+            and self._active is None
+            and not self._held
+            and not self._tail
+            and len(data) <= MAX_HEAD_BYTES
+            and data.endswith(b"\r\n\r\n")
+            and data.count(b"\r\n\r\n") == 1
+        ):
+            # The common read: exactly one whole request head, nothing waiting before it.
+            self.state = next_state(state, Event.HEAD_BYTES)
+            self._feeding = True
+            try:
+                self.parser.feed_data(data)
+            except Exception:
+                self._feeding = False
+                self._parser_failed()
+            else:
+                self._feeding = False
+                if self.state is _HEAD:  # a body follows
+                    self.state = next_state(_HEAD, Event.HEAD_COMPLETE)
+            if self.state is _IDLE and not self._write_paused and self._active is None:
+                if self._deadline_kind == "idle":  # moved on: two assignments, no new timer
+                    self._deadline = self.loop.time() + self.limits.keep_alive_s
+                else:
+                    self._set_deadline("idle")
+                return
+            self._sync()
+            return
         if state not in _READING:
             return  # DONE: nothing more is read; LINGER: discarded
         if self._held:
@@ -226,6 +264,9 @@ class VendProtocol(asyncio.Protocol):
                     self._held = data
                     return
                 if self.state is not _BODY:
+                    if self.state is _IDLE:
+                        self.state = next_state(_IDLE, Event.HEAD_BYTES)
+                        self._set_deadline("request")
                     buf = self._tail + data if self._tail else data
                     end = buf.find(b"\r\n\r\n")
                     if end < 0:
@@ -241,17 +282,29 @@ class VendProtocol(asyncio.Protocol):
                             raise _Refusal(431, f"request head over {MAX_HEAD_BYTES} bytes")
                         self._tail = b""
                         piece, data = (data, b"") if cut == len(data) else (data[:cut], data[cut:])
+                        parser.feed_data(piece)
+                        if self.state is _HEAD:  # the head is complete; a body follows
+                            self.state = next_state(_HEAD, Event.HEAD_COMPLETE)
+                        continue
                 else:
                     n = self._body_left if self._body_left is not None else BODY_SLICE_BYTES
                     piece, data = data[:n], data[n:]
                     if self._body_left is not None:
                         self._body_left -= len(piece)
                 parser.feed_data(piece)
-        except _Refusal as refusal:
-            self._refuse(refusal.status, str(refusal), refusal.headers)
-        except httptools.HttpParserUpgrade:
+        except Exception:
+            self._parser_failed()
+        finally:
+            self._feeding = False
+
+    def _parser_failed(self) -> None:
+        """Refuse after a limit, a parser error or a failed callback (in ``except``)."""
+        exc = sys.exc_info()[1]
+        if isinstance(exc, _Refusal):
+            self._refuse(exc.status, str(exc), exc.headers)
+        elif isinstance(exc, httptools.HttpParserUpgrade):
             pass  # the request that asked for it was its connection's last
-        except httptools.HttpParserError as exc:
+        elif isinstance(exc, httptools.HttpParserError):
             cause = exc.__context__
             if isinstance(cause, _Refusal):
                 self._refuse(cause.status, str(cause), cause.headers)
@@ -259,13 +312,8 @@ class VendProtocol(asyncio.Protocol):
                 if cause is not None:
                     log.error("parser callback failed", exc_info=cause)
                 self._refuse(400, f"invalid request: {exc}")
-        finally:
-            self._feeding = False
-
-    def on_message_begin(self) -> None:
-        """httptools: a request begins."""
-        self.state = next_state(self.state, Event.HEAD_BYTES)
-        self._set_deadline("request")
+        else:
+            raise  # a bug in vend: uvicorn logs it
 
     def on_url(self, url: bytes) -> None:
         """httptools: a piece of the request-target."""
@@ -274,45 +322,57 @@ class VendProtocol(asyncio.Protocol):
             raise _Refusal(414, f"request-target over {MAX_REQUEST_TARGET_BYTES} bytes")
 
     def on_header(self, name: bytes, value: bytes) -> None:
-        """httptools: one header field, whole."""
+        """httptools: one header field, whole; framing fields are checked at once."""
         self._line_done = True
         headers = self._headers
         if len(headers) >= MAX_FIELDS:
             raise _Refusal(431, f"more than {MAX_FIELDS} header fields")
         if len(name) + len(value) > MAX_FIELD_BYTES:
             raise _Refusal(431, f"a header field over {MAX_FIELD_BYTES} bytes")
-        headers.append((name.lower(), value))
+        name = name.lower()
+        headers.append((name, value))
+        if name in _NOTED:
+            self._note(name, value)
 
-    def on_headers_complete(self) -> None:
-        """httptools: the head is complete: check Host, target form and framing."""
+    def _note(self, name: bytes, value: bytes) -> None:
+        """Note a field that decides framing, Host or the path taken."""
+        if name == b"host":
+            if self._host is not None:
+                raise _Refusal(400, "more than one Host field")
+            self._host = value
+        elif name == b"if-none-match":
+            inm = self._inm
+            self._inm = value if inm is None else inm + b", " + value
+        else:
+            self._cold = True
+            if name == b"content-length":  # llhttp checked it: digits, not repeated
+                if int(value) > MAX_DISCARDED_BODY_BYTES:
+                    raise _Refusal(413, f"request body over {MAX_DISCARDED_BODY_BYTES} bytes")
+                self._body_left = int(value)
+            elif name == b"transfer-encoding":
+                self._body_left = None  # llhttp allows chunked only, last
+
+    def _check_head(self) -> None:
+        """The head is complete: check version, method, Host and target form."""
         self._line_done = True
-        self.state = next_state(self.state, Event.HEAD_COMPLETE)
         parser = self.parser
         self._method = method = parser.get_method()
         version = parser.get_http_version()
-        if version not in ("1.1", "1.0"):
+        if version != "1.1" and version != "1.0":
             raise _Refusal(505, f"HTTP/{version}")
         if method == b"CONNECT":
             raise _Refusal(405, "CONNECT", (b"allow", b"GET, HEAD"))
-        hosts = [value for name, value in self._headers if name == b"host"]
-        if len(hosts) > 1:
-            raise _Refusal(400, "more than one Host field")
-        if version == "1.1" and not hosts:
-            raise _Refusal(400, "no Host field in an HTTP/1.1 request")
-        if hosts and not _HOST_RE.fullmatch(hosts[0]):
-            raise _Refusal(400, "invalid Host field")
-        url = self._url
-        if not url.startswith(b"/"):
-            self._absolute_form(url)
-        length, chunked = 0, False
-        for name, value in self._headers:
-            if name == b"content-length":
-                length = int(value)
-            elif name == b"transfer-encoding":
-                chunked = True
-        if length > MAX_DISCARDED_BODY_BYTES:
-            raise _Refusal(413, f"request body over {MAX_DISCARDED_BODY_BYTES} bytes")
-        self._body_left = None if chunked else length
+        host = self._host
+        if host is None:
+            if version == "1.1":
+                raise _Refusal(400, "no Host field in an HTTP/1.1 request")
+        elif host is not self._valid_host and host != self._valid_host:
+            if not _HOST_RE.fullmatch(host):
+                raise _Refusal(400, "invalid Host field")
+            self._valid_host = host  # clients send the same Host on every request
+        if self._url[:1] != b"/":
+            self._absolute_form(self._url)
+            self._cold = True
 
     def _absolute_form(self, url: bytes) -> None:
         """RFC 9112 section 3.2.2: the target's authority takes the place of Host."""
@@ -341,6 +401,7 @@ class VendProtocol(asyncio.Protocol):
 
     def on_message_complete(self) -> None:
         """httptools: the request is complete: answer it (hot path) or queue it."""
+        self._check_head()
         parser = self.parser
         keep_alive = parser.should_keep_alive() and not parser.should_upgrade()
         self.state = next_state(
@@ -348,35 +409,30 @@ class VendProtocol(asyncio.Protocol):
         )
         self._head_bytes = 0
         self._body_left = 0
+        self._deadline_kind = None
         http10 = parser.get_http_version() == "1.0"
         method, url, headers = self._method, self._url, self._headers
-        self._reset_request()
-        self._set_deadline(None)
-        hot, vend = self.hot, self.vend
+        self._url = b""
+        self._headers = []
+        self._line_done = False
+        self._discarded = 0
+        self._host = None
+        inm, self._inm = self._inm, None
+        cold, self._cold = self._cold, False
+        hot = self.hot
         if (
             hot is not None
-            and vend is not None
+            and not cold
             and (method == b"GET" or method == b"HEAD")
-            and url[:1] == b"/"
-            and not vend.draining
+            and not hot.app.draining
         ):
-            inm = None
-            for name, value in headers:
-                if name in _COLD or name == b"content-length" or name == b"transfer-encoding":
-                    break
-                if name == b"if-none-match":
-                    inm = value if inm is None else inm + b", " + value
-            else:
-                entry = hot.lookup(url)
-                if entry is not None:
-                    started = time.perf_counter()
-                    connection = (KEEP_ALIVE if http10 else b"") if keep_alive else CLOSE
-                    data, status, sent = hot.answer(entry, method == b"HEAD", inm, connection)
-                    self._emit(data, keep_alive)
-                    version = b"1.0" if http10 else b"1.1"
-                    line = method + b" " + url + b" HTTP/" + version
-                    hot.count(status, sent, entry, self._client, line, headers, started)
-                    return
+            entry = hot.lookup(url)
+            if entry is not None:
+                connection = (KEEP_ALIVE if http10 else b"") if keep_alive else CLOSE
+                data, status, sent = hot.answer(entry, method == b"HEAD", inm, connection)
+                self._emit(data, keep_alive)
+                hot.count(status, sent, self._client, method, url, http10, headers)
+                return
         self._emit(self._make_cycle(method, url, headers, http10, keep_alive), keep_alive)
 
     def _make_cycle(
@@ -501,7 +557,8 @@ class VendProtocol(asyncio.Protocol):
         data = None
         if status is not None:
             phrase = REASON_PHRASES[status]
-            body = b"" if self._method == b"HEAD" else f"{phrase}\n".encode("ascii")
+            method = self.parser.get_method() if self._line_done else b""
+            body = b"" if method == b"HEAD" else f"{phrase}\n".encode("ascii")
             fields = serialize_fields(
                 [
                     (b"content-type", b"text/plain; charset=utf-8"),

@@ -71,7 +71,16 @@ class Prebuilt:
         entry: a cached small file (its body is not None).
     """
 
-    __slots__ = ("etag_validators", "fields_200", "fields_304", "get_tail", "head_tail", "tail_304")
+    __slots__ = (
+        "date",
+        "etag_validators",
+        "fields_200",
+        "fields_304",
+        "get_answer",
+        "get_tail",
+        "head_tail",
+        "tail_304",
+    )
 
     def __init__(self, entry: CachedFile) -> None:
         rep = entry.rep
@@ -82,6 +91,8 @@ class Prebuilt:
         self.get_tail = self.fields_200 + b"\r\n" + body
         self.head_tail = self.fields_200 + b"\r\n"
         self.tail_304 = self.fields_304 + b"\r\n"
+        self.date = b""
+        self.get_answer = b""  # the whole 200 to a GET, for ``date``
 
 
 _PREFIX_200: Final = status_line(200) + b"date: "
@@ -107,7 +118,7 @@ class HotPath:
         self._trusted_client = trusted_client
         self._targets: dict[bytes, CachedFile] = {}
         self._cache: object = None
-        self._counts: dict[tuple[int, str | None], list[int]] = {}
+        self._n200 = self._n304 = self._bytes = 0
         self._flush_timer: asyncio.TimerHandle | None = None
         app.metrics.before_render.append(self.flush)
 
@@ -192,35 +203,40 @@ class HotPath:
             return b"".join((_PREFIX_200, date, tail)), 200, 0 if head else len(entry.body or b"")
         if head:
             return b"".join((_PREFIX_200, date, pre.head_tail)), 200, 0
-        return b"".join((_PREFIX_200, date, pre.get_tail)), 200, len(entry.body or b"")
+        if pre.date is not date:  # a new second: build the answer once for it
+            pre.get_answer = b"".join((_PREFIX_200, date, pre.get_tail))
+            pre.date = date
+        return pre.get_answer, 200, len(pre.get_tail) - len(pre.head_tail)
 
     def count(
         self,
         status: int,
         body_bytes: int,
-        entry: CachedFile,
         peer: tuple[str, int] | None,
-        request_line: bytes,
+        method: bytes,
+        target: bytes,
+        http10: bool,
         headers: list[tuple[bytes, bytes]],
-        started: float,
+        started: float | None = None,
     ) -> None:
         """Count an answer in the metrics (batched) and write its access log line.
 
         Args:
             status: 200 or 304.
             body_bytes: body bytes sent.
-            entry: the entry answered from.
             peer: the connection's peer address.
-            request_line: method, target and version as received.
+            method: ``GET`` or ``HEAD``.
+            target: the request-target as received.
+            http10: the request was HTTP/1.0.
             headers: the request's fields (lower-case names).
-            started: ``time.perf_counter()`` when the request was complete, in seconds.
+            started: ``time.perf_counter()`` when the request was complete, in seconds,
+                or None: now.
         """
-        mount = entry.mount.name
-        counts = self._counts.get((status, mount))
-        if counts is None:
-            counts = self._counts[status, mount] = [0, 0]
-        counts[0] += 1
-        counts[1] += body_bytes
+        if status == 200:
+            self._n200 += 1
+            self._bytes += body_bytes
+        else:
+            self._n304 += 1
         if self._flush_timer is None:
             self._flush_timer = asyncio.get_running_loop().call_later(FLUSH_S, self.flush)
         log = self.app.access_log
@@ -237,25 +253,33 @@ class HotPath:
             client = self._trusted_client(peer, headers)
         log.record_line(
             str(client[0]) if client else None,
-            request_line,
+            method + b" " + target + (b" HTTP/1.0" if http10 else b" HTTP/1.1"),
             status,
             body_bytes,
             referer,
             user_agent,
-            mount,
-            started,
+            self._mount_name(target),
+            time.perf_counter() if started is None else started,
         )
+
+    def _mount_name(self, target: bytes) -> str | None:
+        entry = self._targets.get(target)
+        return entry.mount.name if entry is not None else None
 
     def flush(self) -> None:
         """Add the batched counts to the application's metrics."""
         if self._flush_timer is not None:
             self._flush_timer.cancel()
             self._flush_timer = None
-        counts, self._counts = self._counts, {}
+        n200, n304, body_bytes = self._n200, self._n304, self._bytes
+        self._n200 = self._n304 = self._bytes = 0
         metrics = self.app.metrics
-        for (status, _mount), (requests, body_bytes) in counts.items():
-            metrics.cache_hit.inc(requests)
-            metrics.count_response(status, body_bytes, requests)
+        if n200 or n304:
+            metrics.cache_hit.inc(n200 + n304)
+        if n200:
+            metrics.count_response(200, body_bytes, n200)
+        if n304:
+            metrics.count_response(304, 0, n304)
 
 
 _BY_APP: weakref.WeakKeyDictionary[VendApp, HotPath] = weakref.WeakKeyDictionary()

@@ -93,6 +93,8 @@ class ProtocolLimits:
 class ReadState(enum.Enum):
     """Where the reading side of a connection is."""
 
+    __hash__ = object.__hash__  # Enum's own hashes the name in Python: slow per request
+
     IDLE = "idle"
     """Between requests: the next byte starts a request head."""
     HEAD = "head"
@@ -112,10 +114,15 @@ class ReadState(enum.Enum):
 class Event(enum.Enum):
     """What happens to a connection's reading side."""
 
+    __hash__ = object.__hash__
+
     HEAD_BYTES = "head_bytes"
     HEAD_COMPLETE = "head_complete"
+    """The head ended and a body follows."""
     MESSAGE_COMPLETE = "message_complete"
     LAST_MESSAGE = "last_message"
+    """A request complete, after which the connection closes (``Connection: close``,
+    HTTP/1.0 without keep-alive, an upgrade asked for)."""
     REFUSE = "refuse"
     REFUSAL_SENT = "refusal_sent"
     STOP = "stop"
@@ -128,6 +135,8 @@ TRANSITIONS: Final[dict[tuple[ReadState, Event], ReadState]] = {
     (S.IDLE, E.HEAD_BYTES): S.HEAD,
     (S.HEAD, E.HEAD_BYTES): S.HEAD,
     (S.HEAD, E.HEAD_COMPLETE): S.BODY,
+    (S.HEAD, E.MESSAGE_COMPLETE): S.IDLE,  # a request without a body
+    (S.HEAD, E.LAST_MESSAGE): S.DONE,
     (S.BODY, E.MESSAGE_COMPLETE): S.IDLE,
     (S.BODY, E.LAST_MESSAGE): S.DONE,
     (S.IDLE, E.REFUSE): S.REFUSED,
