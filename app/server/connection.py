@@ -235,7 +235,7 @@ class VendProtocol(asyncio.Protocol):
                 self._parser_failed()
             else:
                 self._feeding = False
-                if self.state is _HEAD:  # a body follows
+                if self.state is _HEAD and self._url:  # a body follows
                     self.state = next_state(_HEAD, Event.HEAD_COMPLETE)
             if self.state is _IDLE and not self._write_paused and self._active is None:
                 if self._deadline_kind == "idle":  # moved on: two assignments, no new timer
@@ -283,11 +283,13 @@ class VendProtocol(asyncio.Protocol):
                         self._tail = b""
                         piece, data = (data, b"") if cut == len(data) else (data[:cut], data[cut:])
                         parser.feed_data(piece)
-                        if self.state is _HEAD:  # the head is complete; a body follows
+                        if self.state is _HEAD and self._url:  # a body follows the head
                             self.state = next_state(_HEAD, Event.HEAD_COMPLETE)
                         continue
                 else:
                     n = self._body_left if self._body_left is not None else BODY_SLICE_BYTES
+                    if n <= 0:  # never: llhttp completes a message when its body ends
+                        raise _Refusal(400, "body framing lost")
                     piece, data = data[:n], data[n:]
                     if self._body_left is not None:
                         self._body_left -= len(piece)
