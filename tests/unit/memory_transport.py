@@ -62,7 +62,7 @@ class MemoryTransport(asyncio.Transport):
         self.buffered = 0
         self.write_paused = False
 
-    def write(self, data: bytes | bytearray | memoryview) -> None:  # noqa: D102
+    def write(self, data: bytes | bytearray | memoryview) -> None:
         if self.closed or self.eof:
             raise RuntimeError("write after close or write_eof")
         self.out += data
@@ -81,35 +81,35 @@ class MemoryTransport(asyncio.Transport):
             assert self.protocol is not None
             self.protocol.resume_writing()
 
-    def write_eof(self) -> None:  # noqa: D102
+    def write_eof(self) -> None:
         self.eof = True
 
-    def can_write_eof(self) -> bool:  # noqa: D102
+    def can_write_eof(self) -> bool:
         return True
 
-    def close(self) -> None:  # noqa: D102
+    def close(self) -> None:
         if not self.closed:
             self.closed = True
             if self.protocol is not None:
                 self.loop.call_soon(self.protocol.connection_lost, None)
 
-    def abort(self) -> None:  # noqa: D102
+    def abort(self) -> None:
         self.aborted = True
         self.close()
 
-    def is_closing(self) -> bool:  # noqa: D102
+    def is_closing(self) -> bool:
         return self.closed
 
-    def pause_reading(self) -> None:  # noqa: D102
+    def pause_reading(self) -> None:
         self.reading = False
 
-    def resume_reading(self) -> None:  # noqa: D102
+    def resume_reading(self) -> None:
         self.reading = True
 
-    def get_write_buffer_size(self) -> int:  # noqa: D102
+    def get_write_buffer_size(self) -> int:
         return self.buffered
 
-    def get_extra_info(self, name: str, default: Any = None) -> Any:  # noqa: D102
+    def get_extra_info(self, name: str, default: Any = None) -> Any:
         return {"peername": ("127.0.0.1", 40000), "sockname": ("127.0.0.1", 8080)}.get(
             name, default
         )
@@ -188,11 +188,15 @@ async def make_server(
     mounts: list[Path], limits: ProtocolLimits | None = None, **settings: Any
 ) -> Server:
     """Build and start vend's application on ``mounts`` (probed, as at lifespan startup)."""
-    app = create_app(Settings(mounts=[{"path": str(m), "sendfile": False} for m in mounts], **settings))
+    app = create_app(
+        Settings(mounts=[{"path": str(m), "sendfile": False} for m in mounts], **settings)
+    )
     await app.prepare_mounts()
     config = uvicorn.Config(app, proxy_headers=False, lifespan="off", log_level="warning")
     config.load()
-    return Server(app, config, limits or ProtocolLimits(request_head_s=1.0, keep_alive_s=1.0, send_s=1.0))
+    return Server(
+        app, config, limits or ProtocolLimits(request_head_s=1.0, keep_alive_s=1.0, send_s=1.0)
+    )
 
 
 @dataclass
@@ -202,7 +206,9 @@ class Connection:
     protocol: VendProtocol
     transport: MemoryTransport
 
-    async def send(self, data: bytes, *, byte_by_byte: bool = False, timeout_s: float = 10.0) -> None:
+    async def send(
+        self, data: bytes, *, byte_by_byte: bool = False, timeout_s: float = 10.0
+    ) -> None:
         """Deliver bytes as a transport would: only while reading is on."""
         pieces = [data[i : i + 1] for i in range(len(data))] if byte_by_byte else [data]
         deadline = time.monotonic() + timeout_s

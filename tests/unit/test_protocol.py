@@ -206,28 +206,75 @@ FRAMING = [
     ("no Host in HTTP/1.1", b"GET /small.txt HTTP/1.1\r\n\r\n", 400, True),
     ("two Host fields", b"GET /small.txt HTTP/1.1\r\nHost: a\r\nHost: b\r\n\r\n", 400, True),
     ("invalid Host", b"GET /small.txt HTTP/1.1\r\nHost: a b/c\r\n\r\n", 400, True),
-    ("absolute-form", b"GET http://other.example/small.txt HTTP/1.1\r\nHost: x\r\n\r\n", 200, False),
+    (
+        "absolute-form",
+        b"GET http://other.example/small.txt HTTP/1.1\r\nHost: x\r\n\r\n",
+        200,
+        False,
+    ),
     ("asterisk-form", b"OPTIONS * HTTP/1.1\r\nHost: x\r\n\r\n", 400, True),
     ("authority-form GET", b"GET example.org:80 HTTP/1.1\r\nHost: x\r\n\r\n", 400, True),
     ("CONNECT", b"CONNECT example.org:443 HTTP/1.1\r\nHost: example.org:443\r\n\r\n", 405, True),
-    ("Content-Length and Transfer-Encoding", b"GET /small.txt HTTP/1.1\r\nHost: x\r\nContent-Length: 3\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\n", 400, True),
-    ("repeated Content-Length", b"GET /small.txt HTTP/1.1\r\nHost: x\r\nContent-Length: 1\r\nContent-Length: 1\r\n\r\na", 400, True),
-    ("invalid Content-Length", b"GET /small.txt HTTP/1.1\r\nHost: x\r\nContent-Length: 1a\r\n\r\na", 400, True),
+    (
+        "Content-Length and Transfer-Encoding",
+        b"GET /small.txt HTTP/1.1\r\nHost: x\r\nContent-Length: 3\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\n",
+        400,
+        True,
+    ),
+    (
+        "repeated Content-Length",
+        b"GET /small.txt HTTP/1.1\r\nHost: x\r\nContent-Length: 1\r\nContent-Length: 1\r\n\r\na",
+        400,
+        True,
+    ),
+    (
+        "invalid Content-Length",
+        b"GET /small.txt HTTP/1.1\r\nHost: x\r\nContent-Length: 1a\r\n\r\na",
+        400,
+        True,
+    ),
     ("obs-fold", b"GET /small.txt HTTP/1.1\r\nHost: x\r\nX-A: a\r\n b\r\n\r\n", 400, True),
     ("bare LF", b"GET /small.txt HTTP/1.1\nHost: x\n\n", 400, True),
     ("HTTP/2.0 request line", b"GET /small.txt HTTP/2.0\r\nHost: x\r\n\r\n", 505, True),
-    ("GET with a small body", b"GET /small.txt HTTP/1.1\r\nHost: x\r\nContent-Length: 5\r\n\r\nhello", 200, False),
-    ("GET with a chunked body", b"GET /small.txt HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nhello\r\n0\r\n\r\n", 200, False),
-    ("GET with a body over 64 KiB", b"GET /small.txt HTTP/1.1\r\nHost: x\r\nContent-Length: 70000\r\n\r\n", 413, True),
+    (
+        "GET with a small body",
+        b"GET /small.txt HTTP/1.1\r\nHost: x\r\nContent-Length: 5\r\n\r\nhello",
+        200,
+        False,
+    ),
+    (
+        "GET with a chunked body",
+        b"GET /small.txt HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nhello\r\n0\r\n\r\n",
+        200,
+        False,
+    ),
+    (
+        "GET with a body over 64 KiB",
+        b"GET /small.txt HTTP/1.1\r\nHost: x\r\nContent-Length: 70000\r\n\r\n",
+        413,
+        True,
+    ),
     ("HTTP/1.0", b"GET /small.txt HTTP/1.0\r\n\r\n", 200, True),
-    ("HTTP/1.0 keep-alive", b"GET /small.txt HTTP/1.0\r\nConnection: keep-alive\r\n\r\n", 200, False),
-    ("Connection: close", b"GET /small.txt HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n", 200, True),
+    (
+        "HTTP/1.0 keep-alive",
+        b"GET /small.txt HTTP/1.0\r\nConnection: keep-alive\r\n\r\n",
+        200,
+        False,
+    ),
+    (
+        "Connection: close",
+        b"GET /small.txt HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n",
+        200,
+        True,
+    ),
 ]
 
 
 @pytest.mark.parametrize("hot", [True, False], ids=["hot", "asgi"])
 @pytest.mark.parametrize("case", FRAMING, ids=[c[0] for c in FRAMING])
-def test_framing_cases_of_the_readme_table(tmp_path: Path, case: tuple[str, bytes, int, bool], hot: bool) -> None:
+def test_framing_cases_of_the_readme_table(
+    tmp_path: Path, case: tuple[str, bytes, int, bool], hot: bool
+) -> None:
     """Each framing case of the README's table gets its answer, and closes or not as stated."""
     _, request, status, closes = case
 
