@@ -35,6 +35,11 @@ class Metrics:
 
     content_type = CONTENT_TYPE_LATEST
 
+    @property
+    def multiprocess(self) -> bool:
+        """True when several worker processes share these metrics (``--workers N``)."""
+        return self._multiprocess
+
     def __init__(self) -> None:
         self._multiprocess = bool(os.environ.get(MULTIPROC_ENV))
         # In multiprocess mode values live in files; the registry is built per scrape.

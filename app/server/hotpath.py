@@ -21,7 +21,8 @@ What makes the two paths give the same answer:
   found by uvicorn's own ``ProxyHeadersMiddleware`` with the configured trusted
   addresses;
 - metrics: counted here in batches and added to the application's counters before
-  every scrape (``Metrics.before_render``) and at least once a second.
+  every scrape (``Metrics.before_render``) and at least once a second; with several
+  worker processes (any of which may answer a scrape) each answer is counted at once.
 """
 
 from __future__ import annotations
@@ -120,6 +121,7 @@ class HotPath:
         self._cache: object = None
         self._n200 = self._n304 = self._bytes = 0
         self._flush_timer: asyncio.TimerHandle | None = None
+        self._shared = app.metrics.multiprocess
         app.metrics.before_render.append(self.flush)
 
     def lookup(self, target: bytes) -> CachedFile | None:
@@ -238,7 +240,10 @@ class HotPath:
         else:
             self._n304 += 1
         if self._flush_timer is None:
-            self._flush_timer = asyncio.get_running_loop().call_later(FLUSH_S, self.flush)
+            if self._shared:  # another worker may answer the next scrape: no batching
+                self.flush()
+            else:
+                self._flush_timer = asyncio.get_running_loop().call_later(FLUSH_S, self.flush)
         log = self.app.access_log
         if not log.enabled:
             return
