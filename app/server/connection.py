@@ -668,6 +668,10 @@ class VendProtocol(asyncio.Protocol):
         self._active.keep_alive = False
 
     def _sync(self) -> None:
+        """Set reading and the timer from the state; close when nothing is left to do."""
+        if self.state is _DONE and self._active is None and not self._queue:
+            self._close()  # the client half-closed, or shutdown: every answer is out
+            return
         self._sync_reading()
         if self.state is _IDLE and self._active is None and not self._queue:
             self._set_deadline("first" if self._served == 0 else "idle")

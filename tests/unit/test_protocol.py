@@ -423,3 +423,17 @@ def test_limits_reach_the_protocol_through_its_factory(tmp_path: Path) -> None:
         assert conn.protocol.limits != ProtocolLimits()
 
     run(test, tmp_path)
+
+
+def test_half_closed_client_gets_every_answer_then_the_close(tmp_path: Path) -> None:
+    """Requests then EOF from the client: every answer is written, then the connection closes."""
+
+    async def test(server: Server) -> None:
+        conn = server.connect()
+        await conn.send(get(b"/big.bin") + get(b"/page.html") + b"GET /sma")
+        assert conn.protocol.eof_received() is True
+        await conn.wait_closed()
+        answers = parse_responses(bytes(conn.transport.out), ["GET", "GET"])
+        assert [len(a.body) for a in answers] == [BIG_BYTES, len(PAGE)]
+
+    run(test, tmp_path)
