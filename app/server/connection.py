@@ -411,7 +411,6 @@ class VendProtocol(asyncio.Protocol):
         )
         self._head_bytes = 0
         self._body_left = 0
-        self._deadline_kind = None
         http10 = parser.get_http_version() == "1.0"
         method, url, headers = self._method, self._url, self._headers
         self._url = b""
