@@ -41,7 +41,7 @@ from uvicorn.server import ServerState
 
 from app.asgi import VendApp
 from app.contract import ZEROCOPY
-from app.server.hotpath import DateField, HotPath, hot_path_for
+from app.server.hotpath import DateField, HotPath, KnownHead, hot_path_for
 from app.server.limits import (
     BODY_SLICE_BYTES,
     LINGER_S,
@@ -147,6 +147,7 @@ class VendProtocol(asyncio.Protocol):
         self._send_timer: asyncio.TimerHandle | None = None
         self._linger_timer: asyncio.TimerHandle | None = None
         self._valid_host = b"\x00"
+        self._fast_data: bytes | None = None
         self._drained: asyncio.Future[None] | None = None
         self._gone: asyncio.Future[None] | None = None
         self._reset_request()
@@ -226,17 +227,22 @@ class VendProtocol(asyncio.Protocol):
             and data.count(b"\r\n\r\n") == 1
         ):
             # The common read: exactly one whole request head, nothing waiting before it.
-            self.state = next_state(state, Event.HEAD_BYTES)
-            self._feeding = True
-            try:
-                self.parser.feed_data(data)
-            except Exception:
-                self._feeding = False
-                self._parser_failed()
-            else:
-                self._feeding = False
-                if self.state is _HEAD and self._url:  # a body follows
-                    self.state = next_state(_HEAD, Event.HEAD_COMPLETE)
+            hot = self.hot
+            known = hot.heads.get(data) if hot is not None else None
+            if known is None or not self._answer_known(known):
+                self.state = next_state(state, Event.HEAD_BYTES)
+                self._feeding = True
+                self._fast_data = data
+                try:
+                    self.parser.feed_data(data)
+                except Exception:
+                    self._feeding = False
+                    self._parser_failed()
+                else:
+                    self._feeding = False
+                    if self.state is _HEAD and self._url:  # a body follows
+                        self.state = next_state(_HEAD, Event.HEAD_COMPLETE)
+                self._fast_data = None
             if self.state is _IDLE and not self._write_paused and self._active is None:
                 if self._deadline_kind == "idle":  # moved on: two assignments, no new timer
                     self._deadline = self.loop.time() + self.limits.keep_alive_s
@@ -433,8 +439,40 @@ class VendProtocol(asyncio.Protocol):
                 data, status, sent = hot.answer(entry, method == b"HEAD", inm, connection)
                 self._emit(data, keep_alive)
                 hot.count(status, sent, self._client, method, url, http10, headers)
+                if self._fast_data is not None:
+                    hot.remember(self._fast_data, (method, url, http10, keep_alive, inm, headers))
                 return
         self._emit(self._make_cycle(method, url, headers, http10, keep_alive), keep_alive)
+
+    def _answer_known(self, known: KnownHead) -> bool:
+        """Answer a head whose exact bytes the parser accepted before, on the hot path.
+
+        Parsing is a function of the bytes alone, so a head seen before (see
+        ``HotPath.remember``) needs no parser: its request is answered as it was then,
+        if its file is still fresh in the cache. The state goes from IDLE to IDLE.
+
+        Args:
+            known: what the head was found to ask.
+
+        Returns:
+            True when answered; False: feed it to the parser as usual.
+        """
+        hot = self.hot
+        method, url, http10, keep_alive, inm, headers = known
+        if hot is None or hot.app.draining:
+            return False
+        entry = hot.lookup(url)
+        if entry is None:
+            return False
+        connection = (KEEP_ALIVE if http10 else b"") if keep_alive else CLOSE
+        data, status, sent = hot.answer(entry, method == b"HEAD", inm, connection)
+        self._served += 1
+        self.server_state.total_requests += 1
+        self.transport.write(data)
+        hot.count(status, sent, self._client, method, url, http10, headers)
+        if not keep_alive:
+            self._close()
+        return True
 
     def _make_cycle(
         self,

@@ -42,6 +42,14 @@ from app.server.writer import CLOSE, KEEP_ALIVE, serialize_fields, status_line
 
 FLUSH_S: Final = 1.0
 """Longest the hot path's counts wait before they reach the metrics, in seconds."""
+MAX_KNOWN_HEAD_BYTES: Final = 2048
+"""Longest request head remembered whole (``HotPath.remember``), in bytes."""
+MAX_KNOWN_HEADS: Final = 4096
+"""Most request heads remembered; the memory is emptied when full."""
+
+KnownHead = tuple[bytes, bytes, bool, bool, bytes | None, list[tuple[bytes, bytes]]]
+"""What a remembered head asks: method, target, HTTP/1.0, keep-alive, If-None-Match,
+fields."""
 
 
 class DateField:
@@ -118,6 +126,9 @@ class HotPath:
         self.date = DateField()
         self._trusted_client = trusted_client
         self._targets: dict[bytes, CachedFile] = {}
+        self.heads: dict[bytes, KnownHead] = {}
+        """Request heads (exact bytes) the parser and vend's checks accepted, each a
+        whole hot-path request: a client repeating one skips the parser."""
         self._cache: object = None
         self._n200 = self._n304 = self._bytes = 0
         self._flush_timer: asyncio.TimerHandle | None = None
@@ -164,6 +175,22 @@ class HotPath:
             self._targets = {}
         self._targets[target] = found
         return found
+
+    def remember(self, head: bytes, known: KnownHead) -> None:
+        """Remember a request head that was parsed, checked and answered here.
+
+        Only a read holding exactly one head and nothing else, answered by the hot path,
+        comes here (``VendProtocol``); at most ``MAX_KNOWN_HEADS`` heads of at most
+        ``MAX_KNOWN_HEAD_BYTES`` bytes are kept.
+
+        Args:
+            head: the head's exact bytes.
+            known: what it asks.
+        """
+        if len(head) <= MAX_KNOWN_HEAD_BYTES:
+            if len(self.heads) >= MAX_KNOWN_HEADS:
+                self.heads = {}
+            self.heads[head] = known
 
     def answer(
         self,
@@ -309,4 +336,4 @@ def hot_path_for(
     return hot
 
 
-__all__ = ["CLOSE", "KEEP_ALIVE", "DateField", "HotPath", "Prebuilt", "hot_path_for"]
+__all__ = ["CLOSE", "KEEP_ALIVE", "DateField", "HotPath", "KnownHead", "Prebuilt", "hot_path_for"]
