@@ -442,6 +442,16 @@ class VendProtocol(asyncio.Protocol):
                 if self._fast_data is not None:
                     hot.remember(self._fast_data, (method, url, http10, keep_alive, inm, headers))
                 return
+            if hot.was_hot(url):  # gone stale: one request looks it up, the others wait
+                cycle = self._make_cycle(method, url, headers, http10, keep_alive)
+                waiting = hot.refreshing.get(url)
+                if waiting is None:
+                    cycle.refresh = (hot, url)
+                    hot.refreshing[url] = self.loop.create_future()
+                else:
+                    cycle.after_refresh = (waiting, (method, url, http10, keep_alive, inm, headers))
+                self._emit(cycle, keep_alive)
+                return
         self._emit(self._make_cycle(method, url, headers, http10, keep_alive), keep_alive)
 
     def _answer_known(self, known: KnownHead) -> bool:
@@ -457,21 +467,36 @@ class VendProtocol(asyncio.Protocol):
         Returns:
             True when answered; False: feed it to the parser as usual.
         """
-        hot = self.hot
-        method, url, http10, keep_alive, inm, headers = known
-        if hot is None or hot.app.draining:
+        keep_alive = known[3]
+        if not self.answer_from_cache(known):
             return False
+        self._served += 1
+        self.server_state.total_requests += 1
+        if not keep_alive:
+            self._close()
+        return True
+
+    def answer_from_cache(self, known: KnownHead) -> bool:
+        """Write the hot path's answer to a request, if its file is fresh in the cache.
+
+        Args:
+            known: the request (method, target, HTTP/1.0, keep-alive, If-None-Match,
+                fields).
+
+        Returns:
+            True when answered (written, counted and logged).
+        """
+        hot = self.hot
+        if hot is None or self.disconnected or hot.app.draining:
+            return False
+        method, url, http10, keep_alive, inm, headers = known
         entry = hot.lookup(url)
         if entry is None:
             return False
         connection = (KEEP_ALIVE if http10 else b"") if keep_alive else CLOSE
         data, status, sent = hot.answer(entry, method == b"HEAD", inm, connection)
-        self._served += 1
-        self.server_state.total_requests += 1
         self.transport.write(data)
         hot.count(status, sent, self._client, method, url, http10, headers)
-        if not keep_alive:
-            self._close()
         return True
 
     def _make_cycle(

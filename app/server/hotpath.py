@@ -126,6 +126,9 @@ class HotPath:
         self.date = DateField()
         self._trusted_client = trusted_client
         self._targets: dict[bytes, CachedFile] = {}
+        self.refreshing: dict[bytes, asyncio.Future[None]] = {}
+        """Hot targets gone stale being looked up again, by one request each: the
+        others asking meanwhile wait for it instead of all looking it up at once."""
         self.heads: dict[bytes, KnownHead] = {}
         """Request heads (exact bytes) the parser and vend's checks accepted, each a
         whole hot-path request: a client repeating one skips the parser."""
@@ -175,6 +178,16 @@ class HotPath:
             self._targets = {}
         self._targets[target] = found
         return found
+
+    def was_hot(self, target: bytes) -> bool:
+        """True when ``target`` was answered here before (its entry may be stale now)."""
+        return target in self._targets
+
+    def refresh_done(self, target: bytes) -> None:
+        """The request refreshing ``target`` is done: wake those waiting for it."""
+        waiting = self.refreshing.pop(target, None)
+        if waiting is not None and not waiting.done():
+            waiting.set_result(None)
 
     def remember(self, head: bytes, known: KnownHead) -> None:
         """Remember a request head that was parsed, checked and answered here.
