@@ -121,10 +121,12 @@ class VendProtocol(asyncio.Protocol):
         self.app_state = app_state
         self.limits = limits or ProtocolLimits()
         self.vend: VendApp | None = find_vend_app(self.app)
-        self._trusted_client = trusted_client_finder(config)
         self.hot: HotPath | None = None
         if self.vend is not None:
-            self.hot = hot_path_for(self.vend, self._trusted_client)
+            self.hot = hot_path_for(self.vend, lambda: trusted_client_finder(config))
+            self._trusted_client = self.hot.trusted_client
+        else:
+            self._trusted_client = trusted_client_finder(config)
         self.date: DateField = self.hot.date if self.hot is not None else DateField()
         self.parser = httptools.HttpRequestParser(self)
         self.parser.set_dangerous_leniencies(lenient_data_after_close=True)

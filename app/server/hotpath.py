@@ -38,6 +38,7 @@ from app.asgi import OPERATOR_PREFIX, VendApp
 from app.federation.cache import CachedFile
 from app.http.conditional import Outcome, evaluate_preconditions
 from app.http.names import NameRefused, is_allowed_name, parse_request_path
+from app.server.trust import ClientFinder
 from app.server.writer import CLOSE, KEEP_ALIVE, serialize_fields, status_line
 
 FLUSH_S: Final = 1.0
@@ -124,7 +125,7 @@ class HotPath:
     ) -> None:
         self.app = app
         self.date = DateField()
-        self._trusted_client = trusted_client
+        self.trusted_client = trusted_client
         self._targets: dict[bytes, CachedFile] = {}
         self.refreshing: dict[bytes, asyncio.Future[None]] = {}
         """Hot targets gone stale being looked up again, by one request each: the
@@ -294,8 +295,8 @@ class HotPath:
             elif key == b"user-agent" and user_agent is None:
                 user_agent = value
         client = peer
-        if self._trusted_client is not None:
-            client = self._trusted_client(peer, headers)
+        if self.trusted_client is not None:
+            client = self.trusted_client(peer, headers)
         log.record_line(
             str(client[0]) if client else None,
             method + b" " + target + (b" HTTP/1.0" if http10 else b" HTTP/1.1"),
@@ -330,22 +331,19 @@ class HotPath:
 _BY_APP: weakref.WeakKeyDictionary[VendApp, HotPath] = weakref.WeakKeyDictionary()
 
 
-def hot_path_for(
-    app: VendApp,
-    trusted_client: Callable[[tuple[str, int] | None, list[tuple[bytes, bytes]]], Any] | None,
-) -> HotPath:
+def hot_path_for(app: VendApp, trusted_client: Callable[[], ClientFinder | None]) -> HotPath:
     """The process's hot path for ``app``, made on first use.
 
     Args:
         app: the application.
-        trusted_client: see ``HotPath``.
+        trusted_client: makes the client address finder (see ``HotPath``), called once.
 
     Returns:
         The one ``HotPath`` of this application.
     """
     hot = _BY_APP.get(app)
     if hot is None:
-        hot = _BY_APP[app] = HotPath(app, trusted_client)
+        hot = _BY_APP[app] = HotPath(app, trusted_client())
     return hot
 
 

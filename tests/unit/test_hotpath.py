@@ -126,7 +126,7 @@ def test_hot_and_asgi_paths_answer_alike(tmp_path: Path) -> None:
         assert _without_date(hot) == _without_date(cold), request
         assert hot_closed == cold_closed
 
-    hot = hot_path_for(server.app, None)
+    hot = hot_path_for(server.app, lambda: None)
     answered = []
     real_answer = hot.answer
 
@@ -183,3 +183,41 @@ def test_date_field_is_an_imf_fixdate_formatted_once_a_second() -> None:
     first = date()
     assert first.endswith(b" GMT") and len(first) == 29
     assert date() is first or date() != first
+
+
+def test_stale_hot_name_is_looked_up_once_for_many_waiting_requests(tmp_path: Path) -> None:
+    """Twenty connections ask for a hot name just gone stale: one mount lookup, twenty whole answers."""
+    loop, server, _ = _setup(tmp_path)
+    try:
+
+        async def go() -> None:
+            conn = server.connect()  # answered by the hot path: the target is known there
+            await conn.send(b"GET /small.txt HTTP/1.1\r\nHost: t\r\n\r\n")
+            await conn.wait_responses(["GET"])
+            entry = server.app.cache.get("small.txt", asyncio.get_running_loop().time())
+            assert entry is not None
+            server.app.cache.ttl_s = 2.0
+            entry.checked_at -= 10.0  # stale now
+            before = server.app.metrics.render().decode()
+            conns = [server.connect() for _ in range(20)]
+            for conn in conns:
+                await conn.send(b"GET /small.txt HTTP/1.1\r\nHost: t\r\n\r\n")
+            for conn in conns:
+                (answer,) = await conn.wait_responses(["GET"])
+                assert (answer.status, answer.body) == (200, b"small file body\n")
+            after = server.app.metrics.render().decode()
+            assert _count(after, "miss") - _count(before, "miss") == 1
+            assert _count(after, "hit") - _count(before, "hit") == 19
+
+        loop.run_until_complete(go())
+    finally:
+        _teardown(loop, server)
+
+
+def _count(metrics: str, outcome: str) -> float:
+    line = next(
+        line
+        for line in metrics.splitlines()
+        if line.startswith(f'vend_cache_lookups_total{{outcome="{outcome}"}}')
+    )
+    return float(line.split()[-1])
