@@ -20,17 +20,12 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import os
-import socket
-import time
 from collections.abc import Iterable
-from concurrent.futures import Executor
 from typing import TYPE_CHECKING, Any, Final
 
-from app.contract import UNSENT_KEY, ZEROCOPY, ShortFileError
-from app.federation.threads import DaemonPool, PoolFull, QueueTimeout, RunTimeout, call_in
+from app.contract import UNSENT_KEY, ZEROCOPY
 from app.server.limits import DEFAULT_SEND_S, REASON_PHRASES
-from app.server.sendfile import send_chunk_owned, wait_writable
+from app.server.sendfile import send_file_range
 from app.types import Message
 
 if TYPE_CHECKING:
@@ -308,120 +303,23 @@ class AsgiCycle:
         elif self._left is not None and count > self._left:
             raise RuntimeError("Response content longer than Content-Length")
         if count:
-            ok = await self._sendfile(
+            conn = self._conn
+            await conn.drain()
+            sent = await send_file_range(
+                conn.transport,
                 message["file"].fileno(),
                 int(message.get("offset", 0)),
                 count,
                 message.get("vend.executor"),
                 float(message.get("vend.timeout_s", DEFAULT_SEND_S)),
+                conn.limits.send_s,
             )
-            if not ok:
+            if sent < count:
+                # What the access log and metrics should not count as sent.
+                self.scope[UNSENT_KEY] = self.scope.get(UNSENT_KEY, 0) + count - sent
+                self.body_bytes += sent
+                conn.abort("body not completed")
                 return
             self._count(count)
         if not more_body:
             self._finish()
-
-    async def _sendfile(
-        self, file_fd: int, offset: int, count: int, executor: Executor | None, timeout_s: float
-    ) -> bool:
-        """Send the bytes; on any failure abort the connection and return False."""
-        conn = self._conn
-        send_s = conn.limits.send_s
-        sock: Any = conn.transport.get_extra_info("socket")
-        try:
-            await conn.drain()
-            await self._wait_buffer_empty(send_s)
-            sock_fd = os.dup(sock.fileno())  # the loop's own: waits and shutdown
-        except (OSError, TimeoutError, AttributeError):
-            conn.abort("client gone before the body")
-            return False
-        sent = 0
-        try:
-            while sent < count:
-                n, blocked = await self._chunk(
-                    executor, sock_fd, file_fd, offset + sent, count - sent, timeout_s
-                )
-                sent += n
-                if blocked and sent < count:
-                    await wait_writable(conn.loop, sock_fd, send_s)
-            return True
-        except ShortFileError:
-            log.warning("file shrank while being sent; connection aborted")
-        except RunTimeout:
-            log.warning("sendfile ran over its %s s timeout; connection aborted", timeout_s)
-            _shutdown(sock_fd)  # wakes a thread blocked on the socket side
-        except QueueTimeout:
-            log.warning("no thread for sendfile within %s s; connection aborted", send_s)
-        except TimeoutError:
-            log.debug("client accepted no data for %s s; connection aborted", send_s)
-        except OSError as exc:
-            log.debug("sendfile stopped: %s", exc)
-        finally:
-            os.close(sock_fd)
-        self.scope[UNSENT_KEY] = self.scope.get(UNSENT_KEY, 0) + count - sent
-        self.body_bytes += sent
-        conn.abort("body not completed")
-        return False
-
-    async def _chunk(
-        self,
-        executor: Executor | None,
-        sock_fd: int,
-        file_fd: int,
-        offset: int,
-        count: int,
-        timeout_s: float,
-    ) -> tuple[int, bool]:
-        """One ``send_chunk`` in a worker thread, on descriptors the thread owns.
-
-        The thread gets duplicates of the socket and the file and closes them itself, so
-        whatever the event loop closes meanwhile can never be reused under a running
-        sendfile.
-        """
-        owned = (os.dup(sock_fd), os.dup(file_fd))
-        send_s = self._conn.limits.send_s
-        try:
-            if isinstance(executor, DaemonPool):
-                return await call_in(
-                    executor,
-                    send_chunk_owned,
-                    *owned,
-                    offset,
-                    count,
-                    run_timeout_s=timeout_s,
-                    queue_timeout_s=send_s,
-                )
-            loop = self._conn.loop
-            future = loop.run_in_executor(executor, send_chunk_owned, *owned, offset, count)
-            try:
-                return await asyncio.wait_for(asyncio.shield(future), timeout_s)
-            except TimeoutError:
-                raise RunTimeout("sendfile") from None
-        except (PoolFull, QueueTimeout):
-            for fd in owned:  # the thread never ran: the descriptors are still ours
-                os.close(fd)
-            raise QueueTimeout("sendfile") from None
-
-    async def _wait_buffer_empty(self, timeout_s: float) -> None:
-        """Wait until the transport has flushed what it holds (the response head)."""
-        transport = self._conn.transport
-        deadline = time.monotonic() + timeout_s
-        delay = 0.0005
-        while transport.get_write_buffer_size():
-            if transport.is_closing():
-                raise OSError("transport closing")
-            if time.monotonic() > deadline:
-                raise TimeoutError
-            await asyncio.sleep(delay)
-            delay = min(delay * 2, 0.05)
-
-
-def _shutdown(fd: int) -> None:
-    """Shut a socket down for both directions through one of its descriptors."""
-    sock = socket.socket(fileno=os.dup(fd))
-    try:
-        sock.shutdown(socket.SHUT_RDWR)
-    except OSError:
-        pass
-    finally:
-        sock.close()
