@@ -26,62 +26,35 @@ from __future__ import annotations
 import asyncio
 import functools
 import logging
-import re
-import sys
 import time
 import urllib.parse
 from collections import deque
 from collections.abc import Callable
-from typing import Any, Final
+from typing import Any
 
-import httptools
 from uvicorn.config import Config
 from uvicorn.protocols.utils import get_local_addr, get_remote_addr, is_ssl
 from uvicorn.server import ServerState
 
 from app.asgi import VendApp
 from app.contract import ZEROCOPY
+from app.server.framing import READING, RequestReader, refusal_response
 from app.server.hotpath import DateField, HotPath, KnownHead, hot_path_for
 from app.server.limits import (
-    BODY_SLICE_BYTES,
     LINGER_S,
-    MAX_DISCARDED_BODY_BYTES,
-    MAX_FIELD_BYTES,
-    MAX_FIELDS,
     MAX_HEAD_BYTES,
     MAX_PIPELINED_REQUESTS,
-    MAX_REQUEST_TARGET_BYTES,
-    REASON_PHRASES,
     Event,
     ProtocolLimits,
     ReadState,
     next_state,
 )
 from app.server.trust import find_vend_app, trusted_client_finder
-from app.server.writer import CLOSE, KEEP_ALIVE, AsgiCycle, serialize_fields, serialize_head
+from app.server.writer import CLOSE, KEEP_ALIVE, AsgiCycle
 
 log = logging.getLogger("vend.protocol")
 
-_HOST_RE: Final = re.compile(
-    rb"(?:\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9\-._~!$&'()*+,;=%]*)(?::[0-9]*)?", re.ASCII
-)
-"""RFC 9110 section 7.2: ``uri-host [ ":" port ]`` (IP-literal, IPv4 or reg-name)."""
-_COLD: Final = frozenset(
-    (b"range", b"if-range", b"if-match", b"if-modified-since", b"if-unmodified-since")
-)
-"""Fields that send a request to the ASGI application rather than the hot path."""
-_NOTED: Final = _COLD | {b"host", b"if-none-match", b"content-length", b"transfer-encoding"}
 _IDLE, _HEAD, _BODY, _DONE = ReadState.IDLE, ReadState.HEAD, ReadState.BODY, ReadState.DONE
-_READING: Final = frozenset((_IDLE, _HEAD, _BODY))
-
-
-class _Refusal(Exception):
-    """Raised in a parser callback to stop parsing and refuse the request."""
-
-    def __init__(self, status: int, reason: str, *headers: tuple[bytes, bytes]) -> None:
-        super().__init__(reason)
-        self.status = status
-        self.headers = headers
 
 
 class _RefusalEntry:
@@ -128,18 +101,11 @@ class VendProtocol(asyncio.Protocol):
         else:
             self._trusted_client = trusted_client_finder(config)
         self.date: DateField = self.hot.date if self.hot is not None else DateField()
-        self.parser = httptools.HttpRequestParser(self)
-        self.parser.set_dangerous_leniencies(lenient_data_after_close=True)
         self.state = ReadState.IDLE
         self.disconnected = False
         self.transport: asyncio.Transport = None  # type: ignore[assignment]
         self._queue: deque[AsgiCycle | tuple[bytes, bool] | _RefusalEntry] = deque()
         self._active: AsgiCycle | None = None
-        self._held = b""
-        self._tail = b""
-        self._head_bytes = 0
-        self._body_left: int | None = 0
-        self._feeding = False
         self._read_paused = False
         self._write_paused = False
         self._served = 0
@@ -148,21 +114,9 @@ class VendProtocol(asyncio.Protocol):
         self._timer: asyncio.TimerHandle | None = None
         self._send_timer: asyncio.TimerHandle | None = None
         self._linger_timer: asyncio.TimerHandle | None = None
-        self._valid_host = b"\x00"
-        self._fast_data: bytes | None = None
         self._drained: asyncio.Future[None] | None = None
         self._gone: asyncio.Future[None] | None = None
-        self._reset_request()
-
-    def _reset_request(self) -> None:
-        self._url = b""
-        self._headers: list[tuple[bytes, bytes]] = []
-        self._line_done = False
-        self._method = b""
-        self._discarded = 0
-        self._inm: bytes | None = None
-        self._host: bytes | None = None
-        self._cold = False
+        self.reader = RequestReader(self)
 
     # asyncio.Protocol
 
@@ -181,7 +135,7 @@ class VendProtocol(asyncio.Protocol):
         self.state = next_state(self.state, Event.LOST)
         self.disconnected = True
         self._queue.clear()
-        self._held = b""
+        self.reader.held = b""
         for timer in (self._timer, self._send_timer, self._linger_timer):
             if timer is not None:
                 timer.cancel()
@@ -222,8 +176,8 @@ class VendProtocol(asyncio.Protocol):
             state is _IDLE
             and not self._queue
             and self._active is None
-            and not self._held
-            and not self._tail
+            and not self.reader.held
+            and not self.reader.tail
             and len(data) <= MAX_HEAD_BYTES
             and data.endswith(b"\r\n\r\n")
             and data.count(b"\r\n\r\n") == 1
@@ -232,202 +186,46 @@ class VendProtocol(asyncio.Protocol):
             hot = self.hot
             known = hot.heads.get(data) if hot is not None else None
             if known is None or not self._answer_known(known):
-                self.state = next_state(state, Event.HEAD_BYTES)
-                self._feeding = True
-                self._fast_data = data
-                try:
-                    self.parser.feed_data(data)
-                except Exception:
-                    self._feeding = False
-                    self._parser_failed()
-                else:
-                    self._feeding = False
-                    if self.state is _HEAD and self._url:  # a body follows
-                        self.state = next_state(_HEAD, Event.HEAD_COMPLETE)
-                self._fast_data = None
+                self.reader.feed_head(data)
             if self.state is _IDLE and not self._write_paused and self._active is None:
                 if self._deadline_kind == "idle":  # moved on: two assignments, no new timer
                     self._deadline = self.loop.time() + self.limits.keep_alive_s
                 else:
-                    self._set_deadline("idle")
+                    self.set_deadline("idle")
                 return
             self._sync()
             return
-        if state not in _READING:
+        if state not in READING:
             return  # DONE: nothing more is read; LINGER: discarded
-        if self._held:
-            data, self._held = self._held + data, b""
-        self._feed(data)
+        reader = self.reader
+        if reader.held:
+            data, reader.held = reader.held + data, b""
+        reader.feed(data)
         self._sync()
 
-    # Reading.
+    def dispatch(
+        self,
+        method: bytes,
+        url: bytes,
+        headers: list[tuple[bytes, bytes]],
+        http10: bool,
+        keep_alive: bool,
+        inm: bytes | None,
+        cold: bool,
+        fast_data: bytes | None,
+    ) -> None:
+        """A request is complete: answer it on the hot path, or queue it for the app.
 
-    def _feed(self, data: bytes) -> None:
-        """Feed ``data`` head by head, counting head bytes before the parser sees them."""
-        parser = self.parser
-        self._feeding = True
-        try:
-            while data and self.state in _READING:
-                if len(self._queue) >= MAX_PIPELINED_REQUESTS or self._write_paused:
-                    self._held = data
-                    return
-                if self.state is not _BODY:
-                    if self.state is _IDLE:
-                        self.state = next_state(_IDLE, Event.HEAD_BYTES)
-                        self._set_deadline("request")
-                    buf = self._tail + data if self._tail else data
-                    end = buf.find(b"\r\n\r\n")
-                    if end < 0:
-                        self._head_bytes += len(data)
-                        if self._head_bytes > MAX_HEAD_BYTES:
-                            raise _Refusal(431, f"request head over {MAX_HEAD_BYTES} bytes")
-                        self._tail = buf[-3:]
-                        piece, data = data, b""
-                    else:
-                        cut = end + 4 - (len(buf) - len(data))
-                        self._head_bytes += cut
-                        if self._head_bytes > MAX_HEAD_BYTES:
-                            raise _Refusal(431, f"request head over {MAX_HEAD_BYTES} bytes")
-                        self._tail = b""
-                        piece, data = (data, b"") if cut == len(data) else (data[:cut], data[cut:])
-                        parser.feed_data(piece)
-                        if self.state is _HEAD and self._url:  # a body follows the head
-                            self.state = next_state(_HEAD, Event.HEAD_COMPLETE)
-                        continue
-                else:
-                    n = self._body_left if self._body_left is not None else BODY_SLICE_BYTES
-                    if n <= 0:  # never: llhttp completes a message when its body ends
-                        raise _Refusal(400, "body framing lost")
-                    piece, data = data[:n], data[n:]
-                    if self._body_left is not None:
-                        self._body_left -= len(piece)
-                parser.feed_data(piece)
-        except Exception:
-            self._parser_failed()
-        finally:
-            self._feeding = False
-
-    def _parser_failed(self) -> None:
-        """Refuse after a limit, a parser error or a failed callback (in ``except``)."""
-        exc = sys.exc_info()[1]
-        if isinstance(exc, _Refusal):
-            self._refuse(exc.status, str(exc), exc.headers)
-        elif isinstance(exc, httptools.HttpParserUpgrade):
-            pass  # the request that asked for it was its connection's last
-        elif isinstance(exc, httptools.HttpParserError):
-            cause = exc.__context__
-            if isinstance(cause, _Refusal):
-                self._refuse(cause.status, str(cause), cause.headers)
-            else:
-                if cause is not None:
-                    log.error("parser callback failed", exc_info=cause)
-                self._refuse(400, f"invalid request: {exc}")
-        else:
-            raise  # a bug in vend: uvicorn logs it
-
-    def on_url(self, url: bytes) -> None:
-        """httptools: a piece of the request-target."""
-        self._url += url
-        if len(self._url) > MAX_REQUEST_TARGET_BYTES:
-            raise _Refusal(414, f"request-target over {MAX_REQUEST_TARGET_BYTES} bytes")
-
-    def on_header(self, name: bytes, value: bytes) -> None:
-        """httptools: one header field, whole; framing fields are checked at once."""
-        self._line_done = True
-        headers = self._headers
-        if len(headers) >= MAX_FIELDS:
-            raise _Refusal(431, f"more than {MAX_FIELDS} header fields")
-        if len(name) + len(value) > MAX_FIELD_BYTES:
-            raise _Refusal(431, f"a header field over {MAX_FIELD_BYTES} bytes")
-        name = name.lower()
-        headers.append((name, value))
-        if name in _NOTED:
-            self._note(name, value)
-
-    def _note(self, name: bytes, value: bytes) -> None:
-        """Note a field that decides framing, Host or the path taken."""
-        if name == b"host":
-            if self._host is not None:
-                raise _Refusal(400, "more than one Host field")
-            self._host = value
-        elif name == b"if-none-match":
-            inm = self._inm
-            self._inm = value if inm is None else inm + b", " + value
-        else:
-            self._cold = True
-            if name == b"content-length":  # llhttp checked it: digits, not repeated
-                if int(value) > MAX_DISCARDED_BODY_BYTES:
-                    raise _Refusal(413, f"request body over {MAX_DISCARDED_BODY_BYTES} bytes")
-                self._body_left = int(value)
-            elif name == b"transfer-encoding":
-                self._body_left = None  # llhttp allows chunked only, last
-
-    def _check_head(self) -> None:
-        """The head is complete: check version, method, Host and target form."""
-        self._line_done = True
-        parser = self.parser
-        self._method = method = parser.get_method()
-        version = parser.get_http_version()
-        if version != "1.1" and version != "1.0":
-            raise _Refusal(505, f"HTTP/{version}")
-        if method == b"CONNECT":
-            raise _Refusal(405, "CONNECT", (b"allow", b"GET, HEAD"))
-        host = self._host
-        if host is None:
-            if version == "1.1":
-                raise _Refusal(400, "no Host field in an HTTP/1.1 request")
-        elif host is not self._valid_host and host != self._valid_host:
-            if not _HOST_RE.fullmatch(host):
-                raise _Refusal(400, "invalid Host field")
-            self._valid_host = host  # clients send the same Host on every request
-        if self._url[:1] != b"/":
-            self._absolute_form(self._url)
-            self._cold = True
-
-    def _absolute_form(self, url: bytes) -> None:
-        """RFC 9112 section 3.2.2: the target's authority takes the place of Host."""
-        if url == b"*":
-            raise _Refusal(400, "asterisk-form request-target")
-        try:
-            parsed = httptools.parse_url(url)
-        except httptools.HttpParserInvalidURLError:
-            raise _Refusal(400, "invalid request-target") from None
-        if parsed.schema not in (b"http", b"https") or not parsed.host:
-            raise _Refusal(400, "request-target is not origin-form nor absolute-form")
-        host = b"[" + parsed.host + b"]" if b":" in parsed.host else parsed.host
-        authority = host if parsed.port is None else b"%s:%d" % (host, parsed.port)
-        origin = parsed.path or b"/"
-        if parsed.query is not None:
-            origin += b"?" + parsed.query
-        self._url = origin
-        self._headers = [(n, v) for n, v in self._headers if n != b"host"]
-        self._headers.append((b"host", authority))
-
-    def on_body(self, body: bytes) -> None:
-        """httptools: body bytes, counted and discarded."""
-        self._discarded += len(body)
-        if self._discarded > MAX_DISCARDED_BODY_BYTES:
-            raise _Refusal(413, f"request body over {MAX_DISCARDED_BODY_BYTES} bytes")
-
-    def on_message_complete(self) -> None:
-        """httptools: the request is complete: answer it (hot path) or queue it."""
-        self._check_head()
-        parser = self.parser
-        keep_alive = parser.should_keep_alive() and not parser.should_upgrade()
-        self.state = next_state(
-            self.state, Event.MESSAGE_COMPLETE if keep_alive else Event.LAST_MESSAGE
-        )
-        self._head_bytes = 0
-        self._body_left = 0
-        http10 = parser.get_http_version() == "1.0"
-        method, url, headers = self._method, self._url, self._headers
-        self._url = b""
-        self._headers = []
-        self._line_done = False
-        self._discarded = 0
-        self._host = None
-        inm, self._inm = self._inm, None
-        cold, self._cold = self._cold, False
+        Args:
+            method: the method.
+            url: the request-target (origin-form).
+            headers: the fields, lower-case names.
+            http10: the request is HTTP/1.0.
+            keep_alive: the connection stays open after the answer.
+            inm: If-None-Match (repeated fields joined), or None.
+            cold: a field or a body sends it to the application.
+            fast_data: the read that held exactly this head, or None.
+        """
         hot = self.hot
         if (
             hot is not None
@@ -441,8 +239,8 @@ class VendProtocol(asyncio.Protocol):
                 data, status, sent = hot.answer(entry, method == b"HEAD", inm, connection)
                 self._emit(data, keep_alive)
                 hot.count(status, sent, self._client, method, url, http10, headers)
-                if self._fast_data is not None:
-                    hot.remember(self._fast_data, (method, url, http10, keep_alive, inm, headers))
+                if fast_data is not None:
+                    hot.remember(fast_data, (method, url, http10, keep_alive, inm, headers))
                 return
             if hot.was_hot(url):  # gone stale: one request looks it up, the others wait
                 cycle = self._make_cycle(method, url, headers, http10, keep_alive)
@@ -593,67 +391,68 @@ class VendProtocol(asyncio.Protocol):
 
     def _pump(self) -> None:
         """Feed held bytes when there is room again; set reading and timers."""
-        if self._feeding or self.disconnected:
+        reader = self.reader
+        if reader.feeding or self.disconnected:
             return
-        if self._held and len(self._queue) < MAX_PIPELINED_REQUESTS and not self._write_paused:
-            data, self._held = self._held, b""
-            self._feed(data)
+        if reader.held and not self.queue_full():
+            data, reader.held = reader.held, b""
+            reader.feed(data)
         self._sync()
 
     def _close(self) -> None:
         """Close after what is written; read nothing more."""
-        if self.state in _READING:
+        if self.state in READING:
             self.state = next_state(self.state, Event.STOP)
         self._queue.clear()
-        self._set_deadline(None)
+        self.set_deadline(None)
         self.transport.close()
 
     # Refusals.
 
-    def _refuse(
+    def refuse(
         self, status: int | None, reason: str, headers: tuple[tuple[bytes, bytes], ...] = ()
     ) -> None:
-        """Stop reading; answer ``status`` (None: close silently) after earlier answers."""
-        if self.state not in _READING:
+        """Stop reading; answer ``status`` (None: close silently) after earlier answers.
+
+        Args:
+            status: the refusal's status code, or None.
+            reason: for the log.
+            headers: extra response fields.
+        """
+        if self.state not in READING:
             return
         log.log(logging.INFO if status in (414, 431) else logging.DEBUG, "%s: %s", reason, status)
         self.state = next_state(self.state, Event.REFUSE)
-        self._held = b""
-        self._set_deadline(None)
+        reader = self.reader
+        reader.held = b""
+        self.set_deadline(None)
         data = None
         if status is not None:
-            phrase = REASON_PHRASES[status]
-            method = self.parser.get_method() if self._line_done else b""
-            body = b"" if method == b"HEAD" else f"{phrase}\n".encode("ascii")
-            fields = serialize_fields(
-                [
-                    (b"content-type", b"text/plain; charset=utf-8"),
-                    (b"content-length", b"%d" % len(phrase.encode() + b"\n")),
-                    (b"x-content-type-options", b"nosniff"),
-                    *headers,
-                ]
-            )
-            data = serialize_head(status, self.date(), fields, CLOSE) + body
-            self._record_refusal(status, len(body))
-        self._reset_request()
+            line = reader.request_line()
+            head = line is not None and line.startswith(b"HEAD ")
+            data, body_bytes = refusal_response(status, self.date(), head, headers)
+            self._record_refusal(status, body_bytes, line, reader.headers)
+        reader.reset_request()
         self._queue.append(_RefusalEntry(data))
         if self._active is None:
             self._advance()
 
-    def _record_refusal(self, status: int, body_bytes: int) -> None:
+    def _record_refusal(
+        self,
+        status: int,
+        body_bytes: int,
+        line: bytes | None,
+        fields: list[tuple[bytes, bytes]],
+    ) -> None:
         """Count a refusal in the metrics and write its access log line."""
         vend = self.vend
         if vend is None:
             return
         vend.metrics.count_response(status, body_bytes)
-        line = None
-        if self._line_done:
-            version = self.parser.get_http_version().encode("ascii")
-            line = self.parser.get_method() + b" " + self._url + b" HTTP/" + version
         client = self._client
-        if self._trusted_client is not None and self._line_done:
-            client = self._trusted_client(client, self._headers)
-        headers = dict(self._headers)
+        if self._trusted_client is not None and line is not None:
+            client = self._trusted_client(client, fields)
+        headers = dict(fields)
         vend.access_log.record_line(
             str(client[0]) if client else None,
             line,
@@ -723,13 +522,18 @@ class VendProtocol(asyncio.Protocol):
 
     def shutdown(self) -> None:
         """uvicorn's graceful exit: finish the answer in flight, then close."""
-        if self.state in _READING:
+        if self.state in READING:
             self.state = next_state(self.state, Event.STOP)
         if self._active is None:
             self._close()
             return
         self._queue.clear()
         self._active.keep_alive = False
+
+    def queue_full(self) -> bool:
+        """True while no more requests may be parsed: the pipeline is full or the
+        transport's buffer is over its high-water mark."""
+        return len(self._queue) >= MAX_PIPELINED_REQUESTS or self._write_paused
 
     def _sync(self) -> None:
         """Set reading and the timer from the state; close when nothing is left to do."""
@@ -738,22 +542,19 @@ class VendProtocol(asyncio.Protocol):
             return
         self._sync_reading()
         if self.state is _IDLE and self._active is None and not self._queue:
-            self._set_deadline("first" if self._served == 0 else "idle")
+            self.set_deadline("first" if self._served == 0 else "idle")
         elif self.state is _HEAD or self.state is _BODY:
             if self._read_paused:
-                self._set_deadline(None)
+                self.set_deadline(None)
             elif self._deadline_kind != "request":
-                self._set_deadline("request")
+                self.set_deadline("request")
         else:
-            self._set_deadline(None)
+            self.set_deadline(None)
 
     def _sync_reading(self) -> None:
         state = self.state
         want = state is ReadState.LINGER or (
-            state in _READING
-            and not self._held
-            and not self._write_paused
-            and len(self._queue) < MAX_PIPELINED_REQUESTS
+            state in READING and not self.reader.held and not self.queue_full()
         )
         if want == self._read_paused and self.transport is not None:
             self._read_paused = not want
@@ -764,7 +565,7 @@ class VendProtocol(asyncio.Protocol):
             else:
                 self.transport.pause_reading()
 
-    def _set_deadline(self, kind: str | None) -> None:
+    def set_deadline(self, kind: str | None) -> None:
         """Run one lazy timer: ``first``/``request`` (request_head_s), ``idle``
         (keep_alive_s) or none."""
         if kind == self._deadline_kind:
@@ -800,9 +601,9 @@ class VendProtocol(asyncio.Protocol):
         if kind == "idle":
             self._close()
         elif kind == "first":
-            self._refuse(None, f"nothing sent within {self.limits.request_head_s} s")
+            self.refuse(None, f"nothing sent within {self.limits.request_head_s} s")
         else:
-            self._refuse(408, f"no complete request within {self.limits.request_head_s} s")
+            self.refuse(408, f"no complete request within {self.limits.request_head_s} s")
 
     def _send_timed_out(self) -> None:
         self._send_timer = None
