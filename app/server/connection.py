@@ -13,12 +13,11 @@ goes out only after every earlier answer. Reading stops while
 ``MAX_PIPELINED_REQUESTS`` requests wait, or while the transport's buffer is above its
 high-water mark; a client that accepts nothing for ``send_s`` seconds is cut off.
 
-Framing is strict (the README's table lists each case): llhttp refuses obs-fold,
-Content-Length with Transfer-Encoding, repeated or invalid Content-Length and bare LF
-line ends (400); this module adds the Host rules and request-target forms of RFC 9112
-section 3.2 and the limits of ``app.server.limits``. The reading side is that module's
-state machine. Every refusal is counted in ``vend_requests_total`` and written to the
-access log.
+The parts: ``app.server.framing`` reads requests (the parser, RFC 9112 framing, the
+head limits) and hands each complete one to ``app.server.dispatch`` (the hot path or
+the application); ``app.server.clock`` runs the deadlines; the reading side follows the
+state machine of ``app.server.limits``. Every refusal is counted in
+``vend_requests_total`` and written to the access log.
 """
 
 from __future__ import annotations
@@ -26,8 +25,6 @@ from __future__ import annotations
 import asyncio
 import functools
 import logging
-import time
-import urllib.parse
 from collections import deque
 from collections.abc import Callable
 from typing import Any
@@ -37,9 +34,10 @@ from uvicorn.protocols.utils import get_local_addr, get_remote_addr, is_ssl
 from uvicorn.server import ServerState
 
 from app.asgi import VendApp
-from app.contract import ZEROCOPY
-from app.server.framing import READING, RequestReader, refusal_response
-from app.server.hotpath import DateField, HotPath, KnownHead, hot_path_for
+from app.server.clock import DeadlineTimer
+from app.server.dispatch import RequestDispatch
+from app.server.framing import READING, RequestReader, record_refusal, refusal_response
+from app.server.hotpath import DateField, HotPath, hot_path_for
 from app.server.limits import (
     LINGER_S,
     MAX_HEAD_BYTES,
@@ -50,7 +48,7 @@ from app.server.limits import (
     next_state,
 )
 from app.server.trust import find_vend_app, trusted_client_finder
-from app.server.writer import CLOSE, KEEP_ALIVE, AsgiCycle
+from app.server.writer import AsgiCycle
 
 log = logging.getLogger("vend.protocol")
 
@@ -66,7 +64,7 @@ class _RefusalEntry:
         self.data = data
 
 
-class VendProtocol(asyncio.Protocol):
+class VendProtocol(RequestDispatch, DeadlineTimer, asyncio.Protocol):
     """One HTTP/1.1 connection. uvicorn constructs it; the arguments are uvicorn's.
 
     Args:
@@ -203,137 +201,6 @@ class VendProtocol(asyncio.Protocol):
         reader.feed(data)
         self._sync()
 
-    def dispatch(
-        self,
-        method: bytes,
-        url: bytes,
-        headers: list[tuple[bytes, bytes]],
-        http10: bool,
-        keep_alive: bool,
-        inm: bytes | None,
-        cold: bool,
-        fast_data: bytes | None,
-    ) -> None:
-        """A request is complete: answer it on the hot path, or queue it for the app.
-
-        Args:
-            method: the method.
-            url: the request-target (origin-form).
-            headers: the fields, lower-case names.
-            http10: the request is HTTP/1.0.
-            keep_alive: the connection stays open after the answer.
-            inm: If-None-Match (repeated fields joined), or None.
-            cold: a field or a body sends it to the application.
-            fast_data: the read that held exactly this head, or None.
-        """
-        hot = self.hot
-        if (
-            hot is not None
-            and not cold
-            and (method == b"GET" or method == b"HEAD")
-            and not hot.app.draining
-        ):
-            entry = hot.lookup(url)
-            if entry is not None:
-                connection = (KEEP_ALIVE if http10 else b"") if keep_alive else CLOSE
-                data, status, sent = hot.answer(entry, method == b"HEAD", inm, connection)
-                self._emit(data, keep_alive)
-                hot.count(status, sent, self._client, method, url, http10, headers)
-                if fast_data is not None:
-                    hot.remember(fast_data, (method, url, http10, keep_alive, inm, headers))
-                return
-            if hot.was_hot(url):  # gone stale: one request looks it up, the others wait
-                cycle = self._make_cycle(method, url, headers, http10, keep_alive)
-                waiting = hot.refreshing.get(url)
-                if waiting is None:
-                    cycle.refresh = (hot, url)
-                    hot.refreshing[url] = self.loop.create_future()
-                else:
-                    cycle.after_refresh = (waiting, (method, url, http10, keep_alive, inm, headers))
-                self._emit(cycle, keep_alive)
-                return
-        self._emit(self._make_cycle(method, url, headers, http10, keep_alive), keep_alive)
-
-    def _answer_known(self, known: KnownHead) -> bool:
-        """Answer a head whose exact bytes the parser accepted before, on the hot path.
-
-        Parsing is a function of the bytes alone, so a head seen before (see
-        ``HotPath.remember``) needs no parser: its request is answered as it was then,
-        if its file is still fresh in the cache. The state goes from IDLE to IDLE.
-
-        Args:
-            known: what the head was found to ask.
-
-        Returns:
-            True when answered; False: feed it to the parser as usual.
-        """
-        keep_alive = known[3]
-        if not self.answer_from_cache(known):
-            return False
-        self._served += 1
-        self.server_state.total_requests += 1
-        if not keep_alive:
-            self._close()
-        return True
-
-    def answer_from_cache(self, known: KnownHead) -> bool:
-        """Write the hot path's answer to a request, if its file is fresh in the cache.
-
-        Args:
-            known: the request (method, target, HTTP/1.0, keep-alive, If-None-Match,
-                fields).
-
-        Returns:
-            True when answered (written, counted and logged).
-        """
-        hot = self.hot
-        if hot is None or self.disconnected or hot.app.draining:
-            return False
-        method, url, http10, keep_alive, inm, headers = known
-        entry = hot.lookup(url)
-        if entry is None:
-            return False
-        connection = (KEEP_ALIVE if http10 else b"") if keep_alive else CLOSE
-        data, status, sent = hot.answer(entry, method == b"HEAD", inm, connection)
-        self.transport.write(data)
-        hot.count(status, sent, self._client, method, url, http10, headers)
-        return True
-
-    def _make_cycle(
-        self,
-        method: bytes,
-        url: bytes,
-        headers: list[tuple[bytes, bytes]],
-        http10: bool,
-        keep_alive: bool,
-    ) -> AsgiCycle:
-        """The ASGI HTTP scope of a request, in a cycle ready to run."""
-        raw_path, _, query = url.partition(b"?")
-        raw_path = raw_path.partition(b"#")[0]
-        query = query.partition(b"#")[0]
-        path = raw_path.decode("ascii")
-        if "%" in path:
-            path = urllib.parse.unquote(path)
-        root_path = self.config.root_path
-        scope: dict[str, Any] = {
-            "type": "http",
-            "asgi": {"version": "3.0", "spec_version": "2.3"},
-            "http_version": "1.0" if http10 else "1.1",
-            "server": self._server,
-            "client": self._client,
-            "scheme": self._scheme,
-            "root_path": root_path,
-            "method": method.decode("ascii"),
-            "path": root_path + path,
-            "raw_path": root_path.encode("ascii") + raw_path,
-            "query_string": query,
-            "headers": headers,
-            "state": self.app_state.copy(),
-        }
-        if self._scheme == "http":
-            scope["extensions"] = {ZEROCOPY: {}}
-        return AsgiCycle(self, scope, keep_alive, http10 and keep_alive)
-
     # The answer queue.
 
     def _emit(self, entry: AsgiCycle | bytes, keep_alive: bool) -> None:
@@ -431,38 +298,14 @@ class VendProtocol(asyncio.Protocol):
             line = reader.request_line()
             head = line is not None and line.startswith(b"HEAD ")
             data, body_bytes = refusal_response(status, self.date(), head, headers)
-            self._record_refusal(status, body_bytes, line, reader.headers)
+            client = self._client
+            if self._trusted_client is not None and line is not None:
+                client = self._trusted_client(client, reader.headers)
+            record_refusal(self.vend, client, status, body_bytes, line, reader.headers)
         reader.reset_request()
         self._queue.append(_RefusalEntry(data))
         if self._active is None:
             self._advance()
-
-    def _record_refusal(
-        self,
-        status: int,
-        body_bytes: int,
-        line: bytes | None,
-        fields: list[tuple[bytes, bytes]],
-    ) -> None:
-        """Count a refusal in the metrics and write its access log line."""
-        vend = self.vend
-        if vend is None:
-            return
-        vend.metrics.count_response(status, body_bytes)
-        client = self._client
-        if self._trusted_client is not None and line is not None:
-            client = self._trusted_client(client, fields)
-        headers = dict(fields)
-        vend.access_log.record_line(
-            str(client[0]) if client else None,
-            line,
-            status,
-            body_bytes,
-            headers.get(b"referer"),
-            headers.get(b"user-agent"),
-            None,
-            time.perf_counter(),
-        )
 
     def _send_refusal(self, entry: _RefusalEntry) -> None:
         """Write the refusal, shut the write side and linger (read and discard)."""
@@ -564,46 +407,6 @@ class VendProtocol(asyncio.Protocol):
                 self.transport.resume_reading()
             else:
                 self.transport.pause_reading()
-
-    def set_deadline(self, kind: str | None) -> None:
-        """Run one lazy timer: ``first``/``request`` (request_head_s), ``idle``
-        (keep_alive_s) or none."""
-        if kind == self._deadline_kind:
-            return
-        self._deadline_kind = kind
-        if kind is None:
-            return
-        seconds = self.limits.keep_alive_s if kind == "idle" else self.limits.request_head_s
-        now = self.loop.time()
-        self._deadline = now + seconds
-        if self._timer is None:
-            self._arm(now)
-
-    def _arm(self, now: float) -> None:
-        """Arm the timer at the deadline, or one tick ahead if that is sooner.
-
-        The tick is the shorter timeout, so every later deadline falls at or after the
-        armed time: a deadline is moved with two assignments, never a new timer.
-        """
-        tick = min(self.limits.keep_alive_s, self.limits.request_head_s)
-        self._timer = self.loop.call_at(min(self._deadline, now + tick), self._on_timer)
-
-    def _on_timer(self) -> None:
-        self._timer = None
-        kind = self._deadline_kind
-        if kind is None or self.disconnected:
-            return
-        now = self.loop.time()
-        if now < self._deadline:
-            self._arm(now)
-            return
-        self._deadline_kind = None
-        if kind == "idle":
-            self._close()
-        elif kind == "first":
-            self.refuse(None, f"nothing sent within {self.limits.request_head_s} s")
-        else:
-            self.refuse(408, f"no complete request within {self.limits.request_head_s} s")
 
     def _send_timed_out(self) -> None:
         self._send_timer = None

@@ -18,6 +18,7 @@ from __future__ import annotations
 import logging
 import re
 import sys
+import time
 from typing import TYPE_CHECKING, Final
 
 import httptools
@@ -37,6 +38,7 @@ from app.server.limits import (
 from app.server.writer import CLOSE, serialize_fields, serialize_head
 
 if TYPE_CHECKING:
+    from app.asgi import VendApp
     from app.server.connection import VendProtocol
 
 log = logging.getLogger("vend.protocol")
@@ -97,6 +99,40 @@ def refusal_response(
     if head:
         body = b""
     return serialize_head(status, date, fields, CLOSE) + body, len(body)
+
+
+def record_refusal(
+    vend: VendApp | None,
+    client: tuple[str, int] | None,
+    status: int,
+    body_bytes: int,
+    line: bytes | None,
+    fields: list[tuple[bytes, bytes]],
+) -> None:
+    """Count a refusal in ``vend_requests_total`` and write its access log line.
+
+    Args:
+        vend: the application (None: not vend's, nothing to record).
+        client: the client address (after trusted X-Forwarded-For).
+        status: the status sent.
+        body_bytes: body bytes sent.
+        line: the request line, or None when none came whole (logged ``-``).
+        fields: the request's fields read so far.
+    """
+    if vend is None:
+        return
+    vend.metrics.count_response(status, body_bytes)
+    headers = dict(fields)
+    vend.access_log.record_line(
+        str(client[0]) if client else None,
+        line,
+        status,
+        body_bytes,
+        headers.get(b"referer"),
+        headers.get(b"user-agent"),
+        None,
+        time.perf_counter(),
+    )
 
 
 class RequestReader:

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import urllib.parse
 from collections.abc import Iterable
 from typing import TYPE_CHECKING, Any, Final
 
@@ -74,6 +75,60 @@ def serialize_head(status: int, date: bytes, fields: bytes, connection: bytes) -
         The head, blank line included.
     """
     return b"".join((status_line(status), b"date: ", date, b"\r\n", fields, connection, b"\r\n"))
+
+
+def make_scope(
+    method: bytes,
+    url: bytes,
+    headers: list[tuple[bytes, bytes]],
+    *,
+    http10: bool,
+    server: tuple[str, int | None] | None,
+    client: tuple[str, int] | None,
+    scheme: str,
+    root_path: str,
+    state: dict[str, Any],
+) -> dict[str, Any]:
+    """The ASGI HTTP scope of a request (ASGI HTTP spec 2.3).
+
+    Args:
+        method: the method.
+        url: the request-target, origin-form.
+        headers: the fields, lower-case names.
+        http10: the request is HTTP/1.0.
+        server: the local address.
+        client: the peer's address.
+        scheme: ``http`` or ``https``.
+        root_path: uvicorn's ``root_path``.
+        state: the lifespan state (a copy).
+
+    Returns:
+        The scope; on plain HTTP it offers the zero-copy send extension.
+    """
+    raw_path, _, query = url.partition(b"?")
+    raw_path = raw_path.partition(b"#")[0]
+    query = query.partition(b"#")[0]
+    path = raw_path.decode("ascii")
+    if "%" in path:
+        path = urllib.parse.unquote(path)
+    scope: dict[str, Any] = {
+        "type": "http",
+        "asgi": {"version": "3.0", "spec_version": "2.3"},
+        "http_version": "1.0" if http10 else "1.1",
+        "server": server,
+        "client": client,
+        "scheme": scheme,
+        "root_path": root_path,
+        "method": method.decode("ascii"),
+        "path": root_path + path,
+        "raw_path": root_path.encode("ascii") + raw_path,
+        "query_string": query,
+        "headers": headers,
+        "state": state,
+    }
+    if scheme == "http":
+        scope["extensions"] = {ZEROCOPY: {}}
+    return scope
 
 
 class AsgiCycle:
