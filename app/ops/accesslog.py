@@ -14,7 +14,7 @@ Apache does (``\\xhh``), so a hostile request cannot forge log lines.
 from __future__ import annotations
 
 import atexit
-import logging.handlers
+import os
 import queue
 import re
 import sys
@@ -46,6 +46,45 @@ def _escape(raw: bytes) -> str:
     return escaped
 
 
+class _WatchedFile:
+    """A file opened for appending, reopened when logrotate moves or removes it (as
+    ``logging.handlers.WatchedFileHandler`` does, without the logging machinery, whose
+    set-up elsewhere may close every handler).
+
+    Args:
+        path: the file.
+
+    Raises:
+        OSError: it cannot be opened.
+    """
+
+    def __init__(self, path: str) -> None:
+        self.path = path
+        self._open()
+
+    def _open(self) -> None:
+        self.stream = open(self.path, "a", encoding="ascii")  # noqa: SIM115 - kept open
+        stat = os.fstat(self.stream.fileno())
+        self._id = (stat.st_dev, stat.st_ino)
+
+    def write(self, text: str) -> None:
+        """Append ``text`` and flush, to the file now at ``path``."""
+        try:
+            stat = os.stat(self.path)
+            moved = (stat.st_dev, stat.st_ino) != self._id
+        except FileNotFoundError:
+            moved = True
+        if moved:
+            self.stream.close()
+            self._open()
+        self.stream.write(text)
+        self.stream.flush()
+
+    def close(self) -> None:
+        """Close the file."""
+        self.stream.close()
+
+
 class AccessLog:
     """Writes access log lines to stdout or a file, or nowhere.
 
@@ -56,7 +95,7 @@ class AccessLog:
 
     Args:
         target: ``"off"``, ``"stdout"`` or an absolute file path (reopened when
-            logrotate moves it, as ``logging.handlers.WatchedFileHandler`` does).
+            logrotate moves it).
 
     Raises:
         OSError: the file cannot be opened for appending.
@@ -70,9 +109,9 @@ class AccessLog:
         self._stamp = ""
         if not self.enabled:
             return
-        self._file: logging.handlers.WatchedFileHandler | None = None
+        self._file: _WatchedFile | None = None
         if target != "stdout":
-            self._file = logging.handlers.WatchedFileHandler(target, encoding="ascii")
+            self._file = _WatchedFile(target)
         self._thread = threading.Thread(
             target=self._write_lines, name="vend-access-log", daemon=True
         )
@@ -100,11 +139,7 @@ class AccessLog:
                     sys.stdout.write(text)
                     sys.stdout.flush()
                 else:
-                    self._file.reopenIfNeeded()  # logrotate moved it
-                    stream = self._file.stream
-                    if stream is not None:
-                        stream.write(text)
-                        stream.flush()
+                    self._file.write(text)
             except (OSError, ValueError) as exc:
                 print(f"vend: access log not written: {exc}", file=sys.stderr)
             if done:
