@@ -9,6 +9,8 @@ tests/unit/test_protocol.py.
 
 from __future__ import annotations
 
+import os
+import signal
 import socket
 import struct
 import time
@@ -17,7 +19,7 @@ from typing import Any
 
 import pytest
 
-from tests.support import VendProcess, get_raw
+from tests.support import VendProcess, get_raw, read_hostile_paths
 from tests.unit.memory_transport import parse_responses
 
 pytestmark = pytest.mark.live
@@ -174,3 +176,40 @@ def test_both_paths_log_the_trusted_forwarded_address(vend: VendProcess, tmp_pat
     for line in lines:
         assert line.startswith("203.0.113.7 - - [")
         assert '"GET /small.txt HTTP/1.1" 200 20 "-" "probe/1" m1 ' in line
+
+
+def test_graceful_shutdown_finishes_the_download_in_flight(vend: VendProcess) -> None:
+    """SIGTERM during a slowly read 2 MiB download: the download completes, then vend exits."""
+    idle = socket.create_connection(("127.0.0.1", vend.port), timeout=20)
+    with socket.create_connection(("127.0.0.1", vend.port), timeout=20) as sock:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 16 * 1024)
+        sock.sendall(_get(b"/big.bin"))
+        first = sock.recv(4096)
+        assert first.startswith(b"HTTP/1.1 200 OK")
+        os.killpg(vend.pid, signal.SIGTERM)
+        time.sleep(0.3)
+        assert idle.recv(1) == b""  # an idle connection is closed at once
+        raw = first + _read_until_closed(sock, timeout_s=30)
+    idle.close()
+    (answer,) = parse_responses(raw, ["GET"])
+    assert len(answer.body) == BIG_BYTES
+    assert vend.proc is not None
+    assert vend.proc.wait(30) in (0, -signal.SIGTERM)
+
+
+def test_hostile_path_corpus_answers_alike_cold_and_hot(vend: VendProcess) -> None:
+    """Each corpus row twice over a socket (the second may take the hot path): same answer but Date."""
+    for row in read_hostile_paths():
+        target = row["raw_path"].encode("utf-8")
+        first = get_raw(vend.port, target)
+        second = get_raw(vend.port, target)
+        assert first.status < 500 and first.status in {200, 400, 404, 414, 431}, row["raw_path"][
+            :80
+        ]
+        first.headers.pop("date", None)
+        second.headers.pop("date", None)
+        assert (first.status, first.headers, first.body) == (
+            second.status,
+            second.headers,
+            second.body,
+        ), row["raw_path"][:80]
