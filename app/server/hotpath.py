@@ -172,6 +172,8 @@ class HotPath:
             return None
         found = cache.get(name.name, now)
         if not isinstance(found, CachedFile) or found.body is None:
+            if found is not None:  # fresh, but no longer a small file: not hot any more
+                self._targets.pop(target, None)
             return None
         if found.prebuilt is None:
             found.prebuilt = Prebuilt(found)

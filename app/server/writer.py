@@ -292,6 +292,10 @@ class AsgiCycle:
         if self.complete:
             raise RuntimeError("response already complete")
         self._started = True
+        if self.refresh is not None:  # the lookup is done: those waiting need not wait more
+            hot, target = self.refresh
+            self.refresh = None
+            hot.refresh_done(target)
         status = int(start["status"])
         headers: list[tuple[bytes, bytes]] = list(start.get("headers", ()))
         length: int | None = None

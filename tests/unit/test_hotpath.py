@@ -221,3 +221,37 @@ def _count(metrics: str, outcome: str) -> float:
         if line.startswith(f'vend_cache_lookups_total{{outcome="{outcome}"}}')
     )
     return float(line.split()[-1])
+
+
+def test_waiting_for_a_refresh_ends_with_the_lookup_not_the_download(tmp_path: Path) -> None:
+    """A hot name that grew past the cache's limit: requests waiting on its refresh start at once."""
+    loop, server, _ = _setup(tmp_path)
+    try:
+
+        async def go() -> None:
+            conn = server.connect()
+            await conn.send(b"GET /small.txt HTTP/1.1\r\nHost: t\r\n\r\n")
+            await conn.wait_responses(["GET"])
+            (tmp_path / "m1" / "small.txt").write_bytes(b"x" * (300 * 1024))
+            entry = server.app.cache.get("small.txt", asyncio.get_running_loop().time())
+            assert entry is not None
+            server.app.cache.ttl_s = 2.0
+            entry.checked_at -= 10.0  # stale now
+            slow = [server.connect(high_water=1024) for _ in range(3)]  # never drained
+            for conn in slow:
+                await conn.send(b"GET /small.txt HTTP/1.1\r\nHost: t\r\n\r\n")
+            for _ in range(1000):
+                if all(c.transport.out.startswith(b"HTTP/1.1 200 OK") for c in slow):
+                    break
+                await asyncio.sleep(0.005)
+            assert all(c.transport.out.startswith(b"HTTP/1.1 200 OK") for c in slow)
+            for conn in slow:  # the clients go away: their answers end
+                conn.transport.close()
+            for _ in range(200):
+                if all(c.protocol._active is None for c in slow):
+                    break
+                await asyncio.sleep(0.005)
+
+        loop.run_until_complete(go())
+    finally:
+        _teardown(loop, server)
