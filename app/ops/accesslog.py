@@ -13,7 +13,9 @@ Apache does (``\\xhh``), so a hostile request cannot forge log lines.
 
 from __future__ import annotations
 
+import asyncio
 import atexit
+import contextlib
 import os
 import queue
 import re
@@ -26,7 +28,10 @@ from app.types import Scope
 
 _UNSAFE: Final = re.compile(rb'[^\x20-\x7e]|["\\]')
 MAX_BATCH_LINES: Final = 4096
-"""Most lines the writer thread joins into one write."""
+"""Most lines handed to the writer thread at once."""
+HAND_OVER_S: Final = 0.1
+"""Longest a line waits on the event loop before it goes to the writer thread, in
+seconds."""
 
 
 _ESCAPED: dict[bytes, str] = {}
@@ -88,10 +93,11 @@ class _WatchedFile:
 class AccessLog:
     """Writes access log lines to stdout or a file, or nowhere.
 
-    Lines are formatted on the event loop and queued (a ``queue.SimpleQueue``); one
-    background thread writes them, every line queued at once in one write, so no write
-    or stat of the log file ever runs on the event loop and a busy server pays one
-    system call per batch, not per line.
+    Lines are formatted on the event loop and collected there for at most
+    ``HAND_OVER_S`` seconds (or ``MAX_BATCH_LINES`` lines), then handed as one batch to
+    a background thread that writes the batch in one write. No write or stat of the log
+    file ever runs on the event loop, and a busy server wakes the writer thread and
+    makes a system call once per batch, not once per line.
 
     Args:
         target: ``"off"``, ``"stdout"`` or an absolute file path (reopened when
@@ -103,7 +109,9 @@ class AccessLog:
 
     def __init__(self, target: str) -> None:
         self.enabled = target != "off"
-        self._lines: queue.SimpleQueue[str | None] = queue.SimpleQueue()
+        self._lines: queue.SimpleQueue[list[str] | None] = queue.SimpleQueue()
+        self._pending: list[str] = []
+        self._hand_over: asyncio.TimerHandle | None = None
         self._thread: threading.Thread | None = None
         self._second = -1
         self._stamp = ""
@@ -120,20 +128,47 @@ class AccessLog:
 
     def close(self) -> None:
         """Write out what is queued and stop the writer thread; idempotent."""
+        if self._thread is None:
+            return
+        self._hand_over_lines()
         thread, self._thread = self._thread, None
-        if thread is not None:
-            self._lines.put(None)
-            thread.join()
+        self._lines.put(None)
+        thread.join()
+
+    def _add(self, line: str) -> None:
+        """Collect a line; hand the batch over when full or ``HAND_OVER_S`` after its first."""
+        pending = self._pending
+        pending.append(line)
+        if len(pending) >= MAX_BATCH_LINES:
+            self._hand_over_lines()
+        elif self._hand_over is None:
+            try:
+                loop = asyncio.get_running_loop()
+            except RuntimeError:  # not on an event loop: no one would hand it over later
+                self._hand_over_lines()
+                return
+            self._hand_over = loop.call_later(HAND_OVER_S, self._hand_over_lines)
+
+    def _hand_over_lines(self) -> None:
+        """Give the collected lines to the writer thread."""
+        if self._hand_over is not None:
+            with contextlib.suppress(RuntimeError):  # at exit the loop may be closed
+                self._hand_over.cancel()
+            self._hand_over = None
+        if self._pending and self._thread is not None:
+            self._lines.put(self._pending)
+            self._pending = []
 
     def _write_lines(self) -> None:
-        """The writer thread: write each batch of queued lines, until ``None``."""
+        """The writer thread: write each batch of lines in one write, until ``None``."""
         lines = self._lines
         while True:
-            batch = [lines.get()]
-            while not lines.empty() and len(batch) < MAX_BATCH_LINES:
-                batch.append(lines.get_nowait())
-            done = None in batch
-            text = "".join(line + "\n" for line in batch if line is not None)
+            batch = lines.get()
+            if batch is None:
+                if self._file is not None:
+                    self._file.close()
+                return
+            text = "".join([line + "\n" for line in batch])
             try:
                 if self._file is None:
                     sys.stdout.write(text)
@@ -142,10 +177,6 @@ class AccessLog:
                     self._file.write(text)
             except (OSError, ValueError) as exc:
                 print(f"vend: access log not written: {exc}", file=sys.stderr)
-            if done:
-                if self._file is not None:
-                    self._file.close()
-                return
 
     def _timestamp(self) -> str:
         """The local time as Apache's ``%t`` shows it, formatted once a second."""
@@ -224,7 +255,7 @@ class AccessLog:
         line = "-" if request_line is None else _escape(request_line)
         ref = "-" if referer is None else _escape(referer)
         agent = "-" if user_agent is None else _escape(user_agent)
-        self._lines.put(
+        self._add(
             f'{host} - - [{self._timestamp()}] "{line}" {status} {body_bytes or "-"} '
             f'"{ref}" "{agent}" {mount or "-"} {micros}'
         )

@@ -64,6 +64,11 @@ def trusted_client_finder(config: Config) -> ClientFinder | None:
     def client(
         peer: tuple[str, int] | None, headers: list[tuple[bytes, bytes]]
     ) -> tuple[str, int] | None:
+        for name, _ in headers:
+            if name == b"x-forwarded-for":
+                break
+        else:  # nothing the middleware would change the address with
+            return peer
         scope: dict[str, Any] = {"type": "http", "client": peer, "headers": headers}
         step = middleware(scope, _keep_scope, _keep_scope)  # type: ignore[arg-type]
         try:
