@@ -19,8 +19,7 @@ from typing import Any
 
 import pytest
 
-from tests.support import VendProcess, get_raw, read_hostile_paths
-from tests.unit.memory_transport import parse_responses
+from tests.support import VendProcess, get_raw, parse_responses, read_hostile_paths
 
 pytestmark = pytest.mark.live
 

@@ -5,8 +5,8 @@ reading (bytes are delivered only while reading), can play a slow reader (it cal
 ``pause_writing`` above a high-water mark until the test drains it), and reports close,
 abort and write_eof. ``Server`` builds the application on temporary mounts and makes
 connections the way uvicorn does (``config.http_protocol_class(config=...,
-server_state=..., app_state=...)``). ``parse_responses`` splits the bytes written into
-responses by their Content-Length.
+server_state=..., app_state=...)``). ``tests.support.parse_responses`` splits the bytes
+written into responses by their Content-Length.
 """
 
 from __future__ import annotations
@@ -24,6 +24,9 @@ from app.asgi import VendApp, create_app
 from app.server.connection import VendProtocol, protocol_class
 from app.server.limits import ProtocolLimits
 from app.settings import Settings
+from tests.support import Response, parse_responses
+
+__all__ = ["Response", "parse_responses"]
 
 SMALL = b"small file body\n"
 PAGE = b"<html>a page on m2</html>\n"
@@ -113,53 +116,6 @@ class MemoryTransport(asyncio.Transport):
         return {"peername": ("127.0.0.1", 40000), "sockname": ("127.0.0.1", 8080)}.get(
             name, default
         )
-
-
-@dataclass
-class Response:
-    """One response parsed off the bytes written."""
-
-    status: int
-    reason: bytes
-    headers: list[tuple[bytes, bytes]]
-    body: bytes
-
-    def header(self, name: bytes) -> bytes | None:
-        """The first value of a field, or None."""
-        return next((v for n, v in self.headers if n == name), None)
-
-
-def parse_responses(data: bytes, methods: list[str]) -> list[Response]:
-    """Split written bytes into responses (one per method given, at most).
-
-    Args:
-        data: everything the server wrote.
-        methods: the request methods, in order (a HEAD answer has no body).
-
-    Returns:
-        The complete responses found; trailing bytes that make no whole response are
-        an error.
-    """
-    out: list[Response] = []
-    rest = bytes(data)
-    for method in methods:
-        if not rest:
-            break
-        head, sep, rest = rest.partition(b"\r\n\r\n")
-        assert sep, f"incomplete head: {head[:200]!r}"
-        lines = head.split(b"\r\n")
-        version, status, reason = lines[0].split(b" ", 2)
-        assert version == b"HTTP/1.1"
-        headers = [tuple(line.split(b": ", 1)) for line in lines[1:]]
-        response = Response(int(status), reason, headers, b"")  # type: ignore[arg-type]
-        length = int(response.header(b"content-length") or 0)
-        if method == "HEAD" or response.status == 304:
-            length = 0
-        assert len(rest) >= length, "incomplete body"
-        response.body, rest = rest[:length], rest[length:]
-        out.append(response)
-    assert not rest, f"bytes after the last response: {rest[:200]!r}"
-    return out
 
 
 @dataclass
