@@ -40,8 +40,12 @@ class DeadlineTimer(_Base):
         raise NotImplementedError  # VendProtocol's
 
     def set_deadline(self, kind: str | None) -> None:
-        """Run one lazy timer: ``first``/``request`` (request_head_s), ``idle``
-        (keep_alive_s) or none."""
+        """Set the deadline the state asks for (unchanged if its kind is the same).
+
+        Args:
+            kind: ``first`` or ``request`` (``request_head_s`` from now), ``idle``
+                (``keep_alive_s`` from now), or None (no deadline).
+        """
         if kind == self._deadline_kind:
             return
         self._deadline_kind = kind
