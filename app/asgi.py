@@ -9,7 +9,7 @@ How a request travels::
                                                    its own threads (403/404/503/301)│
     responses.send_representation ◄── small file's bytes or open file ◄─────────────┘
         │ conditional.py (304/412), ranges.py (206/416)
-        └► body: from memory (cache), zero-copy send (app.server.protocol: sendfile),
+        └► body: from memory (cache), zero-copy send (app.server.writer: sendfile),
                  or reads in the mount's threads
 
 A cache hit for a small file costs no thread hand-off and no filesystem call (see
@@ -28,6 +28,7 @@ import asyncio
 import contextlib
 import logging
 import os
+import re
 import signal
 import time
 from collections.abc import Callable
@@ -145,6 +146,11 @@ class VendApp:
         self.metrics.forget_mounts([m.name for m in kept.values() if m.name not in names])
         self.metrics.current_mounts = names
         return fresh, list(kept.values())
+
+    @property
+    def name_pattern(self) -> re.Pattern[str]:
+        """The compiled whitelist in force (the server's hot path validates with it)."""
+        return self._pattern
 
     def _observe_lookup(self, mount: Mount, outcome: str, seconds: float) -> None:
         self.metrics.lookups.labels(mount.name, outcome).inc()

@@ -4,6 +4,7 @@
 the virtual environment running the tests), on a free port of 127.0.0.1, and always
 stops its whole process group. ``raw_request`` sends bytes exactly as given on a TCP
 socket, because ordinary clients tidy ``..``, ``#`` and spaces away before sending.
+``parse_responses`` splits pipelined responses, as written, by their Content-Length.
 """
 
 from __future__ import annotations
@@ -228,3 +229,50 @@ def get_raw(port: int, target: bytes, method: bytes = b"GET", extra: bytes = b""
         + extra
         + b"Connection: close\r\n\r\n",
     )
+
+
+@dataclass
+class Response:
+    """One response parsed off the bytes written."""
+
+    status: int
+    reason: bytes
+    headers: list[tuple[bytes, bytes]]
+    body: bytes
+
+    def header(self, name: bytes) -> bytes | None:
+        """The first value of a field, or None."""
+        return next((v for n, v in self.headers if n == name), None)
+
+
+def parse_responses(data: bytes, methods: list[str]) -> list[Response]:
+    """Split written bytes into responses (one per method given, at most).
+
+    Args:
+        data: everything the server wrote.
+        methods: the request methods, in order (a HEAD answer has no body).
+
+    Returns:
+        The complete responses found; trailing bytes that make no whole response are
+        an error.
+    """
+    out: list[Response] = []
+    rest = bytes(data)
+    for method in methods:
+        if not rest:
+            break
+        head, sep, rest = rest.partition(b"\r\n\r\n")
+        assert sep, f"incomplete head: {head[:200]!r}"
+        lines = head.split(b"\r\n")
+        version, status, reason = lines[0].split(b" ", 2)
+        assert version == b"HTTP/1.1"
+        headers = [tuple(line.split(b": ", 1)) for line in lines[1:]]
+        response = Response(int(status), reason, headers, b"")  # type: ignore[arg-type]
+        length = int(response.header(b"content-length") or 0)
+        if method == "HEAD" or response.status == 304:
+            length = 0
+        assert len(rest) >= length, "incomplete body"
+        response.body, rest = rest[:length], rest[length:]
+        out.append(response)
+    assert not rest, f"bytes after the last response: {rest[:200]!r}"
+    return out

@@ -4,7 +4,7 @@ The body of a file goes out in one of two ways:
 
 - ``http.response.zerocopysend`` (the ASGI zero-copy send extension), when the server
   offers it and the mount allows sendfile: the server sends straight from the descriptor
-  with sendfile(2) (``app.server.protocol`` does it for ``vend serve``). Memory stays
+  with sendfile(2) (``app.server.writer`` does it for ``vend serve``). Memory stays
   flat whatever the file size.
 - otherwise reads of ``CHUNK_BYTES`` in the mount's own threads (aiofiles, with the
   mount's executor and timeout), sent as ``http.response.body`` messages.

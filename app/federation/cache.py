@@ -35,12 +35,15 @@ class CachedFile:
         rep: its representation metadata and prepared headers.
         body: the whole file for a small file, else None.
         checked_at: ``time.monotonic()`` of the lookup, in seconds.
+        prebuilt: the server's ready-made answers for this entry (``app.server.hotpath``),
+            built once on its first use there.
     """
 
     mount: Mount
     rep: Representation
     body: bytes | None
     checked_at: float
+    prebuilt: object = None
 
 
 @dataclass(slots=True)

@@ -15,7 +15,7 @@ not a mount of the answering worker's current table.
 from __future__ import annotations
 
 import os
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from typing import Any, Final
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
@@ -43,6 +43,11 @@ class Metrics:
     """
 
     content_type = CONTENT_TYPE_LATEST
+
+    @property
+    def multiprocess(self) -> bool:
+        """True when several worker processes share these metrics (``--workers N``)."""
+        return self._multiprocess
 
     def __init__(self) -> None:
         self._multiprocess = bool(os.environ.get(MULTIPROC_ENV))
@@ -105,13 +110,21 @@ class Metrics:
         self.cache_hit = self.cache.labels("hit")
         self.cache_miss = self.cache.labels("miss")
         self.cache_miss_remembered = self.cache.labels("miss_remembered")
+        self.before_render: list[Callable[[], None]] = []
+        """Called before every scrape: the server's batched counts are added here."""
 
-    def count_response(self, status: int, body_bytes: int) -> None:
-        """Count one answered request and the body bytes it sent."""
+    def count_response(self, status: int, body_bytes: int, requests: int = 1) -> None:
+        """Count answered requests of one status and the body bytes they sent.
+
+        Args:
+            status: the status code.
+            body_bytes: body bytes sent, in bytes.
+            requests: how many requests (the server's hot path counts in batches).
+        """
         child = self._by_status.get(status)
         if child is None:
             child = self._by_status[status] = self.requests.labels(str(status))
-        child.inc()
+        child.inc(requests)
         if body_bytes:
             self.body_bytes.inc(body_bytes)
 
@@ -127,6 +140,8 @@ class Metrics:
 
     def render(self) -> bytes:
         """The current values in Prometheus' text exposition format (all workers')."""
+        for flush in self.before_render:
+            flush()
         if self.registry is not None:
             return generate_latest(self.registry)
         registry = CollectorRegistry()

@@ -1,8 +1,9 @@
 """Running vend under uvicorn with vend's own HTTP protocol.
 
-``serve(settings)`` starts uvicorn with ``app.server.protocol.VendHttpToolsProtocol`` (httptools
-plus zero-copy send), uvloop where installed, vend's own access log instead of uvicorn's,
-no ``Server`` header, and X-Forwarded-For trusted only from ``trusted_proxies``
+``serve(settings)`` starts uvicorn with vend's own HTTP/1.1 protocol
+(``app.server.connection``: httptools, ordered answers, the hot path, zero-copy send),
+uvloop where installed, vend's own access log instead of uvicorn's, no ``Server``
+header, and X-Forwarded-For trusted only from ``trusted_proxies``
 (``app.server.forwarded``). It listens on ``host:port``, or on the Unix socket named by
 ``unix_socket`` (``app.server.listen``). With ``workers > 1`` this process binds the
 listening socket and vend's supervisor (``app.server.workers``) runs that many worker
@@ -35,9 +36,10 @@ import uvicorn
 
 from app.asgi import create_app
 from app.ops.metrics import MULTIPROC_ENV
+from app.server.connection import protocol_class
 from app.server.forwarded import ForwardedHeaders, ProxyTrust
+from app.server.limits import ProtocolLimits
 from app.server.listen import bind_unix_socket
-from app.server.protocol import VendHttpToolsProtocol
 from app.server.workers import STOP_MARGIN_S, Supervisor
 from app.settings import Settings, SettingsError, load_settings
 from app.types import ASGIApp
@@ -80,8 +82,6 @@ def app_from_environment() -> ASGIApp:
             settings = reload_settings()
         except SettingsError as exc:
             log.error("settings refused, keeping the last valid ones: %s", exc)
-    VendHttpToolsProtocol.send_timeout_s = settings.timeouts.send_s
-    VendHttpToolsProtocol.request_head_s = settings.timeouts.request_head_s
     trust = ProxyTrust(settings.trusted_proxies, unix_listener=bool(settings.unix_socket))
     return ForwardedHeaders(create_app(settings, reload_settings), trust)
 
@@ -121,7 +121,15 @@ def uvicorn_config(
         host=settings.host,
         port=settings.port,
         workers=settings.workers,
-        http=VendHttpToolsProtocol,
+        # A callable constructing the protocol, as uvicorn uses it (its annotation says
+        # a class; a partial pickles to worker processes where a made-up class cannot).
+        http=protocol_class(  # type: ignore[arg-type]
+            ProtocolLimits(
+                request_head_s=settings.timeouts.request_head_s,
+                keep_alive_s=settings.timeouts.keep_alive_s,
+                send_s=settings.timeouts.send_s,
+            )
+        ),
         loop="auto",
         lifespan="on",
         access_log=False,
