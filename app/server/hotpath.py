@@ -97,7 +97,7 @@ class Prebuilt:
         body = entry.body or b""
         self.etag_validators = rep.validators
         self.fields_200 = b"\r\n" + serialize_fields(rep.headers_200)
-        self.fields_304 = b"\r\n" + serialize_fields(rep.headers[1:])
+        self.fields_304 = b"\r\n" + serialize_fields(rep.headers_304)
         self.get_tail = self.fields_200 + b"\r\n" + body
         self.head_tail = self.fields_200 + b"\r\n"
         self.tail_304 = self.fields_304 + b"\r\n"
