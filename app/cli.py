@@ -86,9 +86,27 @@ def serve(config_file: str | None, host: str | None, port: int | None, workers: 
         ):
             click.echo(f"vend: sample content, try {base}/about.html", err=True)
 
+    # uvicorn raises the stop signal again once it has shut down cleanly; without these
+    # handlers SIGTERM would then kill vend (status 143) and SIGINT end in click's
+    # "Aborted!" (status 1). The supervisor of --workers N takes the signals itself.
+    signal.signal(signal.SIGTERM, _stopped)
+    signal.signal(signal.SIGINT, _stopped)
     sys.exit(
         run_server(settings, config_file or os.environ.get("VEND_CONFIG"), overrides, announce)
     )
+
+
+def _stopped(signum: int, frame: object) -> NoReturn:
+    """End ``vend serve`` with status 0 on SIGTERM or SIGINT outside uvicorn's own handlers.
+
+    Args:
+        signum: the signal's number.
+        frame: the interrupted frame (unused).
+
+    Raises:
+        SystemExit: always, with status 0: the operator asked vend to stop.
+    """
+    raise SystemExit(0)
 
 
 @main.command()

@@ -194,8 +194,23 @@ def test_sigterm_drain_keeps_serving_with_health_503(start_vend: Any) -> None:
     assert about.status_code == 200 and about.headers["connection"] == "close"
     assert proc.proc is not None
     proc.proc.wait(timeout=15)
-    # uvicorn re-raises the SIGTERM it handled once it is done, as servers do.
-    assert proc.proc.returncode in (0, -signal.SIGTERM)
+    assert proc.proc.returncode == 0
+
+
+@pytest.mark.parametrize("signame", ["SIGTERM", "SIGINT"])
+def test_serve_exits_0_when_stopped(start_vend: Any, signame: str) -> None:
+    """vend serve stopped by SIGTERM or SIGINT exits 0, as the README says, with no "Aborted!"."""
+    import signal
+
+    proc = start_vend(None)
+    with proc.client() as client:
+        assert client.get("/about.html").status_code == 200
+    assert proc.proc is not None
+    os.kill(proc.pid, getattr(signal, signame))
+    proc.proc.wait(timeout=20)
+    assert proc.proc.returncode == 0
+    assert proc.output_path is not None
+    assert "Aborted" not in proc.output_path.read_text()
 
 
 def test_mount_up_metric_follows_the_background_probe(tmp_path: Path, start_vend: Any) -> None:
