@@ -37,7 +37,8 @@ from app.federation.bodies import FileBody
 from app.federation.cache import CachedMiss, NameCache
 from app.federation.health import probe_forever
 from app.federation.lookup import Miss, Redirect, find_file
-from app.federation.mount import Mount, build_mounts
+from app.federation.memory import NameMemory
+from app.federation.mount import Mount, State, build_mounts
 from app.federation.open import SmallFile
 from app.http.media_types import MediaTypes
 from app.http.names import NameRefused, compile_pattern, is_allowed_name, parse_request_path
@@ -78,7 +79,8 @@ class VendApp:
     Attributes:
         mounts: the run-time mounts, in priority order.
         metrics: this application's Prometheus metrics.
-        cache: the name cache of the hot path.
+        cache: the name cache of the hot path (rebuilt on reload).
+        memory: where names live (``app.federation.memory``): kept across reloads.
         draining: True after SIGTERM while ``timeouts.drain_s`` runs: health is 503 and
             every response closes its connection.
     """
@@ -93,6 +95,9 @@ class VendApp:
         self.access_log = AccessLog("off")
         self._probe_task: asyncio.Task[None] | None = None
         self._operator = create_operator_app(self)
+        self.memory = NameMemory(
+            max_names=settings.cache.remember_names, ttl_s=settings.cache.remember_s
+        )
         self._apply(settings)
 
     def _apply(self, settings: Settings) -> tuple[list[Mount], list[Mount]]:
@@ -132,6 +137,10 @@ class VendApp:
             max_file_bytes=c.max_file_bytes,
         )
         self.mounts = mounts
+        self.memory.configure((c.remember_names, c.remember_s), (m.key for m in mounts))
+        names = {m.name for m in mounts}
+        self.metrics.forget_mounts([m.name for m in kept.values() if m.name not in names])
+        self.metrics.current_mounts = names
         return fresh, list(kept.values())
 
     def _observe_lookup(self, mount: Mount, outcome: str, seconds: float) -> None:
@@ -142,7 +151,7 @@ class VendApp:
 
     def _record_health(self, mount: Mount) -> None:
         """Put a mount's breaker state in ``vend_mount_up`` (after a lookup or a probe)."""
-        self.metrics.mount_up.labels(mount.name).set(1 if mount.up else 0)
+        self.metrics.mount_up.labels(mount.name).set(0 if mount.state() is State.DOWN else 1)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         """ASGI entry point: HTTP requests and the lifespan protocol."""
@@ -224,21 +233,21 @@ class VendApp:
                 sent = await send_representation(send, fields, cached.rep, MemoryBody(cached.body))
                 return sent, cached.mount.name
             self.metrics.cache_miss.inc()
-        known_mount = None
-        if cacheable and self.settings.down_mount_policy == "unavailable":
-            known_mount = cache.last_known_mount(name)
-
         checked_at = time.monotonic()
+        remembered = self._remembered_mount(name, mounts)
         found = await find_file(
             mounts,
             candidates,
             redirect_directories=bool(index_names) and not request_name.wants_index,
             max_read_bytes=cache.max_file_bytes,
-            known_mount=known_mount,
+            known_mount=remembered if self.settings.down_mount_policy == "unavailable" else None,
+            first_wave=None if remembered is None else mounts.index(remembered) + 1,
         )
         if isinstance(found, Miss):
-            if found is Miss.NOT_FOUND and cacheable:
-                cache.put_miss(name, checked_at)
+            if found is Miss.NOT_FOUND:
+                self.memory.forget(name)
+                if cacheable:
+                    cache.put_miss(name, checked_at)
             return await send_error(send, found.value, head=head), None
         if isinstance(found, Redirect):
             location = raw_path + b"/"
@@ -251,6 +260,7 @@ class VendApp:
             self._media_types.for_name(found.name),
             self.settings.cache_control,
         )
+        self.memory.remember(name, found.mount.key, checked_at)
         if cacheable:
             small = found.body if isinstance(found, SmallFile) else None
             cache.put_file(name, found.mount, rep, small, checked_at)
@@ -265,6 +275,16 @@ class VendApp:
             return await send_representation(send, fields, rep, body), found.mount.name
         finally:
             found.close()
+
+    def _remembered_mount(self, name: str, mounts: list[Mount]) -> Mount | None:
+        """The mount of ``mounts`` that ``name`` is remembered to live on, or None."""
+        key = self.memory.where(name)
+        if key is None:
+            return None
+        for mount in mounts:
+            if mount.key == key:
+                return mount
+        return None
 
     async def _call_operator(self, scope: Scope, receive: Receive, send: Send) -> tuple[int, int]:
         status, body_bytes = 500, 0

@@ -48,14 +48,15 @@ def describe(mount: Mount) -> dict[str, object]:
     """A mount's health as JSON-ready data (no filesystem path).
 
     Returns:
-        ``{"name", "state": "up"|"down", "last_error": errno name or None,
-        "latency_ms": last probe's duration in milliseconds or None}``.
+        ``{"name", "state": "up"|"overdue"|"down", "last_error": errno name or None,
+        "latency_ms": last probe's duration in milliseconds or None,
+        "deadline_ms": the lookup deadline in milliseconds}``.
     """
-    usable = mount.up and mount.real_root is not None
     latency = mount.probe_latency_s
     return {
         "name": mount.name,
-        "state": "up" if usable else "down",
+        "state": mount.state().value,
         "last_error": mount.last_error,
         "latency_ms": None if latency is None else round(latency * 1000, 3),
+        "deadline_ms": round(mount.pace.deadline_s() * 1000, 3),
     }

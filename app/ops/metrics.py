@@ -5,15 +5,22 @@ each application instance has its own registry (tests build many apps in one pro
 With ``--workers N``, ``vend serve`` sets ``PROMETHEUS_MULTIPROC_DIR`` before the workers
 start, each worker writes its values there, and a scrape (answered by any worker) adds
 up all workers' values: prometheus-client's multiprocess mode.
+
+On reload, the label sets of mounts no longer configured are removed (``.remove``). In
+multiprocess mode prometheus-client cannot remove a label set (its values stay in the
+workers' files), so the scrape itself leaves out every sample whose ``mount`` label is
+not a mount of the answering worker's current table.
 """
 
 from __future__ import annotations
 
 import os
+from collections.abc import Iterable
 from typing import Any, Final
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
+from prometheus_client.metrics_core import Metric
 from prometheus_client.multiprocess import MultiProcessCollector
 
 MULTIPROC_ENV: Final = "PROMETHEUS_MULTIPROC_DIR"
@@ -29,7 +36,8 @@ class Metrics:
             ``timeout``, ``skipped`` while the mount is down).
         cache: name cache lookups by outcome.
         lookup_seconds: time of one mount lookup, in seconds.
-        mount_up: 1 when the mount is usable, else 0.
+        mount_up: 1 when the mount is usable (up or overdue), 0 when down.
+        current_mounts: names of the configured mounts (what a scrape shows).
     """
 
     content_type = CONTENT_TYPE_LATEST
@@ -76,6 +84,7 @@ class Metrics:
             multiprocess_mode="livemin",
         )
 
+        self.current_mounts: set[str] | None = None
         # Label children looked up once: labels() takes a lock and a dict lookup, and
         # these counters move on every request of the hot path.
         self._by_status: dict[int, Any] = {}
@@ -92,10 +101,39 @@ class Metrics:
         if body_bytes:
             self.body_bytes.inc(body_bytes)
 
+    def forget_mounts(self, names: Iterable[str]) -> None:
+        """Remove every label set of the mounts ``names`` (removed by a reload)."""
+        if self._multiprocess:
+            return  # not possible there: render() leaves them out instead
+        for name in names:
+            for outcome in ("hit", "miss", "error", "timeout", "skipped"):
+                self.lookups.remove(name, outcome)
+            for metric in (self.lookup_seconds, self.mount_up):
+                metric.remove(name)
+
     def render(self) -> bytes:
         """The current values in Prometheus' text exposition format (all workers')."""
         if self.registry is not None:
             return generate_latest(self.registry)
         registry = CollectorRegistry()
         MultiProcessCollector(registry)  # type: ignore[no-untyped-call]
-        return generate_latest(registry)
+        return generate_latest(_CurrentMounts(registry, self.current_mounts))
+
+
+class _CurrentMounts:
+    """A registry view without the samples of mounts that are no longer configured."""
+
+    def __init__(self, registry: CollectorRegistry, mounts: set[str] | None) -> None:
+        self._registry = registry
+        self._mounts = mounts
+
+    def collect(self) -> Iterable[Metric]:
+        """The registry's metrics, filtered by the ``mount`` label."""
+        for metric in self._registry.collect():
+            if self._mounts is not None:
+                metric.samples = [
+                    s
+                    for s in metric.samples
+                    if "mount" not in s.labels or s.labels["mount"] in self._mounts
+                ]
+            yield metric
