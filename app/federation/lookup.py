@@ -36,6 +36,7 @@ from typing import Final
 
 from app.federation.mount import GATE_POLL_S, Mount, MountUnavailable
 from app.federation.open import Lookup, OpenFile, SmallFile
+from app.federation.pace import RunWatch
 
 
 class Miss(Enum):
@@ -61,12 +62,16 @@ Outcome = OpenFile | SmallFile | Lookup | MountUnavailable
 
 
 async def _on_mount(
-    mount: Mount, candidates: Sequence[str], redirect_directories: bool, max_read_bytes: int
+    mount: Mount,
+    candidates: Sequence[str],
+    redirect_directories: bool,
+    max_read_bytes: int,
+    watch: RunWatch,
 ) -> Outcome:
     """Look the candidates up on one mount, in order; never raises MountUnavailable."""
     try:
         for name in candidates:
-            found = await mount.lookup(name, max_read_bytes)
+            found = await mount.lookup(name, max_read_bytes, watch)
             if found is Lookup.DIRECTORY and not redirect_directories:
                 continue
             if found is not Lookup.ABSENT:
@@ -115,21 +120,21 @@ async def find_file(
         a ``Miss``.
     """
     tasks: list[asyncio.Task[Outcome]] = []
-    started: list[float] = []
+    watches: list[RunWatch] = []
 
     def start(upto: int) -> None:
         for mount in mounts[len(tasks) : upto]:
+            watches.append(RunWatch())
             tasks.append(
                 asyncio.ensure_future(
-                    _on_mount(mount, candidates, redirect_directories, max_read_bytes)
+                    _on_mount(mount, candidates, redirect_directories, max_read_bytes, watches[-1])
                 )
             )
-            started.append(time.monotonic())
 
     start(len(mounts) if first_wave is None else max(1, first_wave))
     try:
         while True:
-            verdict = _decide(mounts, tasks, started, known_mount, time.monotonic())
+            verdict = _decide(mounts, tasks, watches, known_mount, time.monotonic())
             if verdict is _MORE:
                 start(len(mounts))
                 continue
@@ -138,7 +143,7 @@ async def find_file(
             pending = [t for t in tasks if not t.done()]
             now = time.monotonic()
             waits = [
-                started[i] + mounts[i].pace.deadline_s() - now
+                mounts[i].pace.deadline_s() - watches[i].running_s(now)
                 for i, t in enumerate(tasks)
                 if not t.done()
             ]
@@ -160,7 +165,7 @@ _MORE: Final = object()
 def _decide(
     mounts: Sequence[Mount],
     tasks: Sequence[asyncio.Task[Outcome]],
-    started: Sequence[float],
+    watches: Sequence[RunWatch],
     known_mount: Mount | None,
     now: float,
 ) -> OpenFile | SmallFile | Redirect | Miss | object:
@@ -171,7 +176,7 @@ def _decide(
             return _MORE
         task = tasks[i]
         if not task.done():
-            if mount is not known_mount and mount.is_late(started[i], now):
+            if mount is not known_mount and mount.is_late(watches[i], now):
                 passed_late = True  # a later mount's answer may do meanwhile
                 continue
             return _WAIT

@@ -17,7 +17,7 @@ from enum import Enum
 from typing import Final, TypeVar
 
 from app.federation.open import Lookup, OpenFile, SmallFile, close_if_file, open_in_mount
-from app.federation.pace import Pace
+from app.federation.pace import Pace, RunWatch
 from app.federation.root import probe_root
 from app.federation.threads import DaemonPool, PoolFull, QueueTimeout, RunTimeout, call_in
 from app.settings import MountSettings
@@ -119,10 +119,10 @@ class Mount:
             return State.OVERDUE
         return State.UP
 
-    def is_late(self, started: float, now: float) -> bool:
-        """True when a lookup started at ``started`` is past the deadline, or the mount
-        is overdue or down (times from ``time.monotonic()``, seconds)."""
-        return now - started > self.pace.deadline_s() or self.state(now) is not State.UP
+    def is_late(self, watch: RunWatch, now: float) -> bool:
+        """True when a lookup's call has run past the deadline, or the mount is overdue
+        or down (``now``: ``time.monotonic()``, seconds)."""
+        return watch.running_s(now) > self.pace.deadline_s() or self.state(now) is not State.UP
 
     def mark_down(self, error: str) -> None:
         """Open the breaker: lookups skip this mount until a probe succeeds."""
@@ -141,7 +141,13 @@ class Mount:
         self.last_error = None
         self.probe_latency_s = latency_s
 
-    async def _run(self, executor: DaemonPool, fn: Callable[..., T], *args: object) -> T:
+    async def _run(
+        self,
+        executor: DaemonPool,
+        fn: Callable[..., T],
+        *args: object,
+        watch: RunWatch | None = None,
+    ) -> T:
         """One call in ``executor``; ESTALE is retried once.
 
         Only the time the call *runs* counts against ``fs_op_s``: waiting for a thread
@@ -158,7 +164,7 @@ class Mount:
                     run_timeout_s=self.fs_op_s,
                     queue_timeout_s=QUEUE_FACTOR * self.fs_op_s,
                     discard=close_if_file,
-                    on_submit=self.pace.track,
+                    on_submit=self.pace.track if watch is None else watch.bind_and(self.pace.track),
                     cancellable=True,
                 )
             except (PoolFull, QueueTimeout):
@@ -179,12 +185,13 @@ class Mount:
                 raise MountUnavailable(name) from None
         raise AssertionError("unreachable")
 
-    async def call(self, fn: Callable[..., T], *args: object) -> T:
+    async def call(self, fn: Callable[..., T], *args: object, watch: RunWatch | None = None) -> T:
         """Run a blocking filesystem call in this mount's pool, with the timeout.
 
         Args:
             fn: the blocking function.
             *args: its arguments.
+            watch: told about the call once submitted (how long it has run), or None.
 
         Returns:
             What ``fn`` returned.
@@ -198,7 +205,7 @@ class Mount:
             raise MountUnavailable(self.last_error or "EIO")
         scout = await self._pass_gate()
         try:
-            return await self._run(self.executor, fn, *args)
+            return await self._run(self.executor, fn, *args, watch=watch)
         finally:
             if scout:
                 self._scouting = False
@@ -253,12 +260,15 @@ class Mount:
         self.mark_up(time.monotonic() - started)
         return True
 
-    async def lookup(self, name: str, max_read_bytes: int = 0) -> OpenFile | SmallFile | Lookup:
+    async def lookup(
+        self, name: str, max_read_bytes: int = 0, watch: RunWatch | None = None
+    ) -> OpenFile | SmallFile | Lookup:
         """Look ``name`` up under this mount.
 
         Args:
             name: a validated relative name.
             max_read_bytes: read files up to this size whole (see ``open_in_mount``).
+            watch: told about each call once submitted, or None.
 
         Returns:
             See ``open_in_mount``.
@@ -281,6 +291,7 @@ class Mount:
                 self,
                 max_read_bytes,
                 self.root_mount_id if self.settings.require_mountpoint else None,
+                watch=watch,
             )
         except MountUnavailable as exc:
             self._observe("timeout" if str(exc) == "ETIMEDOUT" else "error", started)

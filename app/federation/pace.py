@@ -8,7 +8,7 @@ own recent latency::
     deadline = clamp(FACTOR x p90(last WINDOW operations), FLOOR_S, fs_op_s x CEILING_SHARE)
 
 A mount whose latency is 1 ms gets the floor (0.2 s); one that answers in 300 ms per
-operation (a lookup of about 1.5 s) gets up to half of ``fs_op_s``. A lookup still
+operation (a lookup of about 2.4 s) gets the ceiling, 4 s at the default ``fs_op_s``. A lookup still
 running past its deadline is *overdue*: later mounts' answers may be used meanwhile
 (``app.federation.lookup``). The mount itself is *overdue* while its oldest running
 operation is past the deadline and no operation has finished within the deadline: a slow
@@ -25,15 +25,17 @@ import asyncio
 import contextlib
 import time
 from collections import deque
+from collections.abc import Callable
 from concurrent.futures import Future
 from typing import Any, Final
 
 FLOOR_S: Final = 0.2
 """Shortest lookup deadline, in seconds: below it, scheduling noise on a busy host would
 make healthy mounts look overdue."""
-CEILING_SHARE: Final = 0.5
-"""Longest lookup deadline, as a share of ``fs_op_s``: a slow mount is declared overdue
-in at most half the time it takes to declare it down."""
+CEILING_SHARE: Final = 0.8
+"""Longest lookup deadline, as a share of ``fs_op_s``: a mount is overdue before it is
+down, whatever its latency. A lookup is about 8 filesystem operations (a hit on a small
+file: lookup, 4 getattr, open, 2 reads), 2.4 s at 300 ms each: within 0.8 x 5 s."""
 FACTOR: Final = 4.0
 """The deadline is this many times the mount's recent 90th-percentile latency."""
 WINDOW: Final = 64
@@ -135,3 +137,37 @@ class Pace:
             self._changed = asyncio.Event()
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(self._changed.wait(), timeout_s)
+
+
+class RunWatch:
+    """How long one lookup's current filesystem call has been running.
+
+    A lookup waiting for a free thread behind other work is not late (that is load); one
+    whose call runs past the mount's deadline is.
+    """
+
+    __slots__ = ("_future",)
+
+    def __init__(self) -> None:
+        self._future: Future[Any] | None = None
+
+    def bind(self, future: Future[Any]) -> None:
+        """Watch ``future``, the call just submitted for this lookup."""
+        self._future = future
+
+    def bind_and(self, track: Callable[[Future[Any]], None]) -> Callable[[Future[Any]], None]:
+        """An ``on_submit`` hook that binds the future here and passes it to ``track``."""
+
+        def hook(future: Future[Any]) -> None:
+            self._future = future
+            track(future)
+
+        return hook
+
+    def running_s(self, now: float) -> float:
+        """Seconds the current call has been running at ``now`` (0: none running)."""
+        future = self._future
+        started: float | None = None if future is None else getattr(future, "started_at", None)
+        if started is None or future is None or future.done():
+            return 0.0
+        return now - started
