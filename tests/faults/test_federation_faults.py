@@ -199,7 +199,7 @@ def test_reload_during_a_fault_changes_nothing_clients_receive(
     fs = faultfs(src1)
     config = tmp_path / "vend.toml"
     base = (
-        "[timeouts]\nfs_op_s = 2.0\nprobe_interval_s = 0.5\n"
+        "[timeouts]\nprobe_interval_s = 0.5\n"
         "[cache]\nttl_s = 0.3\nmiss_ttl_s = 0.2\n"
     )
     tables = [
