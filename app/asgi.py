@@ -95,9 +95,7 @@ class VendApp:
         self.access_log = AccessLog("off")
         self._probe_task: asyncio.Task[None] | None = None
         self._operator = create_operator_app(self)
-        self.memory = NameMemory(
-            max_names=settings.cache.remember_names, ttl_s=settings.cache.remember_s
-        )
+        self.memory = NameMemory(max_names=1, ttl_s=1.0)  # _apply sets the limits
         self._apply(settings)
 
     def _apply(self, settings: Settings) -> tuple[list[Mount], list[Mount]]:
@@ -138,9 +136,7 @@ class VendApp:
         )
         self.mounts = mounts
         self.memory.configure((c.remember_names, c.remember_s), (m.key for m in mounts))
-        names = {m.name for m in mounts}
-        self.metrics.forget_mounts([m.name for m in kept.values() if m.name not in names])
-        self.metrics.current_mounts = names
+        self.metrics.keep_mounts([m.name for m in mounts], [m.name for m in kept.values()])
         return fresh, list(kept.values())
 
     def _observe_lookup(self, mount: Mount, outcome: str, seconds: float) -> None:
@@ -234,14 +230,14 @@ class VendApp:
                 return sent, cached.mount.name
             self.metrics.cache_miss.inc()
         checked_at = time.monotonic()
-        remembered = self._remembered_mount(name, mounts)
+        key = self.memory.where(name)
         found = await find_file(
             mounts,
             candidates,
             redirect_directories=bool(index_names) and not request_name.wants_index,
             max_read_bytes=cache.max_file_bytes,
-            known_mount=remembered if self.settings.down_mount_policy == "unavailable" else None,
-            first_wave=None if remembered is None else mounts.index(remembered) + 1,
+            remembered=next((m for m in mounts if m.key == key), None),
+            hold_remembered=self.settings.down_mount_policy == "unavailable",
         )
         if isinstance(found, Miss):
             if found is Miss.NOT_FOUND:
@@ -275,16 +271,6 @@ class VendApp:
             return await send_representation(send, fields, rep, body), found.mount.name
         finally:
             found.close()
-
-    def _remembered_mount(self, name: str, mounts: list[Mount]) -> Mount | None:
-        """The mount of ``mounts`` that ``name`` is remembered to live on, or None."""
-        key = self.memory.where(name)
-        if key is None:
-            return None
-        for mount in mounts:
-            if mount.key == key:
-                return mount
-        return None
 
     async def _call_operator(self, scope: Scope, receive: Receive, send: Send) -> tuple[int, int]:
         status, body_bytes = 500, 0
@@ -336,7 +322,9 @@ class VendApp:
         Args:
             mounts: the mounts to probe; None: all current mounts.
         """
-        for mount in await _probe_all(self.mounts if mounts is None else mounts):
+        mounts = self.mounts if mounts is None else mounts
+        await asyncio.gather(*(mount.probe() for mount in mounts))
+        for mount in mounts:
             self._record_health(mount)
             if not mount.up:
                 log.error("mount %s is not usable: %s", mount.name, mount.last_error)
@@ -394,11 +382,6 @@ class VendApp:
                 self.access_log.close()
                 await send({"type": "lifespan.shutdown.complete"})
                 return
-
-
-async def _probe_all(mounts: list[Mount]) -> list[Mount]:
-    await asyncio.gather(*(mount.probe() for mount in mounts))
-    return mounts
 
 
 def create_app(

@@ -19,8 +19,8 @@ What else can happen:
   a redirect to the same path with ``/`` added, as Apache's mod_dir does;
 - ``EACCES`` on the first mount that has the name: 403, the search stops there;
 - a mount that is down or fails (I/O error, timeout): if the name is remembered to live
-  there (``known_mount``), 503: a later mount may hold an older copy; the same mount when
-  late is waited for (up to ``fs_op_s``). Otherwise later mounts answer, and when none
+  there (under ``hold_remembered``), 503: a later mount may hold an older copy; the same
+  mount when late is waited for (up to ``fs_op_s``). Otherwise later mounts answer, and when none
   has the name the answer is 503 rather than 404, because the failed mount may hold it;
   a mount that is only late is waited for before that.
 """
@@ -93,8 +93,8 @@ async def find_file(
     *,
     redirect_directories: bool,
     max_read_bytes: int = 0,
-    known_mount: Mount | None = None,
-    first_wave: int | None = None,
+    remembered: Mount | None = None,
+    hold_remembered: bool = True,
 ) -> OpenFile | SmallFile | Redirect | Miss:
     """Find the first mount holding one of ``candidates`` as a regular file.
 
@@ -107,18 +107,19 @@ async def find_file(
             treated as absent.
         max_read_bytes: files of at most this size are read whole in the mount's thread
             and returned as a ``SmallFile`` (0: never).
-        known_mount: the mount the name is remembered to live on, under
-            ``down_mount_policy = "unavailable"``: when it is down or fails the answer
-            is 503 rather than an older copy from a later mount, and when it is late it
-            is waited for. None: failed and late mounts are passed over.
-        first_wave: look up on ``mounts[:first_wave]`` first, and on the others only
-            when none of those has the name (the index of the remembered mount plus
-            one); None: all mounts at once.
+        remembered: the mount the name is remembered to live on, or None. The lookup
+            starts on the mounts up to it, and on the later ones only when none of those
+            has the name.
+        hold_remembered: ``down_mount_policy = "unavailable"``: when the remembered
+            mount is down or fails the answer is 503 rather than an older copy from a
+            later mount, and when it is late it is waited for. False: failed and late
+            mounts are all passed over.
 
     Returns:
         The small file's bytes, the open file (the caller closes it), a ``Redirect``, or
         a ``Miss``.
     """
+    known_mount = remembered if hold_remembered else None
     tasks: list[asyncio.Task[Outcome]] = []
     watches: list[RunWatch] = []
 
@@ -131,7 +132,7 @@ async def find_file(
                 )
             )
 
-    start(len(mounts) if first_wave is None else max(1, first_wave))
+    start(len(mounts) if remembered is None else mounts.index(remembered) + 1)
     try:
         while True:
             verdict = _decide(mounts, tasks, watches, known_mount, time.monotonic())

@@ -198,10 +198,7 @@ def test_reload_during_a_fault_changes_nothing_clients_receive(
     m3.mkdir()
     fs = faultfs(src1)
     config = tmp_path / "vend.toml"
-    base = (
-        "[timeouts]\nprobe_interval_s = 0.5\n"
-        "[cache]\nttl_s = 0.3\nmiss_ttl_s = 0.2\n"
-    )
+    base = "[timeouts]\nprobe_interval_s = 0.5\n[cache]\nttl_s = 0.3\nmiss_ttl_s = 0.2\n"
     tables = [
         f'mounts = [{{path = "{fs.mountpoint}", name = "m1"}}, "{m2}"]\n',
         f'mounts = [{{path = "{fs.mountpoint}", name = "m1"}}, "{m2}", "{m3}"]\n',
