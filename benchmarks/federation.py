@@ -1,8 +1,9 @@
 """Federation under faults and many mounts, on the FUSE fault injector (the federation issue).
 
 Run as root from a checkout with ``.venv`` (``python3 -m venv .venv && .venv/bin/pip
-install -e '.[test,bench]'``), on Debian 12 with fuse3, nginx and apache2 +
-libapache2-mod-php installed (``tests/apt-packages.txt``; nothing is installed here)::
+install -e '.[test,bench]'``), on Debian 12 with fuse3 (``tests/apt-packages.txt``),
+nginx, apache2 and libapache2-mod-php (``benchmarks/compare`` installs them) installed;
+nothing is installed here::
 
     .venv/bin/python benchmarks/federation.py            # all three parts, ~6 minutes
     .venv/bin/python benchmarks/federation.py --only b   # one part: a, b or c
