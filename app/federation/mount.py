@@ -72,6 +72,8 @@ class Mount:
         threads: size of its thread pool.
         executor: the mount's own pool (daemon threads, bounded queue).
         real_root: the mount's real path, known once a probe succeeded.
+        root_mount_id: ID of the mount at ``real_root`` (``require_mountpoint``: files on
+            other mounts are refused), or None.
         up: False while the breaker is open.
         last_error: errno name of the last failure (``"ETIMEDOUT"``, ``"EIO"``...), or None.
         probe_latency_s: how long the last successful probe took, in seconds.
