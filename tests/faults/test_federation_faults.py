@@ -230,6 +230,14 @@ def test_reload_during_a_fault_changes_nothing_clients_receive(
 
     names = shadowed + [f"/m2-{i}/f.txt" for i in range(64)]
     seen = asyncio.run(_load(proc.url, names, 16, 12.0, tick))
+    if fault in ("hang", "eio", "estale"):  # health and metrics say so, after the reloads
+        deadline = time.monotonic() + 10
+        while _states(proc)["m1"] != "down" or _metric(proc, "vend_mount_up", "m1") != 0.0:
+            assert time.monotonic() < deadline, "mount 1 shown down"
+            time.sleep(0.2)
+    if fault == "slow":
+        assert _states(proc)["m1"] != "down"
+        assert _metric(proc, "vend_mount_up", "m1") == 1.0
     fs.lift()
     assert reloads >= 12, reloads
     assert proc.output().count("reloaded settings") >= 3, proc.output()[-2000:]
