@@ -241,3 +241,16 @@ def test_reload_removes_metric_label_sets_of_removed_mounts(
         names = [m["name"] for m in client.get("/.well-known/vend/health").json()["mounts"]]
         assert names == ["server1", "server3"]
         assert 'vend_mount_up{mount="server3"} 1.0' in client.get("/.well-known/vend/metrics").text
+        # Two mounts whose default names clash: the reload is refused in one line naming both.
+        clash = tmp_path / "other" / "server1"
+        clash.mkdir(parents=True)
+        config.write_text(f"mounts = {json.dumps([str(roots[0]), str(clash)])}\n")
+        os.kill(proc.pid, signal.SIGHUP)
+        deadline = time.monotonic() + 10
+        while "reload refused" not in proc.output():
+            assert time.monotonic() < deadline, "the clashing names refused"
+            time.sleep(0.1)
+        refused = [line for line in proc.output().splitlines() if "reload refused" in line]
+        assert str(roots[0]) in refused[0] and str(clash) in refused[0], refused
+        names = [m["name"] for m in client.get("/.well-known/vend/health").json()["mounts"]]
+        assert names == ["server1", "server3"]
