@@ -57,7 +57,7 @@ def describe(mount: Mount) -> dict[str, object]:
     latency = mount.probe_latency_s
     return {
         "name": mount.name,
-        "state": mount.state().value,
+        "state": "down" if mount.real_root is None else mount.state().value,
         "last_error": mount.last_error,
         "latency_ms": None if latency is None else round(latency * 1000, 3),
         "deadline_ms": round(mount.pace.deadline_s() * 1000, 3),

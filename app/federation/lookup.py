@@ -82,9 +82,10 @@ async def _on_mount(
 
 
 def _release(task: asyncio.Task[Outcome]) -> None:
-    """Done-callback of a lookup nobody waits for: close what it opened."""
-    if not task.cancelled() and isinstance(task.result(), OpenFile):
-        task.result().close()  # type: ignore[union-attr]
+    """Close what a lookup nobody uses opened (also its done-callback)."""
+    opened = _opened_by(task)
+    if opened is not None:
+        opened.close()
 
 
 async def find_file(
@@ -133,6 +134,7 @@ async def find_file(
             )
 
     start(len(mounts) if remembered is None else mounts.index(remembered) + 1)
+    verdict: object = _WAIT
     try:
         while True:
             verdict = _decide(mounts, tasks, watches, known_mount, time.monotonic())
@@ -157,6 +159,16 @@ async def find_file(
             if not task.done():
                 task.cancel()
                 task.add_done_callback(_release)
+            elif _opened_by(task) not in (None, verdict):
+                _release(task)  # a copy that lost to an earlier mount's answer
+
+
+def _opened_by(task: asyncio.Task[Outcome]) -> OpenFile | None:
+    """The open file a finished lookup returned, if any."""
+    if task.cancelled() or task.exception() is not None:
+        return None
+    found = task.result()
+    return found if isinstance(found, OpenFile) else None
 
 
 _WAIT: Final = object()

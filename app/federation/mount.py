@@ -114,8 +114,11 @@ class Mount:
         return str(self.settings.path)
 
     def state(self, now: float | None = None) -> State:
-        """The mount's health now (``now``: ``time.monotonic()``, seconds, or None)."""
-        if not self.up or self.real_root is None:
+        """The mount's health now (``now``: ``time.monotonic()``, seconds, or None).
+
+        A mount not probed yet counts as up: its first lookup probes it.
+        """
+        if not self.up:
             return State.DOWN
         if self.pace.is_overdue(time.monotonic() if now is None else now):
             return State.OVERDUE
