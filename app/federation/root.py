@@ -50,6 +50,8 @@ class RootFacts:
 def probe_root(path: str, require_mountpoint: bool) -> RootFacts:
     """Probe a mount root (blocking: run it in the mount's probe thread, with the timeout).
 
+    A stale NFS file handle (ESTALE) is probed again once, as lookups do.
+
     Args:
         path: the configured path.
         require_mountpoint: the root must be a mount point to be usable.
@@ -57,6 +59,13 @@ def probe_root(path: str, require_mountpoint: bool) -> RootFacts:
     Returns:
         The facts; ``error`` says why the root is not usable. Never raises OSError.
     """
+    facts = _probe_once(path, require_mountpoint)
+    if facts.error == "ESTALE":
+        facts = _probe_once(path, require_mountpoint)
+    return facts
+
+
+def _probe_once(path: str, require_mountpoint: bool) -> RootFacts:
     try:
         real = os.path.realpath(path, strict=True)
         fd = os.open(real, os.O_PATH | os.O_CLOEXEC)
