@@ -39,7 +39,8 @@ from app.federation.bodies import FileBody
 from app.federation.cache import CachedMiss, NameCache
 from app.federation.health import probe_forever
 from app.federation.lookup import Miss, Redirect, find_file
-from app.federation.mount import Mount, build_mounts
+from app.federation.memory import NameMemory
+from app.federation.mount import Mount, State, build_mounts
 from app.federation.open import SmallFile
 from app.federation.redirects import RedirectMap, refresh_redirect_map
 from app.http.media_types import MediaTypes
@@ -84,7 +85,8 @@ class VendApp:
     Attributes:
         mounts: the run-time mounts, in priority order.
         metrics: this application's Prometheus metrics.
-        cache: the name cache of the hot path.
+        cache: the name cache of the hot path (rebuilt on reload).
+        memory: where names live (``app.federation.memory``): kept across reloads.
         draining: True after SIGTERM while ``timeouts.drain_s`` runs: health is 503 and
             every response closes its connection.
         reloads: settings reloads that took effect in this process (SIGHUP).
@@ -103,6 +105,7 @@ class VendApp:
         self.access_log = AccessLog("off")
         self._probe_task: asyncio.Task[None] | None = None
         self._operator = create_operator_app(self)
+        self.memory = NameMemory(max_names=1, ttl_s=1.0)  # _apply sets the limits
         self._apply(settings)
 
     def _apply(self, settings: Settings) -> tuple[list[Mount], list[Mount]]:
@@ -142,9 +145,8 @@ class VendApp:
             max_file_bytes=c.max_file_bytes,
         )
         self.mounts = mounts
-        names = {m.name for m in mounts}
-        self.metrics.forget_mounts([m.name for m in kept.values() if m.name not in names])
-        self.metrics.current_mounts = names
+        self.memory.configure((c.remember_names, c.remember_s), (m.key for m in mounts))
+        self.metrics.keep_mounts([m.name for m in mounts], [m.name for m in kept.values()])
         return fresh, list(kept.values())
 
     @property
@@ -160,7 +162,7 @@ class VendApp:
 
     def _record_health(self, mount: Mount) -> None:
         """Put a mount's breaker state in ``vend_mount_up`` (after a lookup or a probe)."""
-        self.metrics.mount_up.labels(mount.name).set(1 if mount.up else 0)
+        self.metrics.mount_up.labels(mount.name).set(0 if mount.state() is State.DOWN else 1)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         """ASGI entry point: HTTP requests and the lifespan protocol."""
@@ -234,21 +236,20 @@ class VendApp:
                 sent = await send_representation(send, fields, cached.rep, MemoryBody(cached.body))
                 return sent, cached.mount.name
             self.metrics.cache_miss.inc()
-        known_mount = None
-        if cacheable and self.settings.down_mount_policy == "unavailable":
-            known_mount = cache.last_known_mount(name)
-
         checked_at = time.monotonic()
+        key = self.memory.where(name)
         found = await find_file(
             mounts,
             candidates,
             redirect_directories=bool(index_names) and not request_name.wants_index,
             max_read_bytes=cache.max_file_bytes,
-            known_mount=known_mount,
+            remembered=next((m for m in mounts if m.key == key), None),
+            hold_remembered=self.settings.down_mount_policy == "unavailable",
         )
         if isinstance(found, Miss):
             if found is not Miss.NOT_FOUND:
                 return await self._send_miss(send, raw_path, found.value, head=head), None
+            self.memory.forget(name)
             if not cacheable:
                 return await self._send_miss(send, raw_path, 404, head=head), None
             cache.put_miss(name, checked_at)
@@ -264,6 +265,7 @@ class VendApp:
             self._media_types.for_name(found.name),
             self.settings.cache_control,
         )
+        self.memory.remember(name, found.mount.key, checked_at)
         if cacheable:
             small = found.body if isinstance(found, SmallFile) else None
             cache.put_file(name, found.mount, rep, small, checked_at)
@@ -363,7 +365,9 @@ class VendApp:
         Args:
             mounts: the mounts to probe; None: all current mounts.
         """
-        for mount in await _probe_all(self.mounts if mounts is None else mounts):
+        mounts = self.mounts if mounts is None else mounts
+        await asyncio.gather(*(mount.probe() for mount in mounts))
+        for mount in mounts:
             self._record_health(mount)
             if not mount.up:
                 log.error("mount %s is not usable: %s", mount.name, mount.last_error)
@@ -424,11 +428,6 @@ class VendApp:
                 self.access_log.close()
                 await send({"type": "lifespan.shutdown.complete"})
                 return
-
-
-async def _probe_all(mounts: list[Mount]) -> list[Mount]:
-    await asyncio.gather(*(mount.probe() for mount in mounts))
-    return mounts
 
 
 def create_app(

@@ -44,6 +44,10 @@ UNIX_PEER: Final = "unix"
 """The ``trusted_proxies`` entry that stands for a peer on vend's own Unix socket."""
 UNIX_PATH_MAX_BYTES: Final = 107
 """Longest Unix socket path Linux accepts (``sun_path`` holds 108 bytes with its NUL)."""
+MOUNT_NAME: Final = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}")
+"""What a mount name may be: 1-64 letters, digits, '_', '.', '-' (not first)."""
+GENERIC_DIRECTORY: Final = "content"
+"""A mount directory with this name is named after its parent (``/server1/content``)."""
 
 
 class SettingsError(Exception):
@@ -56,8 +60,9 @@ class MountSettings(BaseModel):
     Attributes:
         path: the directory (absolute; a relative one is taken from the working directory).
         name: the name operators see in logs, health and metrics (never a path). Defaults
-            to the directory's name, or its parent's where directory names repeat
-            (``/server1/content`` is ``server1``), else ``mountN``.
+            to the directory's name, or its parent's for a directory called ``content``
+            (``/server1/content`` is ``server1``): it depends on the mount's own path
+            only, so adding or removing other mounts never renames it.
         sendfile: send bodies with sendfile(2); off for filesystems that serve it badly.
         require_mountpoint: refuse to serve unless ``path`` is really a mount point
             (production NFS mounts), not the empty directory beneath an unmounted export.
@@ -78,7 +83,7 @@ class MountSettings(BaseModel):
     @field_validator("name")
     @classmethod
     def _plain_name(cls, value: str) -> str:
-        if value and not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}", value):
+        if value and not MOUNT_NAME.fullmatch(value):
             raise ValueError("a mount name is 1-64 letters, digits, '_', '.', '-'")
         return value
 
@@ -129,6 +134,9 @@ class CacheSettings(BaseModel):
         max_entries: most names remembered.
         max_bytes: most bytes of small files held in memory, in bytes.
         max_file_bytes: largest file held in memory, in bytes; larger ones use sendfile.
+        remember_names: how many names the memory of where names live keeps for sure
+            (``app.federation.memory``; it holds at most twice as many).
+        remember_s: how long it keeps a name for sure, in seconds.
     """
 
     model_config = ConfigDict(extra="forbid", frozen=True)
@@ -138,6 +146,8 @@ class CacheSettings(BaseModel):
     max_entries: int = Field(default=50_000, ge=1)
     max_bytes: int = Field(default=32 * 1024 * 1024, ge=0)
     max_file_bytes: int = Field(default=256 * 1024, ge=0)
+    remember_names: int = Field(default=500_000, ge=1, le=5_000_000)
+    remember_s: float = Field(default=3600.0, gt=0, le=7 * 86400)
 
 
 class Settings(BaseSettings):
@@ -279,25 +289,30 @@ class Settings(BaseSettings):
             MountSettings(path=SAMPLE_MOUNTS_DIR / "server1", name="server1"),
             MountSettings(path=SAMPLE_MOUNTS_DIR / "server2", name="server2"),
         ]
-        named = [
-            m.model_copy(update={"name": n})
-            for m, n in zip(mounts, _mount_names(mounts), strict=True)
-        ]
-        names = [m.name for m in named]
-        if len(set(names)) != len(names):
-            raise ValueError("mount names must be unique")
+        named = [m if m.name else m.model_copy(update={"name": default_name(m)}) for m in mounts]
+        seen: dict[str, MountSettings] = {}
+        for mount in named:
+            other = seen.setdefault(mount.name, mount)
+            if other is not mount:
+                raise ValueError(
+                    f"mount names must be unique: {other.path} and {mount.path} are both"
+                    f" named {mount.name!r}; set name for one of them"
+                )
         object.__setattr__(self, "mounts", named)
         return self
 
 
-def _mount_names(mounts: list[MountSettings]) -> list[str]:
-    """Default names: the directory's, else its parent's where those repeat, else mountN."""
-    for level in (0, 1):
-        candidates = [m.name or (m.path.parent.name if level else m.path.name) for m in mounts]
-        valid = all(re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}", c) for c in candidates)
-        if valid and len(set(candidates)) == len(candidates):
-            return candidates
-    return [m.name or f"mount{i}" for i, m in enumerate(mounts, 1)]
+def default_name(mount: MountSettings) -> str:
+    """A mount's default name, from its own path only (see ``MountSettings.name``).
+
+    Raises:
+        ValueError: the directory's name is not a valid mount name (set ``name``).
+    """
+    path = mount.path
+    name = path.parent.name if path.name == GENERIC_DIRECTORY and path.parent.name else path.name
+    if not MOUNT_NAME.fullmatch(name):
+        raise ValueError(f"mount {path} has no usable default name: set its name")
+    return name
 
 
 def _describe(error: ValidationError) -> str:

@@ -65,7 +65,9 @@ def write_log(path: Path, lines: int, paths: int, files: int, seed: int = 7) -> 
             target = path_of(i, files)
             if n % 10 == 3:
                 target += f"?v={n % 7}"
-            method, status = ("POST", 200) if n % 997 == 0 else ("GET", 404 if n % 991 == 0 else 200)
+            method, status = (
+                ("POST", 200) if n % 997 == 0 else ("GET", 404 if n % 991 == 0 else 200)
+            )
             if n % 50_000 == 49_999:
                 log.write(b"\x00\xff garbage line that no parser accepts\n")
             log.write(

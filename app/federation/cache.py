@@ -13,8 +13,9 @@ mount has the name) are kept for ``miss_ttl_s`` seconds. I/O errors and timeouts
 never cached.
 
 Only files of at most ``max_file_bytes`` keep their bytes here; bounded in entries and in
-bytes, least recently used first out. Larger files keep their location and validators
-(useful to the fault policy), and their bodies go out with sendfile.
+bytes, least recently used first out. Larger files keep their validators, and their
+bodies go out with sendfile. Where names live, for the fault policy, is remembered much
+longer, and across reloads, by ``app.federation.memory``.
 """
 
 from __future__ import annotations
@@ -104,11 +105,6 @@ class NameCache:
             return None
         self._entries.move_to_end(name)
         return entry
-
-    def last_known_mount(self, name: str) -> Mount | None:
-        """The mount that last served ``name``, fresh or not (for the fault policy)."""
-        entry = self._entries.get(name)
-        return entry.mount if isinstance(entry, CachedFile) else None
 
     def put_file(
         self, name: str, mount: Mount, rep: Representation, body: bytes | None, now: float

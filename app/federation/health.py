@@ -3,10 +3,12 @@
 Every ``probe_interval_s`` seconds each mount's root is probed in that mount's own probe
 thread, with the operation timeout (``Mount.probe``): a stat of the root, and for mounts
 marked ``require_mountpoint`` a check that the root is still a mount point, not the empty
-directory beneath an export that came unmounted. A mount that answers is marked up; one
-that fails or times out is marked down. Requests mark a mount down too, at their first
-timeout or I/O error (``Mount._run``), so a dead NFS server costs at most one
-``fs_op_s`` wait before lookups skip it.
+directory beneath an export that came unmounted (judged from ``/proc/self/mountinfo``,
+``app.federation.root``). A mount that answers is marked up; one that fails or times out
+is marked down. Requests mark a mount down too, at their first timeout or I/O error
+(``Mount._run``). Before that, a mount that stops answering is *overdue* within its
+lookup deadline (``app.federation.pace``), and lookups take other mounts' answers
+meanwhile, so no client waits out ``fs_op_s`` for a name another mount holds.
 """
 
 from __future__ import annotations
@@ -48,14 +50,15 @@ def describe(mount: Mount) -> dict[str, object]:
     """A mount's health as JSON-ready data (no filesystem path).
 
     Returns:
-        ``{"name", "state": "up"|"down", "last_error": errno name or None,
-        "latency_ms": last probe's duration in milliseconds or None}``.
+        ``{"name", "state": "up"|"overdue"|"down", "last_error": errno name or None,
+        "latency_ms": last probe's duration in milliseconds or None,
+        "deadline_ms": the lookup deadline in milliseconds}``.
     """
-    usable = mount.up and mount.real_root is not None
     latency = mount.probe_latency_s
     return {
         "name": mount.name,
-        "state": "up" if usable else "down",
+        "state": "down" if mount.real_root is None else mount.state().value,
         "last_error": mount.last_error,
         "latency_ms": None if latency is None else round(latency * 1000, 3),
+        "deadline_ms": round(mount.pace.deadline_s() * 1000, 3),
     }

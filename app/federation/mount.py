@@ -10,14 +10,15 @@ from __future__ import annotations
 
 import errno
 import logging
-import os
-import stat
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from enum import Enum
 from typing import Final, TypeVar
 
 from app.federation.open import Lookup, OpenFile, SmallFile, close_if_file, open_in_mount
+from app.federation.pace import Pace, RunWatch
+from app.federation.root import probe_root
 from app.federation.threads import DaemonPool, PoolFull, QueueTimeout, RunTimeout, call_in
 from app.settings import MountSettings
 
@@ -37,6 +38,17 @@ _TRIPPING_ERRNOS: Final = frozenset(
 
 QUEUE_FACTOR: Final = 3
 """A call may wait this many times ``fs_op_s`` for a free thread of its mount."""
+GATE_POLL_S: Final = 0.25
+"""While a mount is overdue, waiting calls look again at least this often, in seconds."""
+
+
+class State(Enum):
+    """A mount's health, as ``/.well-known/vend/health`` shows it."""
+
+    UP = "up"  # answering within its lookup deadline
+    OVERDUE = "overdue"  # an operation is past the deadline and none finished since
+    DOWN = "down"  # the breaker is open: an operation ran fs_op_s, or failed with EIO...
+
 
 Observer = Callable[["Mount", str, float], None]
 """Called after each lookup with the mount, an outcome (``hit``, ``miss``, ``error``,
@@ -50,7 +62,9 @@ class Mount:
     Health is a circuit breaker: a timeout or an I/O error that means the mount is in
     trouble (EIO, ETIMEDOUT, ENOTCONN, ESTALE after one retry...) marks the mount *down*,
     and lookups then skip it at once instead of waiting on it; the background probe
-    (``app.federation.health``) marks it up again when its root answers.
+    (``app.federation.health``) marks it up again when its root answers. Before that, a
+    mount can be *overdue* (``app.federation.pace``): then at most one new operation at
+    a time is started on it (a scout), the others wait for it to answer or go down.
 
     Attributes:
         settings: the validated mount settings.
@@ -58,10 +72,13 @@ class Mount:
         threads: size of its thread pool.
         executor: the mount's own pool (daemon threads, bounded queue).
         real_root: the mount's real path, known once a probe succeeded.
+        root_mount_id: ID of the mount at ``real_root`` (``require_mountpoint``: files on
+            other mounts are refused), or None.
         up: False while the breaker is open.
         last_error: errno name of the last failure (``"ETIMEDOUT"``, ``"EIO"``...), or None.
         probe_latency_s: how long the last successful probe took, in seconds.
         observer: called after each lookup (metrics), or None.
+        pace: its latency, lookup deadline, and operations in flight.
     """
 
     settings: MountSettings
@@ -69,8 +86,9 @@ class Mount:
     threads: int
     executor: DaemonPool = field(init=False)
     probe_executor: DaemonPool = field(init=False)
+    pace: Pace = field(init=False)
     real_root: str | None = None
-    root_dev: int | None = None
+    root_mount_id: int | None = None
     up: bool = True
     last_error: str | None = None
     probe_latency_s: float | None = None
@@ -82,11 +100,34 @@ class Mount:
         )
         # Probes have their own thread, so a full request pool cannot starve them.
         self.probe_executor = DaemonPool(1, max_queued=1, name=f"vend-{self.name}-probe")
+        self.pace = Pace(self.fs_op_s)
+        self._scouting = False
 
     @property
     def name(self) -> str:
         """The mount's name, as operators see it."""
         return self.settings.name
+
+    @property
+    def key(self) -> str:
+        """What identifies the mount across reloads: its configured path."""
+        return str(self.settings.path)
+
+    def state(self, now: float | None = None) -> State:
+        """The mount's health now (``now``: ``time.monotonic()``, seconds, or None).
+
+        A mount not probed yet counts as up: its first lookup probes it.
+        """
+        if not self.up:
+            return State.DOWN
+        if self.pace.is_overdue(time.monotonic() if now is None else now):
+            return State.OVERDUE
+        return State.UP
+
+    def is_late(self, watch: RunWatch, now: float) -> bool:
+        """True when a lookup's call has run past the deadline, or the mount is overdue
+        or down (``now``: ``time.monotonic()``, seconds)."""
+        return watch.running_s(now) > self.pace.deadline_s() or self.state(now) is not State.UP
 
     def mark_down(self, error: str) -> None:
         """Open the breaker: lookups skip this mount until a probe succeeds."""
@@ -105,7 +146,13 @@ class Mount:
         self.last_error = None
         self.probe_latency_s = latency_s
 
-    async def _run(self, executor: DaemonPool, fn: Callable[..., T], *args: object) -> T:
+    async def _run(
+        self,
+        executor: DaemonPool,
+        fn: Callable[..., T],
+        *args: object,
+        watch: RunWatch | None = None,
+    ) -> T:
         """One call in ``executor``; ESTALE is retried once.
 
         Only the time the call *runs* counts against ``fs_op_s``: waiting for a thread
@@ -122,6 +169,8 @@ class Mount:
                     run_timeout_s=self.fs_op_s,
                     queue_timeout_s=QUEUE_FACTOR * self.fs_op_s,
                     discard=close_if_file,
+                    on_submit=self.pace.track if watch is None else watch.bind_and(self.pace.track),
+                    cancellable=True,
                 )
             except (PoolFull, QueueTimeout):
                 if not self.up:
@@ -141,12 +190,13 @@ class Mount:
                 raise MountUnavailable(name) from None
         raise AssertionError("unreachable")
 
-    async def call(self, fn: Callable[..., T], *args: object) -> T:
+    async def call(self, fn: Callable[..., T], *args: object, watch: RunWatch | None = None) -> T:
         """Run a blocking filesystem call in this mount's pool, with the timeout.
 
         Args:
             fn: the blocking function.
             *args: its arguments.
+            watch: told about the call once submitted (how long it has run), or None.
 
         Returns:
             What ``fn`` returned.
@@ -158,36 +208,72 @@ class Mount:
         """
         if not self.up:
             raise MountUnavailable(self.last_error or "EIO")
-        return await self._run(self.executor, fn, *args)
+        scout = await self._pass_gate()
+        try:
+            return await self._run(self.executor, fn, *args, watch=watch)
+        finally:
+            if scout:
+                self._scouting = False
+
+    async def _pass_gate(self) -> bool:
+        """While the mount is overdue, let one call through at a time.
+
+        Returns:
+            True when this call is the scout (it must clear ``_scouting`` when done).
+
+        Raises:
+            MountUnavailable: the mount went down while waiting, or the wait lasted
+                ``QUEUE_FACTOR`` times ``fs_op_s`` (``EAGAIN``).
+        """
+        now = time.monotonic()
+        until = now + QUEUE_FACTOR * self.fs_op_s
+        while self.pace.is_overdue(now):
+            if not self.up:
+                raise MountUnavailable(self.last_error or "EIO")
+            if not self._scouting:
+                self._scouting = True
+                return True
+            if now >= until:
+                raise MountUnavailable("EAGAIN")
+            await self.pace.wait_changed(min(until - now, GATE_POLL_S))
+            now = time.monotonic()
+        return False
 
     async def probe(self) -> bool:
-        """Stat the mount's root in the probe thread, with the timeout; update health.
+        """Probe the mount's root in the probe thread, with the timeout; update health.
 
         Returns:
             True when the root is a readable directory (and a mount point where
-            ``require_mountpoint`` is set): the mount is marked up. False otherwise: it
-            is marked down with the errno name.
+            ``require_mountpoint`` is set, judged from ``/proc/self/mountinfo``): the
+            mount is marked up. False otherwise: it is marked down with the errno name.
         """
         started = time.monotonic()
         try:
-            self.real_root, self.root_dev = await self._run(
+            facts = await self._run(
                 self.probe_executor,
-                _probe_root,
+                probe_root,
                 str(self.settings.path),
                 self.settings.require_mountpoint,
             )
         except MountUnavailable as exc:
             self.mark_down(str(exc))
             return False
+        if facts.error is not None:
+            self.mark_down(facts.error)
+            return False
+        self.real_root, self.root_mount_id = facts.real, facts.mount_id
         self.mark_up(time.monotonic() - started)
         return True
 
-    async def lookup(self, name: str, max_read_bytes: int = 0) -> OpenFile | SmallFile | Lookup:
+    async def lookup(
+        self, name: str, max_read_bytes: int = 0, watch: RunWatch | None = None
+    ) -> OpenFile | SmallFile | Lookup:
         """Look ``name`` up under this mount.
 
         Args:
             name: a validated relative name.
             max_read_bytes: read files up to this size whole (see ``open_in_mount``).
+            watch: told about each call once submitted, or None.
 
         Returns:
             See ``open_in_mount``.
@@ -209,7 +295,8 @@ class Mount:
                 name,
                 self,
                 max_read_bytes,
-                self.root_dev if self.settings.require_mountpoint else None,
+                self.root_mount_id if self.settings.require_mountpoint else None,
+                watch=watch,
             )
         except MountUnavailable as exc:
             self._observe("timeout" if str(exc) == "ETIMEDOUT" else "error", started)
@@ -225,19 +312,6 @@ class Mount:
         """Stop accepting work; threads blocked in the kernel are abandoned, not joined."""
         self.executor.shutdown(wait=False, cancel_futures=True)
         self.probe_executor.shutdown(wait=False, cancel_futures=True)
-
-
-def _probe_root(path: str, require_mountpoint: bool) -> tuple[str, int]:
-    """Real path and device of a mount root that is a readable directory (blocking)."""
-    real = os.path.realpath(path, strict=True)
-    st = os.stat(real)
-    if not stat.S_ISDIR(st.st_mode):
-        raise NotADirectoryError(errno.ENOTDIR, "not a directory")
-    if not os.access(real, os.R_OK | os.X_OK):
-        raise PermissionError(errno.EACCES, "not readable")
-    if require_mountpoint and not os.path.ismount(real):
-        raise OSError(errno.ENODEV, "not a mount point")
-    return real, st.st_dev
 
 
 def build_mounts(settings: Sequence[MountSettings], *, fs_op_s: float, threads: int) -> list[Mount]:

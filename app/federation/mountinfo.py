@@ -1,8 +1,10 @@
 """Which filesystem a path sits on, from ``/proc/self/mountinfo`` (proc(5)).
 
-Used by ``vend check`` to tell operators whether a mount is really NFS (``nfs``,
+``filesystem_type`` lets ``vend check`` tell operators whether a mount is really NFS (``nfs``,
 ``nfs4``), a FUSE filesystem (``fuse.sshfs``...), or the local disk beneath an export
-that is not mounted (``ext4``...).
+that is not mounted (``ext4``...). ``mount_points`` and ``mount_id_of`` decide what is a
+mount point (bind mounts included, which ``os.path.ismount`` misses) and which mount a
+file opened under it lies on, by mount ID (``app.federation.root``, ``open.py``).
 """
 
 from __future__ import annotations
@@ -55,3 +57,46 @@ def filesystem_type(real_path: str, mountinfo: str = MOUNTINFO) -> str | None:
             if best is None or depth >= best[0]:
                 best = (depth, fs_type)
     return best[1] if best else None
+
+
+def mount_points(mountinfo: str = MOUNTINFO) -> dict[int, str]:
+    """Every mount's ID and mount point, bind mounts included.
+
+    Args:
+        mountinfo: the mountinfo file to read (tests pass their own).
+
+    Returns:
+        ``{mount ID: mount point}`` (proc(5) fields 1 and 5, unescaped); empty when the
+        file cannot be read.
+    """
+    points: dict[int, str] = {}
+    try:
+        with open(mountinfo, encoding="latin-1") as handle:
+            lines = handle.read().splitlines()
+    except OSError:
+        return points
+    for line in lines:
+        fields = line.split(" - ", 1)[0].split()
+        if len(fields) >= 5 and fields[0].isdigit():
+            points[int(fields[0])] = _unescape(fields[4])
+    return points
+
+
+def mount_id_of(fd: int) -> int | None:
+    """The ID of the mount an open descriptor lies on (``mnt_id`` of proc(5)'s fdinfo).
+
+    Args:
+        fd: an open descriptor (``O_PATH`` is enough).
+
+    Returns:
+        The mount ID, or None when the kernel does not say.
+    """
+    try:
+        with open(f"/proc/self/fdinfo/{fd}", "rb") as handle:
+            info = handle.read()
+    except OSError:
+        return None
+    for line in info.splitlines():
+        if line.startswith(b"mnt_id:"):
+            return int(line.split()[1])
+    return None

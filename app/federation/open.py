@@ -28,6 +28,8 @@ from dataclasses import dataclass
 from enum import Enum
 from typing import TYPE_CHECKING, Final
 
+from app.federation.mountinfo import mount_id_of, mount_points
+
 if TYPE_CHECKING:
     from app.federation.mount import Mount
 
@@ -135,8 +137,27 @@ def _read_small(fd: int, st: os.stat_result, max_bytes: int) -> bytes | None:
     return b"".join(chunks)
 
 
+def _on_mount(fd: int, root: str, root_mount_id: int) -> bool:
+    """True when ``fd`` lies on the root's own mount; False on a mount nested below it.
+
+    Raises:
+        OSError: ENODEV when it lies on neither (the export is no longer mounted).
+    """
+    found = mount_id_of(fd)
+    if found is None or found == root_mount_id:
+        return True
+    point = mount_points().get(found)
+    if point is not None and point != root and is_within(point, root):
+        return False
+    raise OSError(errno.ENODEV, "not on the mounted filesystem")
+
+
 def open_in_mount(
-    root: str, name: str, mount: Mount, max_read_bytes: int = 0, root_dev: int | None = None
+    root: str,
+    name: str,
+    mount: Mount,
+    max_read_bytes: int = 0,
+    root_mount_id: int | None = None,
 ) -> OpenFile | SmallFile | Lookup:
     """Open ``name`` under the mount's real path, race-free. Blocking: run in a thread.
 
@@ -146,9 +167,10 @@ def open_in_mount(
         mount: the mount, recorded in the result.
         max_read_bytes: read files of at most this many bytes whole, in the same thread
             (0: never).
-        root_dev: for ``require_mountpoint`` mounts, the device of the mounted
-            filesystem: a file on any other device (the directory beneath an export
-            that came unmounted since the last probe) is refused; None: no check.
+        root_mount_id: for ``require_mountpoint`` mounts, the ID of the mount at
+            ``root`` (``app.federation.root``): a file on a mount nested below the root
+            is absent, and one on the filesystem beneath the root (the export came
+            unmounted since the last probe) fails with ENODEV; None: no check.
 
     Returns:
         A ``SmallFile`` for a small regular file, an ``OpenFile`` for a larger one (the
@@ -157,7 +179,8 @@ def open_in_mount(
 
     Raises:
         OSError: any other failure (EIO, ESTALE, ENOTCONN, ...): the mount is in trouble;
-            ENODEV when ``root_dev`` does not match: the export is no longer mounted.
+            ENODEV when the file is not on ``root_mount_id``'s mount nor on one nested
+            below it: the export is no longer mounted.
     """
     try:
         path_fd = os.open(f"{root}/{name}", _PATH_FLAGS)
@@ -169,8 +192,8 @@ def open_in_mount(
         raise
     try:
         st = os.fstat(path_fd)
-        if root_dev is not None and st.st_dev != root_dev:
-            raise OSError(errno.ENODEV, "not on the mounted filesystem")
+        if root_mount_id is not None and not _on_mount(path_fd, root, root_mount_id):
+            return Lookup.ABSENT  # on a mount nested below the root: refused
         if not (stat.S_ISREG(st.st_mode) or stat.S_ISDIR(st.st_mode)):
             return Lookup.ABSENT  # FIFOs, sockets, devices: never opened, never served
         real = os.readlink(f"/proc/self/fd/{path_fd}")

@@ -46,6 +46,8 @@ async def call_in(
     run_timeout_s: float,
     queue_timeout_s: float,
     discard: Callable[[T], object] | None = None,
+    on_submit: Callable[[Future[T]], object] | None = None,
+    cancellable: bool = False,
 ) -> T:
     """Run ``fn(*args)`` in ``pool`` and await it, timing the wait and the run apart.
 
@@ -60,7 +62,11 @@ async def call_in(
         run_timeout_s: longest the call may run once a thread has it, in seconds.
         queue_timeout_s: longest it may wait for a thread, in seconds.
         discard: called with the result of a call that finishes after ``RunTimeout``
-            (to close what it opened), or None.
+            or after the awaiting task was cancelled (to close what it opened), or None.
+        on_submit: called with the call's future once it is queued (the mount's
+            bookkeeping of operations in flight), or None.
+        cancellable: when the awaiting task is cancelled, cancel the call too if it has
+            not started yet (its arguments must own nothing the caller would leak).
 
     Returns:
         What ``fn`` returned.
@@ -70,10 +76,32 @@ async def call_in(
         QueueTimeout: no thread took the call within ``queue_timeout_s``; it is cancelled.
         RunTimeout: it ran longer than ``run_timeout_s``; it keeps its thread until it
             returns (nothing can interrupt a thread blocked in the kernel).
+        asyncio.CancelledError: the awaiting task was cancelled; a call still queued is
+            cancelled too where ``cancellable``, otherwise (or once running) it is left
+            to finish and its result discarded.
         Exception: whatever ``fn`` raised.
     """
     future = pool.submit(fn, *args)
+    if on_submit is not None:
+        on_submit(future)
     waiter = asyncio.wrap_future(future)
+    try:
+        return await _await_call(pool, future, waiter, run_timeout_s, queue_timeout_s, discard)
+    except asyncio.CancelledError:
+        if not (cancellable and future.cancel()):
+            waiter.add_done_callback(functools.partial(_abandoned, discard))
+        raise
+
+
+async def _await_call(
+    pool: DaemonPool,
+    future: Future[T],
+    waiter: asyncio.Future[T],
+    run_timeout_s: float,
+    queue_timeout_s: float,
+    discard: Callable[[T], object] | None,
+) -> T:
+    """The waiting half of ``call_in``: time the queue and the run apart."""
     queued_until = time.monotonic() + queue_timeout_s
     while True:
         started = getattr(future, "started_at", None)

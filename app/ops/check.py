@@ -10,16 +10,13 @@ server makes its line say ``ETIMEDOUT`` instead of hanging the command.
 from __future__ import annotations
 
 import asyncio
-import errno
-import os
-import stat
 from dataclasses import dataclass
 
 from app.federation.lookup import list_copies
 from app.federation.mount import Mount, MountUnavailable, build_mounts
-from app.federation.mountinfo import filesystem_type
 from app.federation.open import Lookup, OpenFile, SmallFile
 from app.federation.redirects import load_redirect_map
+from app.federation.root import probe_root
 from app.http.names import compile_pattern
 from app.settings import Settings
 
@@ -32,7 +29,8 @@ class MountReport:
         name: the mount's name.
         path: its configured path (shown to the operator, never to clients).
         exists, is_directory, readable: the probe's findings.
-        is_mount_point: whether the path is a mount point.
+        is_mount_point: whether the path is a mount point (from /proc/self/mountinfo:
+            bind mounts count).
         fs_type: the filesystem type from /proc/self/mountinfo, or None.
         error: errno name of a failure or timeout, or None.
         usable: whether vend can serve from it.
@@ -50,31 +48,18 @@ class MountReport:
 
 
 def _probe(path: str, require_mountpoint: bool, name: str) -> MountReport:
-    """Blocking probe of one mount root."""
-    try:
-        real = os.path.realpath(path, strict=True)
-        st = os.stat(real)
-    except FileNotFoundError:
-        return MountReport(name=name, path=path, error="ENOENT")
-    except OSError as exc:
-        return MountReport(name=name, path=path, error=errno.errorcode.get(exc.errno or 0, "EIO"))
-    is_dir = stat.S_ISDIR(st.st_mode)
-    readable = is_dir and os.access(real, os.R_OK | os.X_OK)
-    is_mp = os.path.ismount(real)
-    usable = is_dir and readable and (is_mp or not require_mountpoint)
-    error = None
-    if not usable:
-        error = "ENOTDIR" if not is_dir else "EACCES" if not readable else "ENOTMOUNTPOINT"
+    """Blocking probe of one mount root (``app.federation.root``), as a report."""
+    facts = probe_root(path, require_mountpoint)
     return MountReport(
         name=name,
         path=path,
-        exists=True,
-        is_directory=is_dir,
-        readable=readable,
-        is_mount_point=is_mp,
-        fs_type=filesystem_type(real),
-        error=error,
-        usable=usable,
+        exists=facts.exists,
+        is_directory=facts.is_directory,
+        readable=facts.readable,
+        is_mount_point=facts.is_mount_point,
+        fs_type=facts.fs_type,
+        error=facts.error,
+        usable=facts.usable,
     )
 
 

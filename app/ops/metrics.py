@@ -128,11 +128,14 @@ class Metrics:
         if body_bytes:
             self.body_bytes.inc(body_bytes)
 
-    def forget_mounts(self, names: Iterable[str]) -> None:
-        """Remove every label set of the mounts ``names`` (removed by a reload)."""
+    def keep_mounts(self, current: Iterable[str], removed: Iterable[str]) -> None:
+        """After a reload: show only ``current`` mounts; remove the ``removed`` ones' label
+        sets (in multiprocess mode, where that is not possible, render() leaves them out).
+        """
+        self.current_mounts = set(current)
         if self._multiprocess:
-            return  # not possible there: render() leaves them out instead
-        for name in names:
+            return
+        for name in set(removed) - self.current_mounts:
             for outcome in ("hit", "miss", "error", "timeout", "skipped"):
                 self.lookups.remove(name, outcome)
             for metric in (self.lookup_seconds, self.mount_up):

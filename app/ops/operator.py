@@ -3,9 +3,10 @@
 ``GET /.well-known/vend/health`` answers JSON::
 
     {"status": "ok", "mounts": [{"name": "server1", "state": "up", "last_error": null,
-                                 "latency_ms": 0.2}, ...]}
+                                 "latency_ms": 0.2, "deadline_ms": 200.0}, ...]}
 
-with 200 when at least one mount is usable and 503 (``"status": "unavailable"``) when none
+(``state``: ``up``, ``overdue`` or ``down``, see ``app.federation.pace``) with 200 when
+at least one mount is usable (up or overdue) and 503 (``"status": "unavailable"``) when none
 is, or (``"status": "draining"``) while vend drains after SIGTERM. It names mounts,
 never filesystem paths. ``GET /.well-known/vend/metrics`` answers Prometheus' text format.
 ``GET /.well-known/vend/misses`` answers the names most often answered 404, 403 or 503
@@ -48,7 +49,7 @@ def create_operator_app(vend: VendApp) -> Starlette:
     async def health(request: Request) -> Response:
         """Mount states as JSON; 200 while serving is possible, else 503 (no-store)."""
         mounts = [describe(mount) for mount in vend.mounts]
-        usable = any(m["state"] == "up" for m in mounts) and not vend.draining
+        usable = any(m["state"] != "down" for m in mounts) and not vend.draining
         status = "draining" if vend.draining else "ok" if usable else "unavailable"
         body = {
             "status": status,

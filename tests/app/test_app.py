@@ -11,6 +11,7 @@ from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
+import anyio
 import httpx
 import pytest
 
@@ -160,3 +161,24 @@ async def test_strict_pattern_and_custom_mime_types(tmp_path: Path) -> None:
         assert (await client.get("/lib.min.js")).status_code == 400
         typed = await client.get("/data.vend")
     assert typed.status_code == 200 and typed.headers["content-type"] == "text/x-vend"
+
+
+async def test_shadowed_copies_opened_in_parallel_are_closed(tmp_path: Path) -> None:
+    """Every mount is asked at once: the copies that lose to mount 1 are closed, so serving
+    a large file held by three mounts 40 times leaves no descriptor open."""
+    mounts = [tmp_path / f"m{i}" for i in (1, 2, 3)]
+    for i, mount in enumerate(mounts, 1):
+        mount.mkdir()
+        (mount / "big.bin").write_bytes(bytes([i]) * 300_000)  # over cache.max_file_bytes
+    settings = Settings(mounts=[str(m) for m in mounts], cache={"ttl_s": 0})
+    async with await _client(settings) as client:
+        assert (await client.get("/big.bin")).content == b"\x01" * 300_000
+        before = len(list(Path("/proc/self/fd").iterdir()))
+        for _ in range(40):
+            response = await client.get("/big.bin")
+            assert response.content == b"\x01" * 300_000
+        for _ in range(50):  # lookups that finished after the answer close on their own
+            if len(list(Path("/proc/self/fd").iterdir())) <= before:
+                break
+            await anyio.sleep(0.05)
+        assert len(list(Path("/proc/self/fd").iterdir())) <= before

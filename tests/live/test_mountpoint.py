@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import subprocess
@@ -11,6 +12,8 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+
+from tests.support import VEND
 
 pytestmark = [
     pytest.mark.live,
@@ -70,3 +73,62 @@ def test_unmounted_export_is_never_served_from_beneath(tmpfs: Path, start_vend: 
         while client.get("/page.html").content != b"remounted":
             assert time.monotonic() < deadline, "served again after the export came back"
             time.sleep(0.1)
+
+
+@pytest.fixture
+def bind_mount(tmp_path: Path) -> Iterator[Path]:
+    """A directory of tmp_path bind-mounted on itself (same filesystem); unmounted after."""
+    point = tmp_path / "bound"
+    point.mkdir()
+    (point / "page.html").write_bytes(b"through the bind mount")
+    subprocess.run(["mount", "--bind", str(point), str(point)], check=True, timeout=10)
+    try:
+        yield point
+    finally:
+        subprocess.run(["umount", "-l", str(point)], check=False, timeout=10)
+
+
+def test_bind_mount_counts_as_a_mount_point(bind_mount: Path, start_vend: Any) -> None:
+    """A bind mount of the same filesystem is a mount point (from /proc/self/mountinfo):
+    `vend check` says so and require_mountpoint serves it."""
+    assert not os.path.ismount(bind_mount)  # what the old check looked at
+    mounts = json.dumps([{"path": str(bind_mount), "name": "bound", "require_mountpoint": True}])
+    env = {k: v for k, v in os.environ.items() if not k.startswith("VEND_")}
+    check = subprocess.run(
+        [str(VEND), "check"],
+        env={**env, "VEND_MOUNTS": mounts},
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert check.returncode == 0, check.stdout + check.stderr
+    assert "ENOTMOUNTPOINT" not in check.stdout
+    proc = start_vend([{"path": str(bind_mount), "name": "bound", "require_mountpoint": True}])
+    with proc.client() as client:
+        assert client.get("/page.html").content == b"through the bind mount"
+
+
+def test_nested_mount_below_a_mount_is_refused(tmpfs: Path, start_vend: Any) -> None:
+    """A file on a mount nested below a require_mountpoint mount is absent (by mount ID),
+    even a bind mount of the same filesystem; the mount itself stays up."""
+    (tmpfs / "top.html").write_bytes(b"on the export")
+    (tmpfs / "inner").mkdir()
+    (tmpfs / "inner" / "page.html").write_bytes(b"on the export too")
+    (tmpfs / "other").mkdir()
+    (tmpfs / "other" / "page.html").write_bytes(b"seen through the nested bind mount")
+    subprocess.run(
+        ["mount", "--bind", str(tmpfs / "other"), str(tmpfs / "inner")], check=True, timeout=10
+    )
+    try:
+        proc = start_vend(
+            [{"path": str(tmpfs), "name": "export", "require_mountpoint": True}],
+            {"cache": {"ttl_s": 0.2, "miss_ttl_s": 0.1}},
+        )
+        with proc.client() as client:
+            assert client.get("/top.html").content == b"on the export"
+            nested = client.get("/inner/page.html")
+            assert nested.status_code == 404 and b"nested" not in nested.content
+            health = client.get("/.well-known/vend/health").json()
+            assert health["mounts"][0]["state"] == "up"
+    finally:
+        subprocess.run(["umount", "-l", str(tmpfs / "inner")], check=False, timeout=10)

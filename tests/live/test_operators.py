@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import shutil
+import signal
 import subprocess
 import tempfile
 import time
@@ -226,3 +228,44 @@ def test_mount_up_metric_follows_the_background_probe(tmp_path: Path, start_vend
             assert time.monotonic() < deadline, "vend_mount_up still 1 after the probe saw ENOENT"
             time.sleep(0.1)
         assert client.get("/.well-known/vend/health").json()["mounts"][0]["state"] == "down"
+
+
+def test_reload_removes_metric_label_sets_of_removed_mounts(
+    tmp_path: Path, start_vend: Any
+) -> None:
+    """A SIGHUP that removes a mount removes its label sets from /metrics; others keep
+    their names (a default name depends on the mount's own path only)."""
+    roots = [tmp_path / f"server{i}" / "content" for i in (1, 2, 3)]
+    for i, root in enumerate(roots, 1):
+        root.mkdir(parents=True)
+        (root / f"on-{i}.txt").write_bytes(b"x")
+    config = tmp_path / "vend.toml"
+    config.write_text(f"mounts = {json.dumps([str(r) for r in roots])}\n")
+    proc = start_vend(None, args=["--config", str(config)])
+    with proc.client() as client:
+        for i in (1, 2, 3):
+            assert client.get(f"/on-{i}.txt").status_code == 200
+        before = client.get("/.well-known/vend/metrics").text
+        assert 'vend_mount_lookups_total{mount="server2",outcome="hit"}' in before
+        config.write_text(f"mounts = {json.dumps([str(roots[0]), str(roots[2])])}\n")
+        os.kill(proc.pid, signal.SIGHUP)
+        deadline = time.monotonic() + 10
+        while 'mount="server2"' in client.get("/.well-known/vend/metrics").text:
+            assert time.monotonic() < deadline, "server2's label sets still in /metrics"
+            time.sleep(0.1)
+        names = [m["name"] for m in client.get("/.well-known/vend/health").json()["mounts"]]
+        assert names == ["server1", "server3"]
+        assert 'vend_mount_up{mount="server3"} 1.0' in client.get("/.well-known/vend/metrics").text
+        # Two mounts whose default names clash: the reload is refused in one line naming both.
+        clash = tmp_path / "other" / "server1"
+        clash.mkdir(parents=True)
+        config.write_text(f"mounts = {json.dumps([str(roots[0]), str(clash)])}\n")
+        os.kill(proc.pid, signal.SIGHUP)
+        deadline = time.monotonic() + 10
+        while "reload refused" not in proc.output():
+            assert time.monotonic() < deadline, "the clashing names refused"
+            time.sleep(0.1)
+        refused = [line for line in proc.output().splitlines() if "reload refused" in line]
+        assert str(roots[0]) in refused[0] and str(clash) in refused[0], refused
+        names = [m["name"] for m in client.get("/.well-known/vend/health").json()["mounts"]]
+        assert names == ["server1", "server3"]

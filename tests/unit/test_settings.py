@@ -61,6 +61,42 @@ def test_toml_file_env_and_command_line_precedence(
     assert [m.name for m in load_settings().mounts] == ["a", "bee"]
 
 
+@pytest.mark.parametrize(
+    ("path", "name"),
+    [
+        ("/server1/content", "server1"),
+        ("/srv/nfs/images", "images"),
+        ("/content", "content"),
+        ("/a/b/content", "b"),
+    ],
+)
+def test_default_mount_name_depends_on_its_own_path_only(path: str, name: str) -> None:
+    """A mount's default name comes from its own path: the directory's, or the parent's
+    for a directory called content."""
+    alone = load_settings(mounts=[path]).mounts[0].name
+    among = load_settings(mounts=["/x/y", path, "/server9/content"]).mounts[1].name
+    assert alone == among == name
+
+
+def test_adding_a_mount_renames_no_other() -> None:
+    """Adding /server4/content to three mounts keeps the three names (no mountN renumbering)."""
+    three = [f"/server{i}/content" for i in (1, 2, 3)]
+    before = [m.name for m in load_settings(mounts=three).mounts]
+    after = [m.name for m in load_settings(mounts=[*three, "/server4/content"]).mounts]
+    assert before == ["server1", "server2", "server3"]
+    assert after == [*before, "server4"]
+
+
+def test_duplicate_default_names_are_refused_naming_both() -> None:
+    """Two mounts with the same default name are refused in one line naming both paths."""
+    with pytest.raises(SettingsError) as caught:
+        load_settings(mounts=["/a/content", "/b/a"])
+    message = str(caught.value)
+    assert "\n" not in message
+    assert "/a/content" in message and "/b/a" in message and "'a'" in message
+    assert "set name" in message
+
+
 BAD = [
     ("port", {"port": 0}, "port"),
     ("pattern", {"name_pattern": "("}, "name_pattern"),

@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import pytest
 
-from app.federation.mountinfo import filesystem_type
+from app.federation.mountinfo import filesystem_type, mount_id_of, mount_points
 from app.federation.open import is_within
 from app.http.media_types import MediaTypes
 
@@ -62,6 +63,28 @@ def test_filesystem_type_from_mountinfo(tmp_path: Path, path: str, fs: str) -> N
     info = tmp_path / "mountinfo"
     info.write_text(MOUNTINFO)
     assert filesystem_type(path, str(info)) == fs
+
+
+def test_mount_points_by_mount_id(tmp_path: Path) -> None:
+    """mount_points maps each mount ID to its mount point, escapes undone."""
+    info = tmp_path / "mountinfo"
+    info.write_text(MOUNTINFO)
+    assert mount_points(str(info)) == {
+        22: "/",
+        30: "/server1/content",
+        31: "/server2/content",
+        32: "/srv/with space",
+    }
+
+
+def test_mount_id_of_a_descriptor() -> None:
+    """The root directory's descriptor lies on the mount that mountinfo lists at /."""
+    fd = os.open("/", os.O_PATH)
+    try:
+        mount_id = mount_id_of(fd)
+    finally:
+        os.close(fd)
+    assert mount_id is not None and mount_points().get(mount_id) == "/"
 
 
 def test_filesystem_type_of_this_machine() -> None:
