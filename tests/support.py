@@ -18,12 +18,14 @@ import socket
 import subprocess
 import sys
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import httpx
+
+T = TypeVar("T")
 
 REPO = Path(__file__).resolve().parent.parent
 HOSTILE_PATHS = REPO / "tests" / "hostile-paths.tsv"
@@ -45,10 +47,33 @@ def read_hostile_paths() -> list[dict[str, str]]:
         return list(csv.DictReader(handle, delimiter="\t", quoting=csv.QUOTE_NONE))
 
 
-def free_port() -> int:
-    """A TCP port on 127.0.0.1 that was free a moment ago."""
+def wait_until(predicate: Callable[[], T], timeout_s: float, what: str, poll_s: float = 0.05) -> T:
+    """Poll ``predicate()`` until it returns something true, and return that.
+
+    Args:
+        predicate: what to poll.
+        timeout_s: how long to poll at most, in seconds.
+        what: what is waited for, named in the failure.
+        poll_s: pause between polls, in seconds.
+
+    Returns:
+        The first true value ``predicate()`` returned.
+
+    Raises:
+        AssertionError: nothing true within ``timeout_s``.
+    """
+    deadline = time.monotonic() + timeout_s
+    while not (value := predicate()):
+        if time.monotonic() > deadline:
+            raise AssertionError(f"not within {timeout_s} s: {what}")
+        time.sleep(poll_s)
+    return value
+
+
+def free_port(host: str = "127.0.0.1") -> int:
+    """A TCP port on ``host`` (an IPv4 address) that was free a moment ago."""
     with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
+        sock.bind((host, 0))
         return int(sock.getsockname()[1])
 
 
@@ -156,12 +181,26 @@ class VendProcess:
         return httpx.Client(base_url=self.url, timeout=30, **kwargs)
 
 
-def rss_bytes(pid: int) -> int:
-    """Resident set size of a process, in bytes (from /proc/PID/status)."""
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith("VmRSS:"):
-            return int(line.split()[1]) * 1024
-    raise RuntimeError("no VmRSS")
+def rss_bytes(pid: int, *, if_gone: int | None = None) -> int:
+    """Resident set size of a process, in bytes (VmRSS in /proc/PID/status).
+
+    Args:
+        pid: the process.
+        if_gone: what to return when the process is gone or has no VmRSS (a zombie);
+            None: raise.
+
+    Raises:
+        RuntimeError: the process is gone and ``if_gone`` is None.
+    """
+    try:
+        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    if if_gone is None:
+        raise RuntimeError(f"process {pid} has no VmRSS")
+    return if_gone
 
 
 def open_fds(pid: int) -> int:

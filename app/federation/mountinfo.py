@@ -9,19 +9,20 @@ file opened under it lies on, by mount ID (``app.federation.root``, ``open.py``)
 
 from __future__ import annotations
 
+import re
 from typing import Final
 
 MOUNTINFO: Final = "/proc/self/mountinfo"
 
 
+_OCTAL_ESCAPE: Final = re.compile(r"\\([0-7]{3})")
+
+
 def _unescape(field: str) -> str:
-    """Undo mountinfo's octal escapes (``\\040`` for a space)."""
-    return (
-        field.encode("latin-1")
-        .decode("unicode_escape")
-        .encode("latin-1")
-        .decode("utf-8", "replace")
-    )
+    """Undo mountinfo's octal escapes (``\\040`` for a space; the kernel escapes only
+    space, tab, newline and backslash), then decode the path's bytes as UTF-8."""
+    raw = _OCTAL_ESCAPE.sub(lambda m: chr(int(m[1], 8)), field)
+    return raw.encode("latin-1").decode("utf-8", "replace")
 
 
 def filesystem_type(real_path: str, mountinfo: str = MOUNTINFO) -> str | None:

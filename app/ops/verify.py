@@ -13,6 +13,7 @@ streamed to the report as they come.
 from __future__ import annotations
 
 import asyncio
+import codecs
 
 # Loaded now: after ``switch_user`` the interpreter's own files may be out of reach
 # (asyncio.to_thread imports this on first use).
@@ -309,6 +310,9 @@ def switch_user(name: str | None) -> str:
         return entry.pw_name
     if os.geteuid() != 0:
         raise UserError(f"--user {name!r}: only root can check as another user (use sudo)")
+    # After the switch the interpreter's own files (under root's home, say) may be out of
+    # reach: look up now what is otherwise loaded lazily (mountinfo is read as Latin-1).
+    codecs.lookup("latin-1")
     os.initgroups(entry.pw_name, entry.pw_gid)
     os.setgid(entry.pw_gid)
     os.setuid(entry.pw_uid)

@@ -26,6 +26,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Final
 
+from tests.support import free_port
+
 REPO_ROOT: Final = Path(__file__).resolve().parents[2]
 SHIPPED_VHOST: Final = REPO_ROOT / "apache" / "vend.conf"
 SHIPPED_BALANCER_VHOST: Final = REPO_ROOT / "apache" / "vend-balancer.conf"
@@ -140,13 +142,6 @@ def render_vhost(text: str, defines: Mapping[str, str]) -> str:
         return f"Define {name} {defines[name]}"
 
     return _DEFINE_LINE.sub(replace, text)
-
-
-def free_port(host: str = "127.0.0.1") -> int:
-    """Return a TCP port on ``host`` that was free a moment ago (the kernel picked it)."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind((host, 0))
-        return int(sock.getsockname()[1])
 
 
 def wait_for_port(port: int, *, host: str = "127.0.0.1", timeout_s: float = 10.0) -> bool:

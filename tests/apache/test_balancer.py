@@ -8,10 +8,12 @@ from __future__ import annotations
 import os
 import signal
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+
+from tests.support import wait_until
 
 from .backend import PROBE_USER_AGENT, Vend
 from .conftest import Content, Pki, StartApache, StartVend
@@ -48,15 +50,6 @@ def _health_checks(vend: Vend) -> int:
         "/.well-known/vend/health" in line and PROBE_USER_AGENT not in line
         for line in vend.access_lines()
     )
-
-
-def _wait_until(predicate: Callable[[], bool], timeout_s: float, what: str) -> None:
-    """Poll ``predicate()`` every 50 ms until true; fail after ``timeout_s`` seconds."""
-    deadline = time.monotonic() + timeout_s
-    while not predicate():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"not within {timeout_s} s: {what}")
-        time.sleep(0.05)
 
 
 def _failures(outcomes: list[Outcome]) -> list[Outcome]:
@@ -124,7 +117,7 @@ def test_sigterm_of_one_member_fails_no_request(
     apache = _balanced_apache(apache_factory, first, second)
     fast, slow = _mixed_load(apache, pki, content, slow_file)
     with fast, slow:
-        _wait_until(
+        wait_until(
             lambda: _content_lines(first) > 20 and _content_lines(second) > 20,
             15,
             "both members serve",
@@ -162,7 +155,7 @@ def test_sigkill_of_one_member_fails_only_requests_in_flight(
     apache = _balanced_apache(apache_factory, first, second)
     fast, slow = _mixed_load(apache, pki, content, slow_file)
     with fast, slow:
-        _wait_until(
+        wait_until(
             lambda: _content_lines(first) > 20 and _content_lines(second) > 20,
             15,
             "both members serve",
@@ -176,7 +169,7 @@ def test_sigkill_of_one_member_fails_only_requests_in_flight(
 
         restarted = vend_factory(port=second.port)
         back_at = time.monotonic()
-        _wait_until(lambda: _content_lines(restarted) > 0, 10, "restarted member back in use")
+        wait_until(lambda: _content_lines(restarted) > 0, 10, "restarted member back in use")
         back_after_s = time.monotonic() - back_at
         time.sleep(0.5)
     outcomes = fast.snapshot() + slow.snapshot()
@@ -206,7 +199,7 @@ def test_member_without_usable_mount_leaves_rotation(
     healthy = vend_factory()
     broken = vend_factory(mounts=[tmp_path / "not-mounted"], wait_healthy=False)
     apache = _balanced_apache(apache_factory, healthy, broken)
-    _wait_until(
+    wait_until(
         lambda: _health_checks(broken) >= 2,
         15,
         "two health checks reached the broken member",

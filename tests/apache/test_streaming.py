@@ -9,9 +9,10 @@ import threading
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
-from pathlib import Path
 
 import pytest
+
+from tests.support import rss_bytes
 
 from .client import front_client
 from .conftest import Content, Front
@@ -56,17 +57,6 @@ def big_file(content: Content) -> Iterator[BigFile]:
         path.unlink(missing_ok=True)
 
 
-def rss_bytes(pid: int) -> int:
-    """Return a process's resident set size in bytes (VmRSS in /proc/PID/status), 0 if gone."""
-    try:
-        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-            if line.startswith("VmRSS:"):
-                return int(line.split()[1]) * 1024
-    except OSError:
-        pass
-    return 0
-
-
 class RssSampler:
     """Samples the RSS of some processes every 20 ms in a thread, keeping each one's peak.
 
@@ -75,7 +65,7 @@ class RssSampler:
     """
 
     def __init__(self, pids: list[int]) -> None:
-        self.baseline = {pid: rss_bytes(pid) for pid in pids}
+        self.baseline = {pid: rss_bytes(pid, if_gone=0) for pid in pids}
         self.peak = dict(self.baseline)
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, daemon=True)
@@ -83,7 +73,7 @@ class RssSampler:
     def _run(self) -> None:
         while not self._stop.wait(0.02):
             for pid in self.peak:
-                self.peak[pid] = max(self.peak[pid], rss_bytes(pid))
+                self.peak[pid] = max(self.peak[pid], rss_bytes(pid, if_gone=0))
 
     def __enter__(self) -> RssSampler:
         self._thread.start()

@@ -63,8 +63,8 @@ from tests.deploy.test_netplumb import (
     build_net,
     is_alive,
     read,
-    wait_until,
 )
+from tests.support import wait_until
 
 CONTAINERFILE = DEPLOY / "container" / "Containerfile"
 IGNOREFILE = DEPLOY / "container" / "Containerfile.dockerignore"
@@ -613,7 +613,12 @@ def test_image_builds_runs_confined_on_a_dhcp_address_and_leaves_nothing(
     client_id = ":".join(f"{b:02x}" for b in b"\0" + RESERVED_ID.encode())
     assert f" {RESERVED_ADDRESS} {RESERVED_ID} {client_id}" in read(net.leases)
     fetch_files(lab, net, name)
-    (line,) = [x for x in podman("logs", name).stdout.splitlines() if "GET /about.html " in x]
+    # vend writes its access log in batches, at most 0.1 s after each request.
+    (line,) = wait_until(
+        lambda: [x for x in podman("logs", name).stdout.splitlines() if "GET /about.html " in x],
+        10,
+        "the access log line of the fetch",
+    )
     assert line.startswith(f"{FW_ADDRESS} "), f"vend should see the client's own address: {line}"
     health = podman("healthcheck", "run", name, check=False)
     assert health.returncode == 0, health.stdout + health.stderr

@@ -22,7 +22,6 @@ import os
 import signal
 import subprocess
 import time
-from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -37,6 +36,7 @@ from tests.deploy.netlab import (
     vend_command,
     write_vend_config,
 )
+from tests.support import wait_until
 
 NETPLUMB = DEPLOY / "netplumb"
 RESERVED_ID = "vend-web1"
@@ -168,15 +168,6 @@ def is_alive(pid: int | None) -> bool:
     except OSError:
         return False
     return stat.rpartition(")")[2].split()[0] not in ("Z", "X")
-
-
-def wait_until(predicate: Callable[[], object], timeout_s: float, what: str) -> None:
-    """Poll ``predicate()`` every 0.1 s until true; fail after ``timeout_s`` seconds."""
-    deadline = time.monotonic() + timeout_s
-    while not predicate():
-        if time.monotonic() > deadline:
-            pytest.fail(f"not within {timeout_s} s: {what}")
-        time.sleep(0.1)
 
 
 def test_dhcp_address_serves_vend_to_the_firewall_without_nat(lab: Lab) -> None:
