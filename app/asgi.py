@@ -105,7 +105,11 @@ class VendApp:
         self.access_log = AccessLog("off")
         self._probe_task: asyncio.Task[None] | None = None
         self._operator = create_operator_app(self)
-        self.memory = NameMemory(max_names=1, ttl_s=1.0)  # _apply sets the limits
+        self.memory = NameMemory(
+            max_names=settings.cache.remember_names,
+            ttl_s=settings.cache.remember_s,
+            directory=os.environ.get(MULTIPROC_ENV) or None,  # shared by all workers
+        )
         self._apply(settings)
 
     def _apply(self, settings: Settings) -> tuple[list[Mount], list[Mount]]:
