@@ -199,10 +199,15 @@ class NameMemory:
 
     def __len__(self) -> int:
         """Entries held now (valid and recent), by a scan of the whole table."""
+        return self.count()
+
+    def count(self, now: float | None = None) -> int:
+        """Entries held (valid and recent) at ``now`` (``time.monotonic()``, seconds, or
+        None: now), by a scan of the whole table."""
         words = self._words
-        now = _minute(time.monotonic())
+        minute = _minute(time.monotonic() if now is None else now)
         return sum(
-            1 for w in words[HEADER_BYTES // 8 :].tolist() if w & _VALID and self._fresh(w, now)
+            1 for w in words[HEADER_BYTES // 8 :].tolist() if w & _VALID and self._fresh(w, minute)
         )
 
     def _fresh(self, word: int, now_minute: int) -> bool:
