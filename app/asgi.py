@@ -88,7 +88,8 @@ class VendApp:
         cache: the name cache of the hot path: kept across a reload that leaves the
             mounts and the settings shaping its entries as they were (``_cache_shape``),
             else started anew.
-        memory: where names live (``app.federation.memory``): kept across reloads.
+        memory: where names live (``app.federation.memory``): kept across reloads, and
+            shared by every worker of ``vend serve --workers N``.
         draining: True after SIGTERM while ``timeouts.drain_s`` runs: health is 503 and
             every response closes its connection.
         reloads: settings reloads that took effect in this process (SIGHUP).
