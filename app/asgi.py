@@ -85,8 +85,11 @@ class VendApp:
     Attributes:
         mounts: the run-time mounts, in priority order.
         metrics: this application's Prometheus metrics.
-        cache: the name cache of the hot path (rebuilt on reload).
-        memory: where names live (``app.federation.memory``): kept across reloads.
+        cache: the name cache of the hot path: kept across a reload that leaves the
+            mounts and the settings shaping its entries as they were (``_cache_shape``),
+            else started anew.
+        memory: where names live (``app.federation.memory``): kept across reloads, and
+            shared by every worker of ``vend serve --workers N``.
         draining: True after SIGTERM while ``timeouts.drain_s`` runs: health is 503 and
             every response closes its connection.
         reloads: settings reloads that took effect in this process (SIGHUP).
@@ -105,7 +108,12 @@ class VendApp:
         self.access_log = AccessLog("off")
         self._probe_task: asyncio.Task[None] | None = None
         self._operator = create_operator_app(self)
-        self.memory = NameMemory(max_names=1, ttl_s=1.0)  # _apply sets the limits
+        self._cache_shape: tuple[object, ...] = ()  # none yet: _apply makes the cache
+        self.memory = NameMemory(
+            max_names=settings.cache.remember_names,
+            ttl_s=settings.cache.remember_s,
+            directory=os.environ.get(MULTIPROC_ENV) or None,  # shared by all workers
+        )
         self._apply(settings)
 
     def _apply(self, settings: Settings) -> tuple[list[Mount], list[Mount]]:
@@ -137,13 +145,19 @@ class VendApp:
         self._pattern = compile_pattern(settings.name_pattern)
         self._media_types = MediaTypes(settings.mime_types)
         c = settings.cache
-        self.cache = NameCache(
-            ttl_s=c.ttl_s,
-            miss_ttl_s=c.miss_ttl_s,
-            max_entries=c.max_entries,
-            max_bytes=c.max_bytes,
-            max_file_bytes=c.max_file_bytes,
+        shape = _cache_shape(settings)
+        same_mounts = len(mounts) == len(self.mounts) and all(
+            new is old for new, old in zip(mounts, self.mounts, strict=True)
         )
+        if shape != self._cache_shape or not same_mounts:
+            self.cache = NameCache(
+                ttl_s=c.ttl_s,
+                miss_ttl_s=c.miss_ttl_s,
+                max_entries=c.max_entries,
+                max_bytes=c.max_bytes,
+                max_file_bytes=c.max_file_bytes,
+            )
+            self._cache_shape = shape
         self.mounts = mounts
         self.memory.configure((c.remember_names, c.remember_s), (m.key for m in mounts))
         self.metrics.keep_mounts([m.name for m in mounts], [m.name for m in kept.values()])
@@ -428,6 +442,22 @@ class VendApp:
                 self.access_log.close()
                 await send({"type": "lifespan.shutdown.complete"})
                 return
+
+
+def _cache_shape(settings: Settings) -> tuple[object, ...]:
+    """The settings that shape the name cache's entries (and the hot path's answers).
+
+    A reload keeps the cache when these and the mount table (the same mounts, unchanged,
+    in the same order) are as they were; otherwise it starts empty.
+    """
+    c = settings.cache
+    return (
+        (c.ttl_s, c.miss_ttl_s, c.max_entries, c.max_bytes, c.max_file_bytes),
+        settings.name_pattern,
+        settings.cache_control,
+        tuple(sorted(settings.mime_types.items())),
+        tuple(settings.index_names),
+    )
 
 
 def create_app(

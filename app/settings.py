@@ -135,8 +135,8 @@ class CacheSettings(BaseModel):
         max_bytes: most bytes of small files held in memory, in bytes.
         max_file_bytes: largest file held in memory, in bytes; larger ones use sendfile.
         remember_names: how many names the memory of where names live keeps for sure
-            (``app.federation.memory``; it holds at most twice as many).
-        remember_s: how long it keeps a name for sure, in seconds.
+            (``app.federation.memory``: a table of 16 bytes a name, sized at start).
+        remember_s: how long it keeps a name after it was last served, in seconds.
     """
 
     model_config = ConfigDict(extra="forbid", frozen=True)

@@ -5,110 +5,361 @@ down (or overdue) must get 503, never an older copy from a later mount. It is co
 only for that, and to start a lookup on the mounts up to the remembered one first
 (``app.federation.lookup``); it never makes vend skip a healthy mount.
 
-Bounds. Names are kept in two generations, each a dict from the name's 64-bit hash to a
-small mount number. New names go to the current generation; when it holds
-``max_names`` names or is ``ttl_s`` seconds old it becomes the previous generation and
-the old previous one is dropped. A name found in the previous generation moves back to
-the current one. So a name served within the last ``ttl_s`` seconds is remembered unless
-``max_names`` other names were served after it, and at most ``2 x max_names`` are held.
-Measured with tracemalloc (``tests/unit/test_memory.py``): about 80 bytes a name, so
-the default 500,000 names per generation take at most about 80 MiB.
+One table for every worker. It is a fixed-size hash table in one mapped file,
+``vend-names`` in the metrics directory that ``vend serve --workers N`` makes
+(``PROMETHEUS_MULTIPROC_DIR``); the first worker creates it, the others (and a worker
+started later in a dead one's place) map the same file, so a name served by one worker
+is remembered by all. A single process maps anonymous memory with the same layout. A
+reload (SIGHUP) keeps it; a restart of ``vend serve`` loses it.
 
-A hash collision (two names with the same 64-bit hash, odds about 10^-8 among a million
-names) can only make a name look remembered on the wrong mount: at worst a 503 while
-that mount is down, never a wrong file.
+Layout. A 4 KiB header (magic, bucket count, the mount registry), then buckets of
+``SLOTS`` 8-byte slots (one 64-byte cache line each). A name's 128-bit BLAKE2b hash picks
+two buckets; it is stored in the emptier one ("two choices"), as one 64-bit word::
 
-It lives in the worker process, outside the settings: a reload (SIGHUP) keeps it, and
-only entries of mounts no longer configured are dropped (their numbers are retired, so
-the entries read as unknown). A restart loses it.
+    bit 63 valid | bits 43-62 minute stamp (20 bits) | bits 35-42 mount id | 35-bit tag
+
+Torn entries cannot be seen. Readers and writers use 8-byte aligned words through a
+``memoryview`` cast to ``"Q"``: CPython stores and loads such an item with a fixed-size
+``memcpy`` of 8 bytes, which compilers emit as one 8-byte move, and an aligned 8-byte
+load or store is single-copy atomic on x86-64 and AArch64. So a reader sees a word
+either before or after a write, never half of each; readers take no lock. Writers (a
+new name, a name whose mount or minute changed, a forgotten name, the registry) take
+an ``fcntl`` lock on the file for the few word writes, so two workers never pick the
+same free slot for different names (a lost name) or store one name twice.
+
+Mount ids. Entries hold a small id; the header's registry maps each id to a hash of the
+mount's key (its configured path). ``configure`` (start and every reload) registers
+the mounts now configured and retires the ids of the others, so entries of a removed
+mount read as unknown, and a mount added again later gets a new id (nothing known).
+When all 255 ids have been used, the table is emptied and the ids start again (logged).
+
+Bounds. ``bucket count = ceil(2 x remember_names / SLOTS)``: 16 bytes a name, so the
+default 500,000 names take 8 MB (7.6 MiB, shared by all workers) and the largest
+setting, 5,000,000, 80 MB. An entry is kept at least ``remember_s`` seconds (at minute
+resolution: at most two minutes longer) after the name was last served; a slot is reused
+before that only when both of a name's buckets are full of younger entries, which with
+two choices at this load does not happen while at most ``remember_names`` names were
+served within ``remember_s`` (the fullest bucket holds about 7 of 8 for 500,000 names
+drawn at random). Then the oldest entry of the two buckets gives way. The table's size
+is fixed when it is created: a change of ``cache.remember_names`` takes effect on
+restart; ``cache.remember_s`` on reload. Measured with 500,000 names: the process's
+resident memory grows by 7.6 MiB; ``remember`` takes about 10 µs for a new name (with
+the lock) and ``where`` 2.6 µs, both only on a name-cache miss, never on the hot path.
+
+A hash collision (another name with the same buckets and 35-bit tag: about 10^-9 per
+lookup of a name never served) can only make a name look remembered on a wrong mount:
+at worst a 503 while that mount is down, never a wrong file. The minute stamp wraps
+after about two years; an entry left untouched that long may count as recent again,
+with the same worst case.
 """
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
+import hashlib
+import logging
+import math
+import mmap
+import os
 import time
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
+from typing import Final
+
+log = logging.getLogger("vend.memory")
+
+FILE_NAME: Final = "vend-names"
+"""The shared table's file, in the metrics directory."""
+SLOTS: Final = 8
+"""Slots in a bucket (8 x 8 bytes: one cache line)."""
+HEADER_BYTES: Final = 4096
+MAX_IDS: Final = 255
+_MAGIC: Final = int.from_bytes(b"VENDMEM1", "little")
+_REGISTRY: Final = 2
+"""Index of the first registry word (id 1) in the header."""
+_VALID: Final = 1 << 63
+_STAMP_SHIFT: Final = 43
+_STAMP_MASK: Final = (1 << 20) - 1
+_ID_SHIFT: Final = 35
+_ID_MASK: Final = 0xFF
+_TAG_MASK: Final = (1 << 35) - 1
+_RETIRED: Final = 1 << 63
+_KEY_MASK: Final = (1 << 63) - 1
+
+
+def _name_hash(name: str) -> tuple[int, int, int]:
+    """The name's two bucket numbers (before the modulo) and its tag."""
+    h = int.from_bytes(
+        hashlib.blake2b(name.encode("utf-8", "surrogatepass"), digest_size=16).digest(),
+        "little",
+    )
+    return h & 0xFFFFFFFF, (h >> 32) & 0xFFFFFFFF, (h >> 64) & _TAG_MASK
+
+
+def _key_hash(key: str) -> int:
+    """A mount key's registry word: 63 bits of its hash, never 0."""
+    digest = hashlib.blake2b(key.encode("utf-8", "surrogatepass"), digest_size=8).digest()
+    return (int.from_bytes(digest, "little") & _KEY_MASK) or 1
+
+
+def _minute(now: float) -> int:
+    return int(now // 60) & _STAMP_MASK
+
+
+def table_bytes(max_names: int) -> int:
+    """Size of a table for ``max_names`` names, in bytes (header included)."""
+    return HEADER_BYTES + _buckets_for(max_names) * SLOTS * 8
+
+
+def _buckets_for(max_names: int) -> int:
+    return max(2, math.ceil(2 * max_names / SLOTS))
 
 
 class NameMemory:
     """Which mount (by key: its real configured path) last served each name.
 
     Args:
-        max_names: names per generation (see the module docstring).
-        ttl_s: age of a generation before it is retired, in seconds.
+        max_names: names kept for sure (sizes the table when it is created).
+        ttl_s: how long a name is kept after it was last served, in seconds.
+        directory: where the shared table lives (``vend serve --workers N``), or None
+            for a table of this process only.
+
+    Raises:
+        OSError: the shared table cannot be created or mapped.
     """
 
-    def __init__(self, *, max_names: int, ttl_s: float) -> None:
+    def __init__(self, *, max_names: int, ttl_s: float, directory: str | None = None) -> None:
         self.max_names = max_names
         self.ttl_s = ttl_s
-        self._current: dict[int, int] = {}
-        self._previous: dict[int, int] = {}
-        self._started = time.monotonic()
-        self._numbers: dict[str, int] = {}
+        self._fd: int | None = None
+        if directory is None:
+            self._buckets = _buckets_for(max_names)
+            self._map = mmap.mmap(-1, table_bytes(max_names))
+            self._words = memoryview(self._map).cast("Q")
+            self._words[0] = _MAGIC
+            self._words[1] = self._buckets
+        else:
+            self._open_shared(os.path.join(directory, FILE_NAME))
+        self._ids: dict[str, int] = {}
+        """Configured mount keys and their ids (checked against the registry on use)."""
         self._keys: dict[int, str] = {}
-        self._next_number = 0
+        """Registry word of each configured mount, to its key."""
+
+    def _open_shared(self, path: str) -> None:
+        fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+        try:
+            fcntl.lockf(fd, fcntl.LOCK_EX)
+            try:
+                size = os.fstat(fd).st_size
+                header = os.pread(fd, 16, 0) if size >= HEADER_BYTES else b""
+                fresh = len(header) < 16 or int.from_bytes(header[:8], "little") != _MAGIC
+                buckets = (
+                    _buckets_for(self.max_names) if fresh else int.from_bytes(header[8:], "little")
+                )
+                if fresh:
+                    os.ftruncate(fd, 0)
+                    os.ftruncate(fd, HEADER_BYTES + buckets * SLOTS * 8)
+                self._map = mmap.mmap(fd, HEADER_BYTES + buckets * SLOTS * 8)
+                self._words = memoryview(self._map).cast("Q")
+                if fresh:
+                    self._words[1] = buckets
+                    self._words[0] = _MAGIC
+            finally:
+                fcntl.lockf(fd, fcntl.LOCK_UN)
+        except BaseException:
+            os.close(fd)
+            raise
+        self._fd = fd
+        self._buckets = buckets
+        if buckets != _buckets_for(self.max_names):
+            log.warning("cache.remember_names: the shared table's size changes on restart")
+
+    @property
+    def size_bytes(self) -> int:
+        """The table's size, in bytes (shared by every worker)."""
+        return len(self._map)
+
+    @contextlib.contextmanager
+    def _writing(self) -> Iterator[None]:
+        """Hold the table's write lock (a shared table only; readers never lock)."""
+        if self._fd is None:
+            yield
+            return
+        fcntl.lockf(self._fd, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.lockf(self._fd, fcntl.LOCK_UN)
+
+    def close(self) -> None:
+        """Unmap the table (this process's view; the shared file stays)."""
+        self._words.release()
+        self._map.close()
+        if self._fd is not None:
+            os.close(self._fd)
+            self._fd = None
 
     def __len__(self) -> int:
-        return len(self._current) + len(self._previous)
+        """Entries held now (valid and recent), by a scan of the whole table."""
+        return self.count()
+
+    def count(self, now: float | None = None) -> int:
+        """Entries held (valid and recent) at ``now`` (``time.monotonic()``, seconds, or
+        None: now), by a scan of the whole table."""
+        words = self._words
+        minute = _minute(time.monotonic() if now is None else now)
+        return sum(
+            1 for w in words[HEADER_BYTES // 8 :].tolist() if w & _VALID and self._fresh(w, minute)
+        )
+
+    def _fresh(self, word: int, now_minute: int) -> bool:
+        age = (now_minute - ((word >> _STAMP_SHIFT) & _STAMP_MASK)) & _STAMP_MASK
+        return age * 60 < self.ttl_s + 60
 
     def configure(self, limits: tuple[int, float], mount_keys: Iterable[str]) -> None:
         """Adopt new limits and the mounts now configured (at start and on reload).
 
         Args:
-            limits: ``(max_names, ttl_s)``.
+            limits: ``(max_names, ttl_s)``; ``max_names`` applies to a table created
+                later (the table's size is fixed).
             mount_keys: keys of the configured mounts; entries of any other mount are
-                forgotten (their number is retired and never given out again).
+                forgotten (its id is retired and never given out again).
         """
-        self.max_names, self.ttl_s = limits
-        keep = set(mount_keys)
-        for key in [k for k in self._numbers if k not in keep]:
-            del self._keys[self._numbers.pop(key)]
+        max_names, self.ttl_s = limits
+        if max_names != self.max_names:
+            log.warning("cache.remember_names changes on restart")
+        keys = list(dict.fromkeys(mount_keys))
+        hashes = {_key_hash(k): k for k in keys}
+        with self._writing():
+            registry = self._registry()
+            for slot, word in registry.items():
+                if not word & _RETIRED and word not in hashes:
+                    self._words[_REGISTRY + slot - 1] = word | _RETIRED
+            self._ids = {}
+            for key in keys:
+                self._ids[key] = self._register(_key_hash(key))
+        self._keys = hashes
 
-    def _number(self, mount_key: str) -> int:
-        number = self._numbers.get(mount_key)
-        if number is None:
-            number = self._numbers[mount_key] = self._next_number
-            self._keys[number] = mount_key
-            self._next_number += 1
-        return number
+    def _registry(self) -> dict[int, int]:
+        """Registry words in use, by id."""
+        words = self._words
+        return {i: w for i in range(1, MAX_IDS + 1) if (w := words[_REGISTRY + i - 1])}
 
-    def _rotate_if_due(self, now: float) -> None:
-        if len(self._current) >= self.max_names or now - self._started >= self.ttl_s:
-            self._previous = self._current
-            self._current = {}
-            self._started = now
+    def _register(self, key_word: int) -> int:
+        """The id of a mount (registered if new); the caller holds the write lock."""
+        registry = self._registry()
+        for slot, word in registry.items():
+            if word == key_word:
+                return slot
+        if len(registry) >= MAX_IDS:
+            log.warning("all %d mount ids used: the memory of where names live restarts", MAX_IDS)
+            self._words[_REGISTRY : _REGISTRY + MAX_IDS] = memoryview(bytes(8 * MAX_IDS)).cast("Q")
+            self._map[HEADER_BYTES:] = bytes(len(self._map) - HEADER_BYTES)
+            registry = {}
+        slot = next(i for i in range(1, MAX_IDS + 1) if i not in registry)
+        self._words[_REGISTRY + slot - 1] = key_word
+        return slot
+
+    def _id_of(self, mount_key: str) -> int | None:
+        """The mount's current id (re-registered if the table restarted); lock held."""
+        slot = self._ids.get(mount_key)
+        if slot is None:
+            return None  # not configured (a request from before a reload): not kept
+        key_word = _key_hash(mount_key)
+        if self._words[_REGISTRY + slot - 1] != key_word:
+            slot = self._ids[mount_key] = self._register(key_word)
+        return slot
+
+    def _slots(self, name: str) -> tuple[range, range, int]:
+        first, second, tag = _name_hash(name)
+        base = HEADER_BYTES // 8
+        a = base + (first % self._buckets) * SLOTS
+        b = base + (second % self._buckets) * SLOTS
+        return range(a, a + SLOTS), range(b, b + SLOTS), tag
+
+    def where(self, name: str, now: float | None = None) -> str | None:
+        """The key of the mount that last served ``name``, or None when not remembered.
+
+        Lock-free: reads at most 16 words.
+
+        Args:
+            name: the request name.
+            now: ``time.monotonic()``, in seconds (None: now).
+        """
+        one, two, tag = self._slots(name)
+        words = self._words
+        minute = _minute(time.monotonic() if now is None else now)
+        for index in (*one, *two):
+            word = words[index]
+            if word & _TAG_MASK == tag and word & _VALID and self._fresh(word, minute):
+                slot = (word >> _ID_SHIFT) & _ID_MASK
+                return self._keys.get(words[_REGISTRY + slot - 1]) if slot else None
+        return None
 
     def remember(self, name: str, mount_key: str, now: float | None = None) -> None:
         """Note that ``mount_key``'s mount served ``name``.
+
+        Writes (under the lock) only when the entry changes: a new name, another
+        mount, or a new minute.
 
         Args:
             name: the request name.
             mount_key: the serving mount's key.
             now: ``time.monotonic()``, in seconds (None: now).
         """
-        self._rotate_if_due(time.monotonic() if now is None else now)
-        h = hash(name)
-        self._previous.pop(h, None)
-        self._current[h] = self._number(mount_key)
+        one, two, tag = self._slots(name)
+        minute = _minute(time.monotonic() if now is None else now)
+        slot = self._ids.get(mount_key)
+        words = self._words
+        if slot is None:
+            return  # not configured (a request from before a reload): not kept
+        wanted = _VALID | minute << _STAMP_SHIFT | slot << _ID_SHIFT | tag
+        known = wanted in (words[i] for i in (*one, *two))
+        if known and words[_REGISTRY + slot - 1] == _key_hash(mount_key):
+            return  # known, this minute (a second copy of the name cannot be newer)
+        with self._writing():
+            mount_id = self._id_of(mount_key)
+            if mount_id is None:
+                return
+            wanted = _VALID | minute << _STAMP_SHIFT | mount_id << _ID_SHIFT | tag
+            target = None
+            for index in (*one, *two):
+                if words[index] & _TAG_MASK == tag and words[index] & _VALID:
+                    if target is None:
+                        target = index
+                    else:
+                        words[index] = 0  # a second copy (from before a table restart)
+            if target is None:
+                target = self._free_slot(one, two, minute)
+            words[target] = wanted
+
+    def _free_slot(self, one: range, two: range, minute: int) -> int:
+        """An empty or expired slot of the emptier bucket, else the oldest of both."""
+        words = self._words
+
+        def used(bucket: range) -> list[int]:
+            return [i for i in bucket if words[i] & _VALID and self._fresh(words[i], minute)]
+
+        used_one, used_two = used(one), used(two)
+        bucket, taken = (one, used_one) if len(used_one) <= len(used_two) else (two, used_two)
+        for index in bucket:
+            if index not in taken:
+                return index
+
+        def age(index: int) -> int:
+            stamp: int = (words[index] >> _STAMP_SHIFT) & _STAMP_MASK
+            return (minute - stamp) & _STAMP_MASK
+
+        oldest: int = max((*one, *two), key=age)
+        return oldest
 
     def forget(self, name: str) -> None:
         """Forget ``name`` (no mount holds it any more)."""
-        h = hash(name)
-        self._current.pop(h, None)
-        self._previous.pop(h, None)
-
-    def where(self, name: str, now: float | None = None) -> str | None:
-        """The key of the mount that last served ``name``, or None when not remembered.
-
-        Args:
-            name: the request name.
-            now: ``time.monotonic()``, in seconds (None: now).
-        """
-        h = hash(name)
-        number = self._current.get(h)
-        if number is None:
-            number = self._previous.pop(h, None)
-            if number is None:
-                return None
-            self._rotate_if_due(time.monotonic() if now is None else now)
-            self._current[h] = number
-        return self._keys.get(number)
+        one, two, tag = self._slots(name)
+        words = self._words
+        if not any(words[i] & _TAG_MASK == tag and words[i] & _VALID for i in (*one, *two)):
+            return
+        with self._writing():
+            for index in (*one, *two):
+                if words[index] & _TAG_MASK == tag and words[index] & _VALID:
+                    words[index] = 0

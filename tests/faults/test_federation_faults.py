@@ -256,3 +256,106 @@ def test_reload_during_a_fault_changes_nothing_clients_receive(
     with proc.client() as client:
         for name in shadowed[:4]:
             assert client.get(name).content == _expected(name)
+
+
+def _worker_pids(url: str, wanted: int = 2, attempts: int = 400) -> list[int]:
+    """The process ids of ``wanted`` workers, asked on new connections."""
+    pids: set[int] = set()
+    for _ in range(attempts):
+        with httpx.Client(base_url=url, timeout=30) as client:
+            pids.add(client.get("/.well-known/vend/health").json()["process"]["pid"])
+        if len(pids) == wanted:
+            return sorted(pids)
+        time.sleep(0.02)
+    raise AssertionError(f"only workers {sorted(pids)} answered")
+
+
+def _get_on_worker(url: str, pid: int, name: str, attempts: int = 400) -> httpx.Response:
+    """GET ``name`` on a new connection that worker ``pid`` accepted."""
+    for _ in range(attempts):
+        with httpx.Client(base_url=url, timeout=30) as client:
+            if client.get("/.well-known/vend/health").json()["process"]["pid"] == pid:
+                return client.get(name)
+    raise AssertionError(f"worker {pid} accepted none of {attempts} connections")
+
+
+async def _load_fresh_and_kept(
+    url: str, names: list[str], clients: int, duration_s: float, on_tick: Any
+) -> Counter[tuple[str, int, str]]:
+    """Like ``_load``, half the clients on kept-alive connections and half on a new
+    connection per request (so both workers answer)."""
+    seen: Counter[tuple[str, int, str]] = Counter()
+    kept = httpx.AsyncClient(base_url=url, timeout=30)
+    fresh = httpx.AsyncClient(
+        base_url=url, timeout=30, limits=httpx.Limits(max_keepalive_connections=0)
+    )
+    end = time.monotonic() + duration_s
+
+    async def worker(offset: int) -> None:
+        client = kept if offset % 2 else fresh
+        i = offset
+        while time.monotonic() < end:
+            name = names[i % len(names)]
+            i += clients
+            response = await client.get(name)
+            what = "right" if response.content == _expected(name) else "other"
+            if b"older" in response.content:
+                what = "older"
+            seen[(_kind(name), response.status_code, what)] += 1
+
+    async def ticker() -> None:
+        while time.monotonic() < end:
+            await asyncio.sleep(0.5)
+            await asyncio.to_thread(on_tick)
+
+    async with kept, fresh:
+        await asyncio.gather(ticker(), *(worker(i) for i in range(clients)))
+    return seen
+
+
+@pytest.mark.parametrize("fault", ["eio", "hang"])
+def test_two_workers_share_where_names_live(
+    tmp_path: Path, start_vend: Any, faultfs: Any, fault: str
+) -> None:
+    """With --workers 2, each shadowed name served from mount 1 by one worker only: once
+    mount 1 fails (EIO, hang), every request for them on either worker, on new and kept
+    connections, through two reloads (one adding a mount), gets 503, never mount 2's older
+    copy; mount 2's own names are served throughout."""
+    src1, m2 = _trees(tmp_path)
+    m3 = tmp_path / "m3"
+    m3.mkdir()
+    fs = faultfs(src1)
+    config = tmp_path / "vend.toml"
+    base = (
+        "[timeouts]\nprobe_interval_s = 0.5\nfs_op_s = 1.0\n"
+        "[cache]\nttl_s = 0.3\nmiss_ttl_s = 0.2\n"
+    )
+    table = f'mounts = [{{path = "{fs.mountpoint}", name = "m1"}}, "{m2}"'
+    config.write_text(table + "]\n" + base)
+    proc = start_vend(None, args=["--config", str(config), "--workers", "2"])
+    workers = _worker_pids(proc.url)
+    shadowed = [f"/shadowed-{i}/f.txt" for i in range(SHADOWED)]
+    for i, name in enumerate(shadowed):  # name i is served by worker i % 2 only
+        response = _get_on_worker(proc.url, workers[i % 2], name)
+        assert response.content == _expected(name)
+    _walk(fs)
+    fs.inject("*", "*", "hang" if fault == "hang" else "EIO")
+    time.sleep(1.0)  # past cache.ttl_s: the cached copies are stale now
+    ticks = 0
+
+    def tick() -> None:
+        nonlocal ticks
+        ticks += 1
+        if ticks in (4, 12):  # a reload adding mount 3, then one removing it
+            config.write_text(table + (f', "{m3}"]\n' if ticks == 4 else "]\n") + base)
+            os.kill(proc.pid, signal.SIGHUP)
+
+    names = shadowed + [f"/m2-{i}/f.txt" for i in range(64)]
+    seen = asyncio.run(_load_fresh_and_kept(proc.url, names, 16, 10.0, tick))
+    fs.lift()
+    assert proc.output().count("reloaded settings") >= 4, proc.output()[-2000:]  # 2 x 2
+    outcomes = {(kind, status, what) for (kind, status, what) in seen}
+    assert {(s, w) for k, s, w in outcomes if k == "shadowed"} == {(503, "other")}, seen
+    assert {(s, w) for k, s, w in outcomes if k == "m2"} == {(200, "right")}, seen
+    served = sum(n for (kind, _, _), n in seen.items() if kind == "shadowed")
+    assert served >= 2 * SHADOWED, seen

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import os
+import re
+import signal
 import time
 from pathlib import Path
 from typing import Any
@@ -79,3 +81,77 @@ def test_cache_bounds_entries_and_bytes() -> None:
     assert len(cache) == 3
     assert cache.get("b", 1.99) is not None and cache.get("b", 2.0) is None
     assert cache.get("e", 0.99) is not None and cache.get("e", 1.0) is None
+
+
+def _reloads(client: Any) -> int:
+    return int(client.get("/.well-known/vend/health").json()["process"]["reloads"])
+
+
+def _reload(proc: Any, client: Any, bound_s: float = 20.0) -> None:
+    """SIGHUP, then wait until the process has taken it."""
+    before = _reloads(client)
+    os.kill(proc.pid, signal.SIGHUP)
+    deadline = time.monotonic() + bound_s
+    while _reloads(client) == before:
+        assert time.monotonic() < deadline, proc.output()[-2000:]
+        time.sleep(0.05)
+
+
+def _counter(client: Any, line_start: str) -> float:
+    text = client.get("/.well-known/vend/metrics").text
+    found = re.search(rf"^{re.escape(line_start)} (\S+)$", text, re.M)
+    return float(found.group(1)) if found else 0.0
+
+
+def test_a_reload_with_unchanged_settings_keeps_the_cache(tmp_path: Path, start_vend: Any) -> None:
+    """After SIGHUP with unchanged settings, a name cached before it is still a cache hit
+    within cache.ttl_s: no lookup on the mount, the hit counter moves."""
+    m1 = tmp_path / "m1"
+    m1.mkdir()
+    (m1 / "page.html").write_bytes(b"cached page")
+    config = tmp_path / "vend.toml"
+    config.write_text(f'mounts = ["{m1}"]\n[cache]\nttl_s = 3.0\n')
+    proc = start_vend(None, args=["--config", str(config)])
+    hit = 'vend_cache_lookups_total{outcome="hit"}'
+    lookups = 'vend_mount_lookups_total{mount="m1",outcome="hit"}'
+    with proc.client() as client:
+        for _attempt in range(5):  # a busy machine may take longer than ttl_s to reload
+            assert client.get("/page.html").content == b"cached page"  # looked up, cached
+            cached_at = time.monotonic()
+            _reload(proc, client)
+            hits, looked_up = _counter(client, hit), _counter(client, lookups)
+            response = client.get("/page.html")
+            fresh = time.monotonic() - cached_at < 2.5
+            assert response.content == b"cached page"
+            if fresh:
+                assert _counter(client, hit) == hits + 1
+                assert _counter(client, lookups) == looked_up
+                return
+            time.sleep(3.0)  # let the entry go stale, and try again
+    pytest.fail("no reload finished within cache.ttl_s in five attempts")
+
+
+def test_a_reload_changing_cache_control_changes_the_next_answer(
+    tmp_path: Path, start_vend: Any
+) -> None:
+    """A name answered from the cache (and the hot path's prebuilt bytes) carries the new
+    Cache-Control in its very next 200 and 304 after a reload that changes cache_control."""
+    m1 = tmp_path / "m1"
+    m1.mkdir()
+    (m1 / "page.html").write_bytes(b"cached page")
+    config = tmp_path / "vend.toml"
+    config.write_text(f'mounts = ["{m1}"]\ncache_control = "public, max-age=300"\n')
+    proc = start_vend(None, args=["--config", str(config)])
+    with proc.client() as client:
+        for _ in range(3):  # cached, then answered from the prebuilt bytes
+            response = client.get("/page.html")
+            assert response.headers["cache-control"] == "public, max-age=300"
+        etag = response.headers["etag"]
+        config.write_text(f'mounts = ["{m1}"]\ncache_control = "no-cache"\n')
+        _reload(proc, client)
+        response = client.get("/page.html")
+        assert response.content == b"cached page"
+        assert response.headers["cache-control"] == "no-cache"
+        not_modified = client.get("/page.html", headers={"if-none-match": etag})
+        assert not_modified.status_code == 304
+        assert not_modified.headers["cache-control"] == "no-cache"

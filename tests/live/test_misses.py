@@ -75,6 +75,24 @@ def test_misses_lists_404_403_503_with_counts_and_times(
     assert 'vend_refused_names_total{rule="encoded_separator"} 1.0' in metrics
 
 
+def test_misses_survive_a_reload(mounts: list[Path], start_vend: Any) -> None:
+    """The misses summary counted before a SIGHUP is still listed, and counts on, after it."""
+    proc = start_vend(mounts)
+    with proc.client() as client:
+        for _ in range(3):
+            assert client.get("/gone.html").status_code == 404
+        os.kill(proc.pid, signal.SIGHUP)
+        assert _wait_for(
+            lambda: client.get("/.well-known/vend/health").json()["process"]["reloads"] == 1,
+            bound_s=30,
+        )
+        assert client.get("/gone.html").status_code == 404
+        body = client.get(MISSES).json()
+    assert [(m["path"], m["status"], m["count"]) for m in body["misses"]] == [
+        ("/gone.html", 404, 4)
+    ]
+
+
 def test_misses_stay_within_their_bound_under_load(mounts: list[Path], start_vend: Any) -> None:
     """20,000 distinct missing names from 4 clients keep at most 256 entries and flat
     memory, while a name missed 400 times stays on top, its count within the stated error."""
