@@ -126,7 +126,9 @@ class HotPath:
         self.app = app
         self.date = DateField()
         self.trusted_client = trusted_client
-        self._targets: dict[bytes, CachedFile] = {}
+        self._targets: dict[bytes, str] = {}
+        """Targets answered here, each with its name: never the cache entry itself, so
+        that an entry the name cache lets go of (``cache.max_bytes``) is not kept alive."""
         self.refreshing: dict[bytes, asyncio.Future[None]] = {}
         """Hot targets gone stale being looked up again, by one request each: the
         others asking meanwhile wait for it instead of all looking it up at once."""
@@ -156,9 +158,16 @@ class HotPath:
             self._cache = cache
             self._targets = {}
         now = time.monotonic()
-        entry = self._targets.get(target)
-        if entry is not None and now - entry.checked_at < cache.ttl_s:
-            return entry
+        known = self._targets.get(target)
+        if known is not None:
+            found = cache.get(known, now)
+            if isinstance(found, CachedFile) and found.body is not None:
+                if found.prebuilt is None:
+                    found.prebuilt = Prebuilt(found)
+                return found
+            if found is not None:  # fresh, but no longer a small file: not hot any more
+                self._targets.pop(target, None)
+            return None
         path, _, query = target.partition(b"?")
         if b"#" in target or (not query and target.endswith(b"?")):
             return None  # logged differently by the application: not worth matching
@@ -179,7 +188,7 @@ class HotPath:
             found.prebuilt = Prebuilt(found)
         if len(self._targets) >= cache.max_entries:
             self._targets = {}
-        self._targets[target] = found
+        self._targets[target] = name.name
         return found
 
     def was_hot(self, target: bytes) -> bool:
@@ -311,8 +320,9 @@ class HotPath:
         )
 
     def _mount_name(self, target: bytes) -> str | None:
-        entry = self._targets.get(target)
-        return entry.mount.name if entry is not None else None
+        name = self._targets.get(target)
+        entry = self.app.cache.get(name, time.monotonic()) if name is not None else None
+        return entry.mount.name if isinstance(entry, CachedFile) else None
 
     def flush(self) -> None:
         """Add the batched counts to the application's metrics."""
