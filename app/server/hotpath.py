@@ -47,6 +47,9 @@ MAX_KNOWN_HEAD_BYTES: Final = 2048
 """Longest request head remembered whole (``HotPath.remember``), in bytes."""
 MAX_KNOWN_HEADS: Final = 4096
 """Most request heads remembered; the memory is emptied when full."""
+MAX_TARGET_BYTES: Final = 4 * 1024 * 1024
+"""Most bytes of request-targets remembered (``HotPath.lookup``; a target may be 8,190
+bytes, its query any string); the memory is emptied when full."""
 
 KnownHead = tuple[bytes, bytes, bool, bool, bytes | None, list[tuple[bytes, bytes]]]
 """What a remembered head asks: method, target, HTTP/1.0, keep-alive, If-None-Match,
@@ -127,6 +130,7 @@ class HotPath:
         self.date = DateField()
         self.trusted_client = trusted_client
         self._targets: dict[bytes, str] = {}
+        self._target_bytes = 0
         """Targets answered here, each with its name: never the cache entry itself, so
         that an entry the name cache lets go of (``cache.max_bytes``) is not kept alive."""
         self.refreshing: dict[bytes, asyncio.Future[None]] = {}
@@ -157,6 +161,7 @@ class HotPath:
         if cache is not self._cache:  # a reload made a new cache: forget every target
             self._cache = cache
             self._targets = {}
+            self._target_bytes = 0
         now = time.monotonic()
         known = self._targets.get(target)
         if known is not None:
@@ -186,8 +191,10 @@ class HotPath:
             return None
         if found.prebuilt is None:
             found.prebuilt = Prebuilt(found)
-        if len(self._targets) >= cache.max_entries:
+        self._target_bytes += len(target)
+        if len(self._targets) >= cache.max_entries or self._target_bytes > MAX_TARGET_BYTES:
             self._targets = {}
+            self._target_bytes = len(target)
         self._targets[target] = name.name
         return found
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import gc
 import os
+import tracemalloc
 from pathlib import Path
 
 from app.federation.cache import CachedFile
@@ -56,6 +57,38 @@ def test_hot_path_keeps_no_body_the_name_cache_let_go(tmp_path: Path) -> None:
             conn.transport.out.clear()
             assert server.app.cache.body_bytes <= MAX_BYTES
             assert _live_body_bytes() <= MAX_BYTES + FILE_BYTES
+        finally:
+            for mount in server.app.mounts:
+                mount.close()
+
+    asyncio.run(main())
+
+
+def test_distinct_long_targets_do_not_grow_the_hot_paths_memory(tmp_path: Path) -> None:
+    """Two thousand targets with distinct 8,000-byte queries for one hot file: under 8 MiB kept."""
+    mounts = make_tree(tmp_path)
+
+    async def main() -> None:
+        server = await make_server(mounts, cache={"ttl_s": 3})
+        try:
+            warm = server.connect()
+            await warm.send(_get(b"/small.txt"))
+            await warm.wait_responses(["GET"])
+            conn = server.connect()
+            tracemalloc.start()
+            before = tracemalloc.get_traced_memory()[0]
+            for batch in range(100):
+                await conn.send(
+                    b"".join(
+                        _get(b"/small.txt?" + os.urandom(4000).hex().encode()) for _ in range(20)
+                    )
+                )
+                assert conn.transport.out.count(b"HTTP/1.1 200 OK") == 20, batch
+                conn.transport.out.clear()
+            gc.collect()
+            kept = tracemalloc.get_traced_memory()[0] - before
+            tracemalloc.stop()
+            assert kept < 8 * 1024 * 1024, f"{kept} bytes kept"
         finally:
             for mount in server.app.mounts:
                 mount.close()
