@@ -191,8 +191,6 @@ class RequestReader:
             self.parser_failed()
         else:
             self.feeding = False
-            if conn.state is _HEAD and self.url:  # a body follows
-                conn.state = next_state(_HEAD, Event.HEAD_COMPLETE)
         self.fast_data = None
 
     def request_line(self) -> bytes | None:
@@ -230,17 +228,13 @@ class RequestReader:
                             raise Refusal(431, f"request head over {MAX_HEAD_BYTES} bytes")
                         self.tail = b""
                         piece, data = (data, b"") if cut == len(data) else (data[:cut], data[cut:])
-                        parser.feed_data(piece)
-                        if self.conn.state is _HEAD and self.url:  # a body follows the head
-                            self.conn.state = next_state(_HEAD, Event.HEAD_COMPLETE)
+                        parser.feed_data(piece)  # a body follows: on_headers_complete
                         continue
                 else:
                     n = self.body_left if self.body_left is not None else BODY_SLICE_BYTES
                     if n <= 0:  # never: llhttp completes a message when its body ends
                         raise Refusal(400, "body framing lost")
                     piece, data = data[:n], data[n:]
-                    if self.body_left is not None:
-                        self.body_left -= len(piece)
                 parser.feed_data(piece)
         except Exception:
             self.parser_failed()
@@ -264,6 +258,23 @@ class RequestReader:
                 self.conn.refuse(400, f"invalid request: {exc}")
         else:
             raise  # a bug in vend: uvicorn logs it
+
+    def on_message_begin(self) -> None:
+        """httptools: a request starts.
+
+        Only a request pipelined right behind a chunked body can start while vend thinks
+        the connection idle: the slice of that body fed to the parser
+        (``BODY_SLICE_BYTES``) held its end and the start of the next request, which the
+        parser goes on to read. It is then a request being read like any other.
+        """
+        if self.conn.state is _IDLE:
+            self.conn.state = next_state(_IDLE, Event.HEAD_BYTES)
+            self.conn.set_deadline("request")
+
+    def on_headers_complete(self) -> None:
+        """httptools: the head is complete; a body follows when it has one."""
+        if self.body_left is None or self.body_left > 0:
+            self.conn.state = next_state(self.conn.state, Event.HEAD_COMPLETE)
 
     def on_url(self, url: bytes) -> None:
         """httptools: a piece of the request-target."""
@@ -345,6 +356,8 @@ class RequestReader:
 
     def on_body(self, body: bytes) -> None:
         """httptools: body bytes, counted and discarded."""
+        if self.body_left is not None:
+            self.body_left -= len(body)
         self._discarded += len(body)
         if self._discarded > MAX_DISCARDED_BODY_BYTES:
             raise Refusal(413, f"request body over {MAX_DISCARDED_BODY_BYTES} bytes")

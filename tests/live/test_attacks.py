@@ -1,0 +1,91 @@
+"""Attacks on vend's HTTP/1.1 framing, as raw bytes on a real socket to ``vend serve``.
+
+Each test is a finding of an adversarial review, kept as a regression test: a request
+pipelined right behind a chunked body.
+"""
+
+from __future__ import annotations
+
+import socket
+import time
+from collections.abc import Iterator
+
+import pytest
+
+from tests.support import VendProcess, parse_responses
+
+pytestmark = pytest.mark.live
+
+SMALL = b"a small cached file\n"
+
+
+@pytest.fixture(scope="module")
+def vend(tmp_path_factory: pytest.TempPathFactory) -> Iterator[VendProcess]:
+    """``vend serve`` over one mount holding a small file, for the whole module."""
+    mount = tmp_path_factory.mktemp("attacks") / "m1"
+    mount.mkdir()
+    (mount / "small.txt").write_bytes(SMALL)
+    proc = VendProcess([str(mount)], {"timeouts__request_head_s": 2})
+    try:
+        proc.start(tmp_path_factory.mktemp("attacks-log") / "vend.log")
+        yield proc
+    finally:
+        proc.stop()
+
+
+def _exchange(port: int, data: bytes, count: int, timeout_s: float = 10.0) -> tuple[bytes, bool]:
+    """Send ``data`` in one write; read until ``count`` answers came or the server closed.
+
+    Returns:
+        The bytes read and whether the server closed the connection (within 1 s of the
+        last answer, or at once).
+    """
+    deadline = time.monotonic() + timeout_s
+    out = b""
+    closed = False
+    with socket.create_connection(("127.0.0.1", port), timeout=timeout_s) as sock:
+        sock.sendall(data)
+        while time.monotonic() < deadline:
+            if out.count(b"HTTP/1.1 ") >= count:
+                deadline = min(deadline, time.monotonic() + 1.0)
+            sock.settimeout(max(0.05, deadline - time.monotonic()))
+            try:
+                chunk = sock.recv(1 << 16)
+            except TimeoutError:
+                break
+            except ConnectionResetError:
+                closed = True
+                break
+            if not chunk:
+                closed = True
+                break
+            out += chunk
+    return out, closed
+
+
+def _chunked(method: bytes, body: bytes, *extra: bytes) -> bytes:
+    return (
+        method
+        + b" /small.txt HTTP/1.1\r\nHost: t\r\nTransfer-Encoding: chunked\r\n"
+        + b"".join(extra)
+        + b"\r\n"
+        + body
+    )
+
+
+GET = b"GET /small.txt HTTP/1.1\r\nHost: t\r\n\r\n"
+
+
+@pytest.mark.parametrize("method", [b"GET", b"POST"])
+def test_request_pipelined_right_behind_a_chunked_body_is_answered(
+    vend: VendProcess, method: bytes
+) -> None:
+    """A GET in the same write as a chunked body's last chunk gets its 200, not a 400 and a traceback."""
+    before = vend.output().count("Traceback")
+    data = _chunked(method, b"5\r\nhello\r\n0\r\n\r\n") + GET + GET
+    out, _ = _exchange(vend.port, data, 3)
+    answers = parse_responses(out, ["GET"] * 3)
+    first = 405 if method == b"POST" else 200
+    assert [a.status for a in answers] == [first, 200, 200]
+    assert answers[2].body == SMALL
+    assert vend.output().count("Traceback") == before
