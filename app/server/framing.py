@@ -177,6 +177,7 @@ class RequestReader:
         self._inm: bytes | None = None
         self._host: bytes | None = None
         self._cold = False
+        self._trailers: int | None = None  # trailer fields so far, once the head is done
 
     def feed_head(self, data: bytes) -> None:
         """Feed a read that is exactly one whole head (the common case), from IDLE."""
@@ -273,6 +274,7 @@ class RequestReader:
 
     def on_headers_complete(self) -> None:
         """httptools: the head is complete; a body follows when it has one."""
+        self._trailers = 0
         if self.body_left is None or self.body_left > 0:
             self.conn.state = next_state(self.conn.state, Event.HEAD_COMPLETE)
 
@@ -283,8 +285,21 @@ class RequestReader:
             raise Refusal(414, f"request-target over {MAX_REQUEST_TARGET_BYTES} bytes")
 
     def on_header(self, name: bytes, value: bytes) -> None:
-        """httptools: one header field, whole; framing fields are checked at once."""
+        """httptools: one header field, whole; framing fields are checked at once.
+
+        A field after the head is a trailer field of a chunked body (RFC 9112 section
+        7.1.2): bounded as header fields are, then discarded, never merged into them
+        (RFC 9110 section 6.5.1), so that a trailer cannot act as Range, If-Match,
+        X-Forwarded-For or Host.
+        """
         self.line_done = True
+        if self._trailers is not None:
+            self._trailers += 1
+            if self._trailers > MAX_FIELDS:
+                raise Refusal(431, f"more than {MAX_FIELDS} trailer fields")
+            if len(name) + len(value) > MAX_FIELD_BYTES:
+                raise Refusal(431, f"a trailer field over {MAX_FIELD_BYTES} bytes")
+            return
         headers = self.headers
         if len(headers) >= MAX_FIELDS:
             raise Refusal(431, f"more than {MAX_FIELDS} header fields")

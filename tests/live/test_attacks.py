@@ -1,7 +1,8 @@
 """Attacks on vend's HTTP/1.1 framing, as raw bytes on a real socket to ``vend serve``.
 
 Each test is a finding of an adversarial review, kept as a regression test: a request
-pipelined right behind a chunked body.
+pipelined right behind a chunked body, trailer fields taking the place of header
+fields.
 """
 
 from __future__ import annotations
@@ -89,3 +90,20 @@ def test_request_pipelined_right_behind_a_chunked_body_is_answered(
     assert [a.status for a in answers] == [first, 200, 200]
     assert answers[2].body == SMALL
     assert vend.output().count("Traceback") == before
+
+
+def test_trailer_fields_do_not_act_as_header_fields(vend: VendProcess) -> None:
+    """RFC 9110 section 6.5.1: a Range sent as a trailer field is not a Range: 200, whole body."""
+    data = _chunked(b"GET", b"0\r\nRange: bytes=0-2\r\n\r\n")
+    out, _ = _exchange(vend.port, data, 1)
+    (answer,) = parse_responses(out, ["GET"])
+    assert (answer.status, answer.body) == (200, SMALL)
+
+
+def test_trailer_fields_are_still_bounded(vend: VendProcess) -> None:
+    """More than 100 trailer fields get 431 and a close, as header fields do."""
+    data = _chunked(b"GET", b"0\r\n" + b"X-T: v\r\n" * 101 + b"\r\n")
+    out, closed = _exchange(vend.port, data, 1)
+    (answer,) = parse_responses(out, ["GET"])
+    assert answer.status == 431
+    assert closed
