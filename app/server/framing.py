@@ -381,13 +381,18 @@ class RequestReader:
         """httptools: the request is complete: answer it (hot path) or queue it."""
         self._check_head()
         parser = self.parser
-        keep_alive = parser.should_keep_alive() and not parser.should_upgrade()
+        http10 = parser.get_http_version() == "1.0"
+        # RFC 9112 section 6.1: HTTP/1.0 with Transfer-Encoding has faulty framing: close.
+        keep_alive = (
+            parser.should_keep_alive()
+            and not parser.should_upgrade()
+            and not (http10 and self.body_left is None)
+        )
         self.conn.state = next_state(
             self.conn.state, Event.MESSAGE_COMPLETE if keep_alive else Event.LAST_MESSAGE
         )
         self.head_bytes = 0
         self.body_left = 0
-        http10 = parser.get_http_version() == "1.0"
         method, url, headers = self.method, self.url, self.headers
         inm, cold = self._inm, self._cold
         self.reset_request()

@@ -2,7 +2,7 @@
 
 Each test is a finding of an adversarial review, kept as a regression test: a request
 pipelined right behind a chunked body, trailer fields taking the place of header
-fields.
+fields, and an HTTP/1.0 message with Transfer-Encoding kept alive.
 """
 
 from __future__ import annotations
@@ -106,4 +106,17 @@ def test_trailer_fields_are_still_bounded(vend: VendProcess) -> None:
     out, closed = _exchange(vend.port, data, 1)
     (answer,) = parse_responses(out, ["GET"])
     assert answer.status == 431
+    assert closed
+
+
+def test_http10_message_with_transfer_encoding_closes_the_connection(vend: VendProcess) -> None:
+    """RFC 9112 section 6.1: HTTP/1.0 with Transfer-Encoding is answered, then closed despite keep-alive."""
+    data = (
+        b"GET /small.txt HTTP/1.0\r\nConnection: keep-alive\r\nTransfer-Encoding: chunked\r\n\r\n"
+        b"0\r\n\r\n"
+    )
+    out, closed = _exchange(vend.port, data, 1)
+    (answer,) = parse_responses(out, ["GET"])
+    assert (answer.status, answer.body) == (200, SMALL)
+    assert answer.header(b"connection") != b"keep-alive"
     assert closed
