@@ -3,7 +3,8 @@
 Each test is a finding of an adversarial review, kept as a regression test: a request
 pipelined right behind a chunked body, trailer fields taking the place of header
 fields, an HTTP/1.0 message with Transfer-Encoding kept alive, and the refresh of a
-stale hot name dropped with its connection before it ran.
+stale hot name dropped with its connection before it ran, or held behind an answer
+nobody reads.
 """
 
 from __future__ import annotations
@@ -152,3 +153,27 @@ def test_refresh_dropped_with_its_connection_does_not_stall_the_name(
         assert parse_responses(out, ["GET"])[0].body == SMALL
         assert time.monotonic() - started < 5.0
         time.sleep(1.5)
+
+
+def test_refresh_queued_behind_an_unread_answer_does_not_hold_others(
+    start_vend: Any, tmp_path: Path
+) -> None:
+    """A stale hot name asked behind an answer its client never reads: others get it at once."""
+    mount = tmp_path / "m1"
+    mount.mkdir()
+    (mount / "small.txt").write_bytes(SMALL)
+    with open(mount / "huge.bin", "wb") as handle:  # far more than loopback buffers hold
+        handle.truncate(64 * 1024 * 1024)
+    proc: VendProcess = start_vend([str(mount)], {"cache__ttl_s": 1, "timeouts__send_s": 15})
+    with socket.create_connection(("127.0.0.1", proc.port), timeout=10) as sock:
+        for _ in range(2):  # the second answer is the hot path's: the name is hot
+            sock.sendall(GET)
+            assert sock.recv(1 << 16).startswith(b"HTTP/1.1 200 OK")
+    time.sleep(1.5)  # stale now
+    with socket.create_connection(("127.0.0.1", proc.port)) as holder:
+        holder.sendall(b"GET /huge.bin HTTP/1.1\r\nHost: t\r\n\r\n" + GET)  # never read
+        time.sleep(0.5)
+        started = time.monotonic()
+        out, _ = _exchange(proc.port, GET, 1, timeout_s=20)
+        assert parse_responses(out, ["GET"])[0].body == SMALL
+        assert time.monotonic() - started < 5.0
