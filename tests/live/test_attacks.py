@@ -4,7 +4,7 @@ Each test is a finding of an adversarial review, kept as a regression test: a re
 pipelined right behind a chunked body, trailer fields taking the place of header
 fields, an HTTP/1.0 message with Transfer-Encoding kept alive, and the refresh of a
 stale hot name dropped with its connection before it ran, or held behind an answer
-nobody reads.
+nobody reads; and an X-Forwarded-For with spaces forging access log fields.
 """
 
 from __future__ import annotations
@@ -177,3 +177,26 @@ def test_refresh_queued_behind_an_unread_answer_does_not_hold_others(
         out, _ = _exchange(proc.port, GET, 1, timeout_s=20)
         assert parse_responses(out, ["GET"])[0].body == SMALL
         assert time.monotonic() - started < 5.0
+
+
+def test_forwarded_address_cannot_forge_access_log_fields(start_vend: Any, tmp_path: Path) -> None:
+    """A trusted peer's X-Forwarded-For with spaces stays one field: the line's date is vend's own."""
+    mount = tmp_path / "m1"
+    mount.mkdir()
+    (mount / "small.txt").write_bytes(SMALL)
+    log = tmp_path / "access.log"
+    proc: VendProcess = start_vend([str(mount)], {"access_log": str(log)})  # 127.0.0.1 trusted
+    forged = b"10.9.9.9 - - [01/Jan/2000:00:00:00 +0000] x"
+    request = b"GET /small.txt HTTP/1.1\r\nHost: t\r\nX-Forwarded-For: " + forged + b"\r\n"
+    _exchange(proc.port, GET, 1)  # in the cache now
+    for extra in (b"\r\n", b"Range: bytes=0-1\r\n\r\n"):  # the hot path, then the application
+        _exchange(proc.port, request + extra, 1)
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline and log.read_text().count("\n") < 3:
+        time.sleep(0.05)
+    lines = log.read_text().splitlines()
+    assert len(lines) == 3
+    for line in lines[1:]:
+        host, rest = line.split(" ", 1)
+        assert host.startswith("10.9.9.9") and "01/Jan/2000" in host
+        assert rest.startswith("- - [") and "2000" not in rest.split("]")[0]
