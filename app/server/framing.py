@@ -268,9 +268,12 @@ class RequestReader:
         (``BODY_SLICE_BYTES``) held its end and the start of the next request, which the
         parser goes on to read. It is then a request being read like any other.
         """
-        if self.conn.state is _IDLE:
+        state = self.conn.state
+        if state is _IDLE:
             self.conn.state = next_state(_IDLE, Event.HEAD_BYTES)
             self.conn.set_deadline("request")
+        elif state not in READING:  # behind the last request (HTTP/1.0 with a chunked body)
+            raise Refusal(400, "a request after the connection's last")  # not answered
 
     def on_headers_complete(self) -> None:
         """httptools: the head is complete; a body follows when it has one."""

@@ -116,15 +116,17 @@ def test_trailer_fields_are_still_bounded(vend: VendProcess) -> None:
 
 def test_http10_message_with_transfer_encoding_closes_the_connection(vend: VendProcess) -> None:
     """RFC 9112 section 6.1: HTTP/1.0 with Transfer-Encoding is answered, then closed despite keep-alive."""
+    before = vend.output().count("Traceback")
     data = (
         b"GET /small.txt HTTP/1.0\r\nConnection: keep-alive\r\nTransfer-Encoding: chunked\r\n\r\n"
-        b"0\r\n\r\n"
+        b"0\r\n\r\n" + GET  # in the same read: never answered
     )
     out, closed = _exchange(vend.port, data, 1)
     (answer,) = parse_responses(out, ["GET"])
     assert (answer.status, answer.body) == (200, SMALL)
     assert answer.header(b"connection") != b"keep-alive"
     assert closed
+    assert vend.output().count("Traceback") == before
 
 
 def test_refresh_dropped_with_its_connection_does_not_stall_the_name(
