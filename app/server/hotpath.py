@@ -47,6 +47,12 @@ MAX_KNOWN_HEAD_BYTES: Final = 2048
 """Longest request head remembered whole (``HotPath.remember``), in bytes."""
 MAX_KNOWN_HEADS: Final = 4096
 """Most request heads remembered; the memory is emptied when full."""
+MAX_KNOWN_HEADS_BYTES: Final = 8 * 1024 * 1024
+"""Most memory the remembered heads may take, in bytes, as ``KNOWN_FIELD_BYTES`` a field
+plus each head's bytes; the memory is emptied when full. (Without it 4,096 heads of 100
+short fields held 57 MB.)"""
+KNOWN_FIELD_BYTES: Final = 160
+"""What one remembered field costs (its tuple and two byte strings), in bytes."""
 MAX_TARGET_BYTES: Final = 4 * 1024 * 1024
 """Most bytes of request-targets remembered (``HotPath.lookup``; a target may be 8,190
 bytes, its query any string); the memory is emptied when full."""
@@ -139,6 +145,7 @@ class HotPath:
         self.heads: dict[bytes, KnownHead] = {}
         """Request heads (exact bytes) the parser and vend's checks accepted, each a
         whole hot-path request: a client repeating one skips the parser."""
+        self._heads_bytes = 0
         self._cache: object = None
         self._n200 = self._n304 = self._bytes = 0
         self._flush_timer: asyncio.TimerHandle | None = None
@@ -213,15 +220,18 @@ class HotPath:
 
         Only a read holding exactly one head and nothing else, answered by the hot path,
         comes here (``VendProtocol``); at most ``MAX_KNOWN_HEADS`` heads of at most
-        ``MAX_KNOWN_HEAD_BYTES`` bytes are kept.
+        ``MAX_KNOWN_HEAD_BYTES`` bytes are kept, in ``MAX_KNOWN_HEADS_BYTES``.
 
         Args:
             head: the head's exact bytes.
             known: what it asks.
         """
         if len(head) <= MAX_KNOWN_HEAD_BYTES:
-            if len(self.heads) >= MAX_KNOWN_HEADS:
+            weight = len(head) + KNOWN_FIELD_BYTES * len(known[5])
+            self._heads_bytes += weight
+            if len(self.heads) >= MAX_KNOWN_HEADS or self._heads_bytes > MAX_KNOWN_HEADS_BYTES:
                 self.heads = {}
+                self._heads_bytes = weight
             self.heads[head] = known
 
     def answer(

@@ -94,3 +94,34 @@ def test_distinct_long_targets_do_not_grow_the_hot_paths_memory(tmp_path: Path) 
                 mount.close()
 
     asyncio.run(main())
+
+
+def test_remembered_heads_stay_small_whatever_their_fields(tmp_path: Path) -> None:
+    """4,096 distinct 2 KiB heads of 100 short fields each, for a hot file: under 16 MiB kept."""
+    mounts = make_tree(tmp_path)
+    fields = b"".join(b"%c:%d\r\n" % (97 + j % 26, j) for j in range(98))
+
+    async def main() -> None:
+        server = await make_server(mounts, cache={"ttl_s": 3})
+        try:
+            conn = server.connect()
+            await conn.send(_get(b"/small.txt"))
+            await conn.wait_responses(["GET"])
+            conn.transport.out.clear()
+            tracemalloc.start()
+            before = tracemalloc.get_traced_memory()[0]
+            for i in range(4096):  # each alone in its read, as the remembered heads want
+                head = b"GET /small.txt HTTP/1.1\r\nHost: t\r\nX:%08d\r\n" % i + fields + b"\r\n"
+                assert len(head) <= 2048
+                await conn.send(head)
+                assert conn.transport.out.count(b"HTTP/1.1 200 OK") == 1, i
+                conn.transport.out.clear()
+            gc.collect()
+            kept = tracemalloc.get_traced_memory()[0] - before
+            tracemalloc.stop()
+            assert kept < 16 * 1024 * 1024, f"{kept} bytes kept"
+        finally:
+            for mount in server.app.mounts:
+                mount.close()
+
+    asyncio.run(main())
