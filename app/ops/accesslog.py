@@ -8,7 +8,8 @@ The two fields after Apache's combined format are the mount's name (``-`` when n
 served) and the time taken in microseconds (Apache's ``%D``). The client address is the
 one uvicorn reports, which is the X-Forwarded-For address only when the connection comes
 from a ``trusted_proxies`` address. Unprintable bytes, ``"`` and ``\\`` are escaped as
-Apache does (``\\xhh``), so a hostile request cannot forge log lines.
+Apache does (``\\xhh``), and spaces in the address too (X-Forwarded-For may hold any
+text), so a hostile request cannot forge log lines or fields.
 """
 
 from __future__ import annotations
@@ -250,8 +251,13 @@ class AccessLog:
         if not self.enabled:
             return
         micros = int((time.perf_counter() - started) * 1_000_000)
-        # The address may come from X-Forwarded-For: escaped like any other field.
-        host = _escape(client.encode("utf-8", "surrogateescape")) if client else "-"
+        # The address may come from X-Forwarded-For: escaped like any other field, and
+        # its spaces too, so that it stays one field (a forged date or user cannot follow).
+        host = (
+            _escape(client.encode("utf-8", "surrogateescape")).replace(" ", "\\x20")
+            if client
+            else "-"
+        )
         line = "-" if request_line is None else _escape(request_line)
         ref = "-" if referer is None else _escape(referer)
         agent = "-" if user_agent is None else _escape(user_agent)

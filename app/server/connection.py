@@ -132,7 +132,7 @@ class VendProtocol(RequestDispatch, DeadlineTimer, asyncio.Protocol):
         self.server_state.connections.discard(self)
         self.state = next_state(self.state, Event.LOST)
         self.disconnected = True
-        self._queue.clear()
+        self._drop_queue()
         self.reader.held = b""
         for timer in (self._timer, self._send_timer, self._linger_timer):
             if timer is not None:
@@ -239,6 +239,17 @@ class VendProtocol(RequestDispatch, DeadlineTimer, asyncio.Protocol):
                 self._send_refusal(entry)
                 return
 
+    def _drop_queue(self) -> None:
+        """Forget the answers not started. A dropped cycle that was to refresh a stale hot
+        name wakes those waiting for it, who would otherwise wait ``send_s`` for a lookup
+        never made (and the next ones after them, for as long as the process runs)."""
+        for entry in self._queue:
+            if isinstance(entry, AsgiCycle) and entry.refresh is not None:
+                hot, target = entry.refresh
+                entry.refresh = None
+                hot.refresh_done(target)
+        self._queue.clear()
+
     def cycle_done(self, cycle: AsgiCycle) -> None:
         """A cycle ended: close if it said so, else go on with the queue.
 
@@ -270,7 +281,7 @@ class VendProtocol(RequestDispatch, DeadlineTimer, asyncio.Protocol):
         """Close after what is written; read nothing more."""
         if self.state in READING:
             self.state = next_state(self.state, Event.STOP)
-        self._queue.clear()
+        self._drop_queue()
         self.set_deadline(None)
         self.transport.close()
 
@@ -370,7 +381,7 @@ class VendProtocol(RequestDispatch, DeadlineTimer, asyncio.Protocol):
         if self._active is None:
             self._close()
             return
-        self._queue.clear()
+        self._drop_queue()
         self._active.keep_alive = False
 
     def queue_full(self) -> bool:

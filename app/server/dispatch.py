@@ -11,6 +11,7 @@ cache, instead of all looking it up at once.
 from __future__ import annotations
 
 import asyncio
+from collections import deque
 from typing import TYPE_CHECKING, Any
 
 from uvicorn.config import Config
@@ -39,6 +40,8 @@ class RequestDispatch(_Base):
     _server: tuple[str, int | None] | None
     _client: tuple[str, int] | None
     _scheme: str
+    _active: AsgiCycle | None
+    _queue: deque[Any]
 
     def _emit(self, entry: AsgiCycle | bytes, keep_alive: bool) -> None:
         raise NotImplementedError  # VendProtocol's
@@ -89,8 +92,11 @@ class RequestDispatch(_Base):
                 cycle = self._make_cycle(method, url, headers, http10, keep_alive)
                 waiting = hot.refreshing.get(url)
                 if waiting is None:
-                    cycle.refresh = (hot, url)
-                    hot.refreshing[url] = self.loop.create_future()
+                    # Only a request that starts at once looks it up for the others: one
+                    # queued behind an answer its client does not read would hold them.
+                    if self._active is None and not self._queue:
+                        cycle.refresh = (hot, url)
+                        hot.refreshing[url] = self.loop.create_future()
                 else:
                     cycle.after_refresh = (waiting, (method, url, http10, keep_alive, inm, headers))
                 self._emit(cycle, keep_alive)

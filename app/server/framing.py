@@ -177,6 +177,7 @@ class RequestReader:
         self._inm: bytes | None = None
         self._host: bytes | None = None
         self._cold = False
+        self._trailers: int | None = None  # trailer fields so far, once the head is done
 
     def feed_head(self, data: bytes) -> None:
         """Feed a read that is exactly one whole head (the common case), from IDLE."""
@@ -191,8 +192,6 @@ class RequestReader:
             self.parser_failed()
         else:
             self.feeding = False
-            if conn.state is _HEAD and self.url:  # a body follows
-                conn.state = next_state(_HEAD, Event.HEAD_COMPLETE)
         self.fast_data = None
 
     def request_line(self) -> bytes | None:
@@ -230,17 +229,13 @@ class RequestReader:
                             raise Refusal(431, f"request head over {MAX_HEAD_BYTES} bytes")
                         self.tail = b""
                         piece, data = (data, b"") if cut == len(data) else (data[:cut], data[cut:])
-                        parser.feed_data(piece)
-                        if self.conn.state is _HEAD and self.url:  # a body follows the head
-                            self.conn.state = next_state(_HEAD, Event.HEAD_COMPLETE)
+                        parser.feed_data(piece)  # a body follows: on_headers_complete
                         continue
                 else:
                     n = self.body_left if self.body_left is not None else BODY_SLICE_BYTES
                     if n <= 0:  # never: llhttp completes a message when its body ends
                         raise Refusal(400, "body framing lost")
                     piece, data = data[:n], data[n:]
-                    if self.body_left is not None:
-                        self.body_left -= len(piece)
                 parser.feed_data(piece)
         except Exception:
             self.parser_failed()
@@ -265,6 +260,27 @@ class RequestReader:
         else:
             raise  # a bug in vend: uvicorn logs it
 
+    def on_message_begin(self) -> None:
+        """httptools: a request starts.
+
+        Only a request pipelined right behind a chunked body can start while vend thinks
+        the connection idle: the slice of that body fed to the parser
+        (``BODY_SLICE_BYTES``) held its end and the start of the next request, which the
+        parser goes on to read. It is then a request being read like any other.
+        """
+        state = self.conn.state
+        if state is _IDLE:
+            self.conn.state = next_state(_IDLE, Event.HEAD_BYTES)
+            self.conn.set_deadline("request")
+        elif state not in READING:  # behind the last request (HTTP/1.0 with a chunked body)
+            raise Refusal(400, "a request after the connection's last")  # not answered
+
+    def on_headers_complete(self) -> None:
+        """httptools: the head is complete; a body follows when it has one."""
+        self._trailers = 0
+        if self.body_left is None or self.body_left > 0:
+            self.conn.state = next_state(self.conn.state, Event.HEAD_COMPLETE)
+
     def on_url(self, url: bytes) -> None:
         """httptools: a piece of the request-target."""
         self.url += url
@@ -272,8 +288,21 @@ class RequestReader:
             raise Refusal(414, f"request-target over {MAX_REQUEST_TARGET_BYTES} bytes")
 
     def on_header(self, name: bytes, value: bytes) -> None:
-        """httptools: one header field, whole; framing fields are checked at once."""
+        """httptools: one header field, whole; framing fields are checked at once.
+
+        A field after the head is a trailer field of a chunked body (RFC 9112 section
+        7.1.2): bounded as header fields are, then discarded, never merged into them
+        (RFC 9110 section 6.5.1), so that a trailer cannot act as Range, If-Match,
+        X-Forwarded-For or Host.
+        """
         self.line_done = True
+        if self._trailers is not None:
+            self._trailers += 1
+            if self._trailers > MAX_FIELDS:
+                raise Refusal(431, f"more than {MAX_FIELDS} trailer fields")
+            if len(name) + len(value) > MAX_FIELD_BYTES:
+                raise Refusal(431, f"a trailer field over {MAX_FIELD_BYTES} bytes")
+            return
         headers = self.headers
         if len(headers) >= MAX_FIELDS:
             raise Refusal(431, f"more than {MAX_FIELDS} header fields")
@@ -345,6 +374,8 @@ class RequestReader:
 
     def on_body(self, body: bytes) -> None:
         """httptools: body bytes, counted and discarded."""
+        if self.body_left is not None:
+            self.body_left -= len(body)
         self._discarded += len(body)
         if self._discarded > MAX_DISCARDED_BODY_BYTES:
             raise Refusal(413, f"request body over {MAX_DISCARDED_BODY_BYTES} bytes")
@@ -353,13 +384,18 @@ class RequestReader:
         """httptools: the request is complete: answer it (hot path) or queue it."""
         self._check_head()
         parser = self.parser
-        keep_alive = parser.should_keep_alive() and not parser.should_upgrade()
+        http10 = parser.get_http_version() == "1.0"
+        # RFC 9112 section 6.1: HTTP/1.0 with Transfer-Encoding has faulty framing: close.
+        keep_alive = (
+            parser.should_keep_alive()
+            and not parser.should_upgrade()
+            and not (http10 and self.body_left is None)
+        )
         self.conn.state = next_state(
             self.conn.state, Event.MESSAGE_COMPLETE if keep_alive else Event.LAST_MESSAGE
         )
         self.head_bytes = 0
         self.body_left = 0
-        http10 = parser.get_http_version() == "1.0"
         method, url, headers = self.method, self.url, self.headers
         inm, cold = self._inm, self._cold
         self.reset_request()

@@ -47,6 +47,15 @@ MAX_KNOWN_HEAD_BYTES: Final = 2048
 """Longest request head remembered whole (``HotPath.remember``), in bytes."""
 MAX_KNOWN_HEADS: Final = 4096
 """Most request heads remembered; the memory is emptied when full."""
+MAX_KNOWN_HEADS_BYTES: Final = 8 * 1024 * 1024
+"""Most memory the remembered heads may take, in bytes, as ``KNOWN_FIELD_BYTES`` a field
+plus each head's bytes; the memory is emptied when full. (Without it 4,096 heads of 100
+short fields held 57 MB.)"""
+KNOWN_FIELD_BYTES: Final = 160
+"""What one remembered field costs (its tuple and two byte strings), in bytes."""
+MAX_TARGET_BYTES: Final = 4 * 1024 * 1024
+"""Most bytes of request-targets remembered (``HotPath.lookup``; a target may be 8,190
+bytes, its query any string); the memory is emptied when full."""
 
 KnownHead = tuple[bytes, bytes, bool, bool, bytes | None, list[tuple[bytes, bytes]]]
 """What a remembered head asks: method, target, HTTP/1.0, keep-alive, If-None-Match,
@@ -126,13 +135,17 @@ class HotPath:
         self.app = app
         self.date = DateField()
         self.trusted_client = trusted_client
-        self._targets: dict[bytes, CachedFile] = {}
+        self._targets: dict[bytes, str] = {}
+        self._target_bytes = 0
+        """Targets answered here, each with its name: never the cache entry itself, so
+        that an entry the name cache lets go of (``cache.max_bytes``) is not kept alive."""
         self.refreshing: dict[bytes, asyncio.Future[None]] = {}
         """Hot targets gone stale being looked up again, by one request each: the
         others asking meanwhile wait for it instead of all looking it up at once."""
         self.heads: dict[bytes, KnownHead] = {}
         """Request heads (exact bytes) the parser and vend's checks accepted, each a
         whole hot-path request: a client repeating one skips the parser."""
+        self._heads_bytes = 0
         self._cache: object = None
         self._n200 = self._n304 = self._bytes = 0
         self._flush_timer: asyncio.TimerHandle | None = None
@@ -155,10 +168,18 @@ class HotPath:
         if cache is not self._cache:  # a reload made a new cache: forget every target
             self._cache = cache
             self._targets = {}
+            self._target_bytes = 0
         now = time.monotonic()
-        entry = self._targets.get(target)
-        if entry is not None and now - entry.checked_at < cache.ttl_s:
-            return entry
+        known = self._targets.get(target)
+        if known is not None:
+            found = cache.get(known, now)
+            if isinstance(found, CachedFile) and found.body is not None:
+                if found.prebuilt is None:
+                    found.prebuilt = Prebuilt(found)
+                return found
+            if found is not None:  # fresh, but no longer a small file: not hot any more
+                self._targets.pop(target, None)
+            return None
         path, _, query = target.partition(b"?")
         if b"#" in target or (not query and target.endswith(b"?")):
             return None  # logged differently by the application: not worth matching
@@ -177,9 +198,11 @@ class HotPath:
             return None
         if found.prebuilt is None:
             found.prebuilt = Prebuilt(found)
-        if len(self._targets) >= cache.max_entries:
+        self._target_bytes += len(target)
+        if len(self._targets) >= cache.max_entries or self._target_bytes > MAX_TARGET_BYTES:
             self._targets = {}
-        self._targets[target] = found
+            self._target_bytes = len(target)
+        self._targets[target] = name.name
         return found
 
     def was_hot(self, target: bytes) -> bool:
@@ -197,15 +220,18 @@ class HotPath:
 
         Only a read holding exactly one head and nothing else, answered by the hot path,
         comes here (``VendProtocol``); at most ``MAX_KNOWN_HEADS`` heads of at most
-        ``MAX_KNOWN_HEAD_BYTES`` bytes are kept.
+        ``MAX_KNOWN_HEAD_BYTES`` bytes are kept, in ``MAX_KNOWN_HEADS_BYTES``.
 
         Args:
             head: the head's exact bytes.
             known: what it asks.
         """
         if len(head) <= MAX_KNOWN_HEAD_BYTES:
-            if len(self.heads) >= MAX_KNOWN_HEADS:
+            weight = len(head) + KNOWN_FIELD_BYTES * len(known[5])
+            self._heads_bytes += weight
+            if len(self.heads) >= MAX_KNOWN_HEADS or self._heads_bytes > MAX_KNOWN_HEADS_BYTES:
                 self.heads = {}
+                self._heads_bytes = weight
             self.heads[head] = known
 
     def answer(
@@ -311,8 +337,9 @@ class HotPath:
         )
 
     def _mount_name(self, target: bytes) -> str | None:
-        entry = self._targets.get(target)
-        return entry.mount.name if entry is not None else None
+        name = self._targets.get(target)
+        entry = self.app.cache.get(name, time.monotonic()) if name is not None else None
+        return entry.mount.name if isinstance(entry, CachedFile) else None
 
     def flush(self) -> None:
         """Add the batched counts to the application's metrics."""
