@@ -119,7 +119,8 @@ def test_access_log_combined_format_with_mount_and_duration(
     assert int(first.group(1)) == (SAMPLE_MOUNTS_DIR / "server1" / "about.html").stat().st_size
     assert lines[1].startswith("203.0.113.9 - - [") and '" 404 10 "-"' in lines[1]
     assert lines[1].split()[-2] == "-"
-    assert lines[2].startswith("1.2.3.4\\x22 - - [fake - - ["), lines[2]  # forged quote escaped
+    # The forged quote and spaces are escaped: the line keeps its fields (host, ident, user).
+    assert lines[2].startswith("1.2.3.4\\x22\\x20-\\x20-\\x20[fake - - ["), lines[2]
     lines.pop(2)
     assert '"GET /q\\x22x.txt HTTP/1.1" 400' in lines[2], lines[2]
     assert '"evil\\xff\\x22"' in lines[2]
