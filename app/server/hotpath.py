@@ -84,19 +84,22 @@ class Prebuilt:
     """The ready answers for one cache entry: 200 to GET and HEAD, and 304.
 
     Each is ``status line + "date: "`` followed by the Date value and a tail (the
-    fields, the blank line and any body), so that an answer is one join of three parts.
+    fields, the blank line and any body), so that an answer is one join of a few parts.
+    The whole 200 to a GET is kept for the current second only: with the cache entry's
+    own body, a small file's bytes are held twice at most (``cache.max_bytes`` bounds
+    each copy).
 
     Args:
         entry: a cached small file (its body is not None).
     """
 
     __slots__ = (
+        "body",
         "date",
         "etag_validators",
         "fields_200",
         "fields_304",
         "get_answer",
-        "get_tail",
         "head_tail",
         "tail_304",
     )
@@ -107,7 +110,7 @@ class Prebuilt:
         self.etag_validators = rep.validators
         self.fields_200 = b"\r\n" + serialize_fields(rep.headers_200)
         self.fields_304 = b"\r\n" + serialize_fields(rep.headers_304)
-        self.get_tail = self.fields_200 + b"\r\n" + body
+        self.body = body
         self.head_tail = self.fields_200 + b"\r\n"
         self.tail_304 = self.fields_304 + b"\r\n"
         self.date = b""
@@ -275,9 +278,9 @@ class HotPath:
         if head:
             return b"".join((_PREFIX_200, date, pre.head_tail)), 200, 0
         if pre.date is not date:  # a new second: build the answer once for it
-            pre.get_answer = b"".join((_PREFIX_200, date, pre.get_tail))
+            pre.get_answer = b"".join((_PREFIX_200, date, pre.head_tail, pre.body))
             pre.date = date
-        return pre.get_answer, 200, len(pre.get_tail) - len(pre.head_tail)
+        return pre.get_answer, 200, len(pre.body)
 
     def count(
         self,

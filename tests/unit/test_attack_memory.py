@@ -114,7 +114,10 @@ def test_remembered_heads_stay_small_whatever_their_fields(tmp_path: Path) -> No
                 head = b"GET /small.txt HTTP/1.1\r\nHost: t\r\nX:%08d\r\n" % i + fields + b"\r\n"
                 assert len(head) <= 2048
                 await conn.send(head)
-                assert conn.transport.out.count(b"HTTP/1.1 200 OK") == 1, i
+                # From memory at once; through the application when the 3 s cache entry
+                # went stale meanwhile (a loaded machine): either way one whole 200.
+                (response,) = await conn.wait_responses(["GET"])
+                assert response.status == 200, i
                 conn.transport.out.clear()
             gc.collect()
             kept = tracemalloc.get_traced_memory()[0] - before
