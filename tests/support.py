@@ -70,6 +70,25 @@ def wait_until(predicate: Callable[[], T], timeout_s: float, what: str, poll_s: 
     return value
 
 
+def read_log_lines(log: Path, count: int, bound_s: float = 5.0) -> list[str]:
+    """A log file's lines once ``count`` are there (vend writes its access log in batches).
+
+    Args:
+        log: the log file.
+        count: how many lines to wait for.
+        bound_s: how long to wait at most, in seconds.
+
+    Returns:
+        The lines then, or the lines there are after ``bound_s`` (the caller asserts).
+    """
+    deadline = time.monotonic() + bound_s
+    while True:
+        lines = log.read_text().splitlines() if log.exists() else []
+        if len(lines) >= count or time.monotonic() > deadline:
+            return lines
+        time.sleep(0.05)
+
+
 def free_port(host: str = "127.0.0.1") -> int:
     """A TCP port on ``host`` (an IPv4 address) that was free a moment ago."""
     with socket.socket() as sock:

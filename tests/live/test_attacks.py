@@ -129,10 +129,9 @@ def test_http10_message_with_transfer_encoding_closes_the_connection(vend: VendP
     assert vend.output().count("Traceback") == before
 
 
-def test_refresh_dropped_with_its_connection_does_not_stall_the_name(
-    start_vend: Any, tmp_path: Path
-) -> None:
-    """A stale hot name's refresh queued on a connection reset before it ran: the next GET is not held."""
+def _serve_a_stale_hot_name(start_vend: Any, tmp_path: Path) -> VendProcess:
+    """vend with /small.txt made hot (answered by the hot path) and then left to go stale,
+    and a /huge.bin far larger than loopback buffers hold (cache.ttl_s 1 s, send_s 15 s)."""
     mount = tmp_path / "m1"
     mount.mkdir()
     (mount / "small.txt").write_bytes(SMALL)
@@ -144,6 +143,14 @@ def test_refresh_dropped_with_its_connection_does_not_stall_the_name(
             sock.sendall(GET)
             assert sock.recv(1 << 16).startswith(b"HTTP/1.1 200 OK")
     time.sleep(1.5)  # stale now
+    return proc
+
+
+def test_refresh_dropped_with_its_connection_does_not_stall_the_name(
+    start_vend: Any, tmp_path: Path
+) -> None:
+    """A stale hot name's refresh queued on a connection reset before it ran: the next GET is not held."""
+    proc = _serve_a_stale_hot_name(start_vend, tmp_path)
     with socket.create_connection(("127.0.0.1", proc.port)) as sock:
         sock.sendall(b"GET /huge.bin HTTP/1.1\r\nHost: t\r\n\r\n" + GET)  # never read
         time.sleep(0.5)
@@ -161,17 +168,7 @@ def test_refresh_queued_behind_an_unread_answer_does_not_hold_others(
     start_vend: Any, tmp_path: Path
 ) -> None:
     """A stale hot name asked behind an answer its client never reads: others get it at once."""
-    mount = tmp_path / "m1"
-    mount.mkdir()
-    (mount / "small.txt").write_bytes(SMALL)
-    with open(mount / "huge.bin", "wb") as handle:  # far more than loopback buffers hold
-        handle.truncate(64 * 1024 * 1024)
-    proc: VendProcess = start_vend([str(mount)], {"cache__ttl_s": 1, "timeouts__send_s": 15})
-    with socket.create_connection(("127.0.0.1", proc.port), timeout=10) as sock:
-        for _ in range(2):  # the second answer is the hot path's: the name is hot
-            sock.sendall(GET)
-            assert sock.recv(1 << 16).startswith(b"HTTP/1.1 200 OK")
-    time.sleep(1.5)  # stale now
+    proc = _serve_a_stale_hot_name(start_vend, tmp_path)
     with socket.create_connection(("127.0.0.1", proc.port)) as holder:
         holder.sendall(b"GET /huge.bin HTTP/1.1\r\nHost: t\r\n\r\n" + GET)  # never read
         time.sleep(0.5)

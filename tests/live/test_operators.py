@@ -17,7 +17,7 @@ from typing import Any
 import pytest
 
 from app.settings import SAMPLE_MOUNTS_DIR
-from tests.support import VEND, get_raw
+from tests.support import VEND, get_raw, read_log_lines
 
 pytestmark = pytest.mark.live
 
@@ -27,16 +27,6 @@ def _vend(*args: str, env: dict[str, str] | None = None) -> subprocess.Completed
     return subprocess.run(
         [str(VEND), *args], env={**clean, **(env or {})}, capture_output=True, text=True, timeout=60
     )
-
-
-def _log_lines(log: Path, count: int, bound_s: float = 5.0) -> list[str]:
-    """The access log's lines once ``count`` are there (a background thread writes them)."""
-    deadline = time.monotonic() + bound_s
-    while True:
-        lines = log.read_text().splitlines() if log.exists() else []
-        if len(lines) >= count or time.monotonic() > deadline:
-            return lines
-        time.sleep(0.05)
 
 
 def test_serve_with_no_settings_serves_the_samples(start_vend: Any) -> None:
@@ -108,7 +98,7 @@ def test_access_log_combined_format_with_mount_and_duration(
         client.get("/nothing.txt", headers={"X-Forwarded-For": "203.0.113.9"})
         client.get("/nothing.txt", headers={"X-Forwarded-For": '1.2.3.4" - - [fake'})
     get_raw(proc.port, b'/q"x.txt', extra=b'User-Agent: evil\xff"\r\n')
-    lines = _log_lines(log, 4)
+    lines = read_log_lines(log, 4)
     assert len(lines) == 4
     first = re.fullmatch(
         r'127\.0\.0\.1 - - \[\d\d/\w{3}/\d{4}:\d\d:\d\d:\d\d [+-]\d{4}\] "GET /about\.html HTTP/1\.1" 200 (\d+)'
@@ -132,7 +122,7 @@ def test_forwarded_for_ignored_from_untrusted_peers(tmp_path: Path, start_vend: 
     proc = start_vend(None, {"access_log": str(log), "trusted_proxies": []})
     with proc.client() as client:
         client.get("/about.html", headers={"X-Forwarded-For": "203.0.113.9"})
-    assert _log_lines(log, 1)[0].startswith("127.0.0.1 - - [")
+    assert read_log_lines(log, 1)[0].startswith("127.0.0.1 - - [")
 
 
 @pytest.fixture

@@ -18,7 +18,7 @@ import httpx
 import pytest
 
 from app.settings import SAMPLE_MOUNTS_DIR
-from tests.support import VEND
+from tests.support import VEND, read_log_lines
 
 START_BOUND_S = 15.0
 
@@ -103,16 +103,6 @@ def unix_vend(tmp_path: Path) -> Iterator[Any]:
         vend.stop()
 
 
-def _log_lines(log: Path, count: int, bound_s: float = 5.0) -> list[str]:
-    """The access log's lines once ``count`` are there (a background thread writes them)."""
-    deadline = time.monotonic() + bound_s
-    while True:
-        lines = log.read_text().splitlines() if log.exists() else []
-        if len(lines) >= count or time.monotonic() > deadline:
-            return lines
-        time.sleep(0.05)
-
-
 def test_serves_on_the_socket_with_mode_0660(unix_vend: Any) -> None:
     """With unix_socket set, vend serves files byte-exact on that socket, made with mode 0660."""
     vend = unix_vend()
@@ -133,12 +123,12 @@ def test_forwarded_for_from_a_socket_peer_follows_unix_entry(
     vend = unix_vend({"access_log": str(trusting_log)})
     with vend.client() as client:
         client.get("/about.html", headers={"X-Forwarded-For": "203.0.113.9"})
-    assert _log_lines(trusting_log, 1)[0].startswith("203.0.113.9 - - [")
+    assert read_log_lines(trusting_log, 1)[0].startswith("203.0.113.9 - - [")
     vend.stop()
     vend = unix_vend({"access_log": str(wary_log), "trusted_proxies": ["127.0.0.1", "::1"]})
     with vend.client() as client:
         client.get("/about.html", headers={"X-Forwarded-For": "203.0.113.9"})
-    assert _log_lines(wary_log, 1)[0].startswith("- - - [")
+    assert read_log_lines(wary_log, 1)[0].startswith("- - - [")
 
 
 def test_a_stale_socket_file_is_replaced(unix_vend: Any, tmp_path: Path) -> None:
