@@ -43,6 +43,7 @@ from app.federation.memory import NameMemory
 from app.federation.mount import Mount, State, build_mounts
 from app.federation.open import SmallFile
 from app.federation.redirects import RedirectMap, refresh_redirect_map
+from app.federation.refresh import Refresher
 from app.http.media_types import MediaTypes
 from app.http.names import NameRefused, compile_pattern, request_candidates
 from app.http.responses import (
@@ -88,6 +89,8 @@ class VendApp:
         cache: the name cache of the hot path: kept across a reload that leaves the
             mounts and the settings shaping its entries as they were (``_cache_shape``),
             else started anew.
+        refresher: revalidates the cache's hot small files before they go stale
+            (``app.federation.refresh``); made anew with the cache.
         memory: where names live (``app.federation.memory``): kept across reloads, and
             shared by every worker of ``vend serve --workers N``.
         draining: True after SIGTERM while ``timeouts.drain_s`` runs: health is 503 and
@@ -109,6 +112,7 @@ class VendApp:
         self._probe_task: asyncio.Task[None] | None = None
         self._operator = create_operator_app(self)
         self._cache_shape: tuple[object, ...] = ()  # none yet: _apply makes the cache
+        self.refresher: Refresher | None = None  # made with the cache, by _apply
         self.memory = NameMemory(
             max_names=settings.cache.remember_names,
             ttl_s=settings.cache.remember_s,
@@ -158,6 +162,11 @@ class VendApp:
                 max_file_bytes=c.max_file_bytes,
             )
             self._cache_shape = shape
+            if self.refresher is not None:
+                self.refresher.close()
+            self.refresher = Refresher(
+                self.cache, mounts, self.memory, directories_absent=not settings.index_names
+            )
         self.mounts = mounts
         self.memory.configure((c.remember_names, c.remember_s), (m.key for m in mounts))
         self.metrics.keep_mounts([m.name for m in mounts], [m.name for m in kept.values()])
@@ -437,6 +446,8 @@ class VendApp:
                     self._probe_task.cancel()
                 with contextlib.suppress(NotImplementedError, RuntimeError, ValueError):
                     loop.remove_signal_handler(signal.SIGHUP)
+                if self.refresher is not None:
+                    self.refresher.close()
                 for mount in self.mounts:
                     mount.close()
                 self.access_log.close()

@@ -12,6 +12,11 @@ deleted file is served in its new state at most ``ttl_s`` seconds later. Misses 
 mount has the name) are kept for ``miss_ttl_s`` seconds. I/O errors and timeouts are
 never cached.
 
+An entry of a small file used in the last quarter of its TTL is revalidated before it
+goes stale, in batches, one thread hand-off per mount per batch
+(``app.federation.refresh``): the same lookup, so the bound above holds, counted from
+the revalidation.
+
 Only files of at most ``max_file_bytes`` keep their bytes here; bounded in entries and in
 bytes, least recently used first out. Larger files keep their validators, and their
 bodies go out with sendfile. Where names live, for the fault policy, is remembered much
@@ -21,6 +26,7 @@ longer, and across reloads, by ``app.federation.memory``.
 from __future__ import annotations
 
 from collections import OrderedDict
+from collections.abc import Callable
 from dataclasses import dataclass
 
 from app.federation.mount import Mount
@@ -38,6 +44,7 @@ class CachedFile:
         checked_at: ``time.monotonic()`` of the lookup, in seconds.
         prebuilt: the server's ready-made answers for this entry (``app.server.hotpath``),
             built once on its first use there.
+        due: handed to ``on_due`` for revalidation since ``checked_at``.
     """
 
     mount: Mount
@@ -45,6 +52,7 @@ class CachedFile:
     body: bytes | None
     checked_at: float
     prebuilt: object = None
+    due: bool = False
 
 
 @dataclass(slots=True)
@@ -63,6 +71,11 @@ class NameCache:
         max_entries: most names kept.
         max_bytes: most file bytes kept, in bytes.
         max_file_bytes: largest file whose bytes are kept, in bytes.
+
+    Attributes:
+        on_due: called with ``(name, entry)`` once, when a small file's entry is used
+            past three quarters of its TTL (``refresh_after_s``), so that it can be revalidated
+            before it goes stale (``app.federation.refresh``); or None.
     """
 
     def __init__(
@@ -79,6 +92,8 @@ class NameCache:
         self.max_entries = max_entries
         self.max_bytes = max_bytes
         self.max_file_bytes = max_file_bytes if ttl_s > 0 else 0
+        self.refresh_after_s = ttl_s * 3 / 4
+        self.on_due: Callable[[str, CachedFile], object] | None = None
         self._entries: OrderedDict[str, CachedFile | CachedMiss] = OrderedDict()
         self._bytes = 0
 
@@ -100,11 +115,25 @@ class NameCache:
         entry = self._entries.get(name)
         if entry is None:
             return None
-        ttl = self.ttl_s if isinstance(entry, CachedFile) else self.miss_ttl_s
-        if now - entry.checked_at >= ttl:
+        if isinstance(entry, CachedFile):
+            age = now - entry.checked_at
+            if age >= self.ttl_s:
+                return None
+            self._entries.move_to_end(name)
+            if age >= self.refresh_after_s and not entry.due and entry.body is not None:
+                on_due = self.on_due
+                if on_due is not None:
+                    entry.due = True
+                    on_due(name, entry)
+            return entry
+        if now - entry.checked_at >= self.miss_ttl_s:
             return None
         self._entries.move_to_end(name)
         return entry
+
+    def holds(self, name: str, entry: CachedFile) -> bool:
+        """Whether ``entry`` is still the one stored for ``name``."""
+        return self._entries.get(name) is entry
 
     def put_file(
         self, name: str, mount: Mount, rep: Representation, body: bytes | None, now: float

@@ -16,7 +16,14 @@ from dataclasses import dataclass, field
 from enum import Enum
 from typing import Final, TypeVar
 
-from app.federation.open import Lookup, OpenFile, SmallFile, close_if_file, open_in_mount
+from app.federation.open import (
+    Lookup,
+    OpenFile,
+    SmallFile,
+    check_names,
+    close_if_file,
+    open_in_mount,
+)
 from app.federation.pace import Pace, RunWatch
 from app.federation.root import probe_root
 from app.federation.threads import DaemonPool, PoolFull, QueueTimeout, RunTimeout, call_in
@@ -303,6 +310,42 @@ class Mount:
             raise
         self._observe("miss" if isinstance(found, Lookup) else "hit", started)
         return found
+
+    async def check_names(
+        self, names: list[tuple[str, bool]], max_read_bytes: int
+    ) -> list[SmallFile | Lookup | None] | None:
+        """Look several names up in one call in this mount's pool (see ``check_names``).
+
+        For the name cache's revalidation: nothing here marks the mount down or counts
+        toward its pace, and a mount that is down, overdue or busy is not asked.
+
+        Args:
+            names: ``(name, read)`` pairs (see ``app.federation.open.check_names``).
+            max_read_bytes: read files up to this size whole, in bytes.
+
+        Returns:
+            One outcome per name, or None when the mount was not asked or the call
+            failed or took longer than ``fs_op_s`` seconds.
+        """
+        root = self.real_root
+        if not self.up or root is None or self.pace.is_overdue(time.monotonic()):
+            return None
+        mount_id = self.root_mount_id if self.settings.require_mountpoint else None
+        try:
+            return await call_in(
+                self.executor,
+                check_names,
+                root,
+                names,
+                self,
+                max_read_bytes,
+                mount_id,
+                run_timeout_s=self.fs_op_s,
+                queue_timeout_s=self.fs_op_s,
+                cancellable=True,
+            )
+        except (PoolFull, QueueTimeout, RunTimeout, OSError, RuntimeError):
+            return None  # RuntimeError: the pool was shut down (a reload removed it)
 
     def _observe(self, outcome: str, started: float) -> None:
         if self.observer is not None:

@@ -225,6 +225,47 @@ def open_in_mount(
     return OpenFile(fd=fd, size=st.st_size, mtime_ns=st.st_mtime_ns, name=name, mount=mount)
 
 
+def check_names(
+    root: str,
+    names: list[tuple[str, bool]],
+    mount: Mount,
+    max_read_bytes: int,
+    root_mount_id: int | None,
+) -> list[SmallFile | Lookup | None]:
+    """Look several names up under one mount, as ``open_in_mount`` does. Blocking.
+
+    The cache's revalidation (``app.federation.refresh``) checks many names in one
+    thread hand-off with this: the same race-free open, name by name.
+
+    Args:
+        root: the mount's real path.
+        names: ``(name, read)`` pairs: ``read`` asks for a small file's bytes (as
+            ``open_in_mount`` with ``max_read_bytes``); without it only whether the
+            name is there matters.
+        mount: the mount, recorded in the results.
+        max_read_bytes: see ``open_in_mount``.
+        root_mount_id: see ``open_in_mount``.
+
+    Returns:
+        One outcome per name, in order: a ``SmallFile`` or a ``Lookup``, or None for
+        anything else (a file too large to read whole, which is closed at once, or an
+        ``OSError``).
+    """
+    outcomes: list[SmallFile | Lookup | None] = []
+    for name, read in names:
+        try:
+            found = open_in_mount(root, name, mount, max_read_bytes if read else 0, root_mount_id)
+        except OSError:
+            outcomes.append(None)
+            continue
+        if isinstance(found, OpenFile):
+            found.close()
+            outcomes.append(None)
+        else:
+            outcomes.append(found)
+    return outcomes
+
+
 def close_if_file(result: object) -> None:
     """Close what a lookup that timed out opened, once it finally returns."""
     if isinstance(result, OpenFile):
