@@ -35,6 +35,11 @@ HAND_OVER_S: Final = 0.1
 seconds."""
 
 
+MAX_LINE_PARTS: Final = 1024
+"""Most lines' fixed parts kept (``AccessLog.record_line``), each of a request line,
+Referer and User-Agent of 512 bytes at most together: the same requests come again and
+again, so a line is mostly one lookup and one join."""
+
 _ESCAPED: dict[bytes, str] = {}
 """Fields escaped lately (the same request lines and User-Agents come again and again)."""
 MAX_ESCAPED: Final = 4096
@@ -116,6 +121,7 @@ class AccessLog:
         self._thread: threading.Thread | None = None
         self._second = -1
         self._stamp = ""
+        self._parts: dict[tuple[object, ...], tuple[str, str]] = {}
         if not self.enabled:
             return
         self._file: _WatchedFile | None = None
@@ -233,7 +239,7 @@ class AccessLog:
         referer: bytes | None,
         user_agent: bytes | None,
         mount: str | None,
-        started: float,
+        started: float | None,
     ) -> None:
         """Write one line from its fields: what the server's hot path and refusals log.
 
@@ -246,11 +252,33 @@ class AccessLog:
             referer: the Referer field, or None.
             user_agent: the User-Agent field, or None.
             mount: the name of the mount that served, or None.
-            started: ``time.perf_counter()`` when the request began, in seconds.
+            started: ``time.perf_counter()`` when the request began, in seconds, or
+                None for a request answered the moment it was complete (0 µs).
         """
         if not self.enabled:
             return
-        micros = int((time.perf_counter() - started) * 1_000_000)
+        micros = 0 if started is None else int((time.perf_counter() - started) * 1_000_000)
+        key = (client, request_line, status, body_bytes, referer, user_agent, mount)
+        parts = self._parts.get(key)
+        if parts is None:
+            parts = self._line_parts(*key)
+            if len(self._parts) >= MAX_LINE_PARTS:
+                self._parts.clear()
+            if len(request_line or b"") + len(referer or b"") + len(user_agent or b"") <= 512:
+                self._parts[key] = parts
+        self._add(f"{parts[0]}{self._timestamp()}{parts[1]}{micros}")
+
+    @staticmethod
+    def _line_parts(
+        client: str | None,
+        request_line: bytes | None,
+        status: int,
+        body_bytes: int,
+        referer: bytes | None,
+        user_agent: bytes | None,
+        mount: str | None,
+    ) -> tuple[str, str]:
+        """A line's text before its time stamp and between the time stamp and duration."""
         # The address may come from X-Forwarded-For: escaped like any other field, and
         # its spaces too, so that it stays one field (a forged date or user cannot follow).
         host = (
@@ -261,7 +289,7 @@ class AccessLog:
         line = "-" if request_line is None else _escape(request_line)
         ref = "-" if referer is None else _escape(referer)
         agent = "-" if user_agent is None else _escape(user_agent)
-        self._add(
-            f'{host} - - [{self._timestamp()}] "{line}" {status} {body_bytes or "-"} '
-            f'"{ref}" "{agent}" {mount or "-"} {micros}'
+        return (
+            f"{host} - - [",
+            f'] "{line}" {status} {body_bytes or "-"} "{ref}" "{agent}" {mount or "-"} ',
         )

@@ -84,7 +84,7 @@ class RequestDispatch(_Base):
                 connection = (KEEP_ALIVE if http10 else b"") if keep_alive else CLOSE
                 data, status, sent = hot.answer(entry, method == b"HEAD", inm, connection)
                 self._emit(data, keep_alive)
-                hot.count(status, sent, self._client, method, url, http10, headers)
+                hot.count(entry, status, sent, self._client, method, url, http10, headers)
                 if fast_data is not None:
                     hot.remember(fast_data, (method, url, http10, keep_alive, inm, headers))
                 return
@@ -145,7 +145,7 @@ class RequestDispatch(_Base):
         connection = (KEEP_ALIVE if http10 else b"") if keep_alive else CLOSE
         data, status, sent = hot.answer(entry, method == b"HEAD", inm, connection)
         self.transport.write(data)
-        hot.count(status, sent, self._client, method, url, http10, headers)
+        hot.count(entry, status, sent, self._client, method, url, http10, headers)
         return True
 
     def _make_cycle(

@@ -18,6 +18,7 @@ middleware does for TCP peers, plus the Unix-socket rule it lacks.
 
 from __future__ import annotations
 
+import functools
 import ipaddress
 from collections.abc import Iterable
 from typing import Final
@@ -28,6 +29,8 @@ from app.types import ASGIApp, Receive, Scope, Send
 Client = tuple[str, int]
 _IpNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
 _SCHEMES: Final = frozenset({"http", "https"})
+MAX_JUDGED: Final = 1024
+"""Most addresses whose trust is remembered (least recently asked first out)."""
 
 
 def _split_host_port(entry: str) -> Client:
@@ -62,6 +65,8 @@ class ProxyTrust:
             for entry in entries
             if entry not in ("*", UNIX_PEER)
         ]
+        # Parsing an address costs microseconds and the same few peers ask every time.
+        self._judged = functools.lru_cache(maxsize=MAX_JUDGED)(self._judge)
 
     @property
     def enabled(self) -> bool:
@@ -77,8 +82,9 @@ class ProxyTrust:
         Returns:
             True for an address inside a trusted network (always with ``*``).
         """
-        if self.trusts_all:
-            return True
+        return self.trusts_all or self._judged(host)
+
+    def _judge(self, host: str) -> bool:
         try:
             address = ipaddress.ip_address(host)
         except ValueError:

@@ -284,6 +284,7 @@ class HotPath:
 
     def count(
         self,
+        entry: CachedFile,
         status: int,
         body_bytes: int,
         peer: tuple[str, int] | None,
@@ -291,11 +292,11 @@ class HotPath:
         target: bytes,
         http10: bool,
         headers: list[tuple[bytes, bytes]],
-        started: float | None = None,
     ) -> None:
         """Count an answer in the metrics (batched) and write its access log line.
 
         Args:
+            entry: the cache entry answered from (its mount is logged).
             status: 200 or 304.
             body_bytes: body bytes sent.
             peer: the connection's peer address.
@@ -303,8 +304,6 @@ class HotPath:
             target: the request-target as received.
             http10: the request was HTTP/1.0.
             headers: the request's fields (lower-case names).
-            started: ``time.perf_counter()`` when the request was complete, in seconds,
-                or None: now.
         """
         if status == 200:
             self._n200 += 1
@@ -335,14 +334,9 @@ class HotPath:
             body_bytes,
             referer,
             user_agent,
-            self._mount_name(target),
-            time.perf_counter() if started is None else started,
+            entry.mount.name,
+            None,  # answered the moment the request was complete
         )
-
-    def _mount_name(self, target: bytes) -> str | None:
-        name = self._targets.get(target)
-        entry = self.app.cache.get(name, time.monotonic()) if name is not None else None
-        return entry.mount.name if isinstance(entry, CachedFile) else None
 
     def flush(self) -> None:
         """Add the batched counts to the application's metrics."""
