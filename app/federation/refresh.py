@@ -44,7 +44,7 @@ log = logging.getLogger("vend.refresh")
 
 GATHER_S: Final = 0.1
 """How long due names are gathered before they are revalidated together, in seconds."""
-BATCH_NAMES: Final = 256
+BATCH_NAMES: Final = 64
 """Most names looked up in one call on one mount."""
 
 
