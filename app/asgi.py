@@ -165,7 +165,11 @@ class VendApp:
             if self.refresher is not None:
                 self.refresher.close()
             self.refresher = Refresher(
-                self.cache, mounts, self.memory, directories_absent=not settings.index_names
+                self.cache,
+                mounts,
+                self.memory,
+                directories_absent=not settings.index_names,
+                counted=self._count_revalidations,
             )
         self.mounts = mounts
         self.memory.configure((c.remember_names, c.remember_s), (m.key for m in mounts))
@@ -182,6 +186,12 @@ class VendApp:
         if outcome in ("hit", "miss"):
             self.metrics.lookup_seconds.labels(mount.name).observe(seconds)
         self._record_health(mount)
+
+    def _count_revalidations(self, confirmed: int, left: int) -> None:
+        if confirmed:
+            self.metrics.revalidations.labels("confirmed").inc(confirmed)
+        if left:
+            self.metrics.revalidations.labels("left").inc(left)
 
     def _record_health(self, mount: Mount) -> None:
         """Put a mount's breaker state in ``vend_mount_up`` (after a lookup or a probe)."""

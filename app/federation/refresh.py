@@ -31,7 +31,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Final
 
 from app.federation.cache import CachedFile, NameCache
@@ -57,6 +57,8 @@ class Refresher:
         memory: where names live; a confirmed name is remembered again.
         directories_absent: a directory on an earlier mount does not shadow a name
             (no ``index_names``); else it does (it would be a redirect).
+        counted: called after each revalidation with ``(confirmed, left)``: how many
+            entries were confirmed and how many left to go stale; or None.
     """
 
     def __init__(
@@ -66,8 +68,10 @@ class Refresher:
         memory: NameMemory,
         *,
         directories_absent: bool,
+        counted: Callable[[int, int], object] | None = None,
     ) -> None:
         self.cache = cache
+        self.counted = counted
         self.mounts = list(mounts)
         self.memory = memory
         self.directories_absent = directories_absent
@@ -158,6 +162,8 @@ class Refresher:
                 self.memory.remember(name, entry.mount.key, started)
                 confirmed += 1
         self.confirmed += confirmed
+        if self.counted is not None:
+            self.counted(confirmed, len(due) - confirmed)
         return confirmed
 
     def _holds(self, name: str, entry: CachedFile, found: list[SmallFile | Lookup | None]) -> bool:

@@ -40,6 +40,9 @@ class Metrics:
         current_mounts: names of the configured mounts (what a scrape shows).
         misses: content requests answered 404, 403 or 503, by status.
         refused: requests refused (400) by the name rules or the whitelist, by rule.
+        revalidations: hot cache entries revalidated before going stale
+            (``app.federation.refresh``), by outcome: ``confirmed``, or ``left`` to go
+            stale (changed, or a mount could not say).
     """
 
     content_type = CONTENT_TYPE_LATEST
@@ -93,6 +96,12 @@ class Metrics:
             "vend_refused_names",
             "Requests refused (400) by the name rules or the whitelist, by rule.",
             ["rule"],
+            registry=self.registry,
+        )
+        self.revalidations = Counter(
+            "vend_cache_revalidations",
+            "Hot cache entries revalidated before going stale: confirmed, or left to go stale.",
+            ["outcome"],
             registry=self.registry,
         )
         self.mount_up = Gauge(

@@ -200,3 +200,7 @@ def test_a_hammered_name_is_looked_up_once_not_every_ttl(tmp_path: Path, start_v
         metrics = client.get("/.well-known/vend/metrics").text
     hits = re.search(r'^vend_mount_lookups_total\{mount="m1",outcome="hit"\} (\S+)$', metrics, re.M)
     assert hits is not None and float(hits.group(1)) == 1.0, metrics
+    confirmed = re.search(
+        r'^vend_cache_revalidations_total\{outcome="confirmed"\} (\S+)$', metrics, re.M
+    )
+    assert confirmed is not None and float(confirmed.group(1)) >= 2.0, metrics
