@@ -84,9 +84,13 @@ class Refresher:
         cache.on_due = self.want
 
     def want(self, name: str, entry: CachedFile) -> None:
-        """Revalidate ``entry`` (stored for ``name``) soon: ``NameCache.on_due``.
+        """Revalidate ``entry`` soon, with the others due: ``NameCache.on_due``.
 
         Called on the event loop; elsewhere (no running loop) the entry just goes stale.
+
+        Args:
+            name: the name the entry is stored for.
+            entry: the cache entry, used past ``NameCache.refresh_after_s``.
         """
         if self._closed:
             return
