@@ -28,9 +28,13 @@ from __future__ import annotations
 from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Final
 
 from app.federation.mount import Mount
 from app.http.responses import Representation
+
+REFRESH_AT: Final = 0.75
+"""Share of ``ttl_s`` after which a small file's entry in use is handed to ``on_due``."""
 
 
 @dataclass(slots=True)
@@ -74,7 +78,7 @@ class NameCache:
 
     Attributes:
         on_due: called with ``(name, entry)`` once, when a small file's entry is used
-            past three quarters of its TTL (``refresh_after_s``), so that it can be revalidated
+            past ``REFRESH_AT`` of its TTL, so that it can be revalidated
             before it goes stale (``app.federation.refresh``); or None.
     """
 
@@ -92,7 +96,6 @@ class NameCache:
         self.max_entries = max_entries
         self.max_bytes = max_bytes
         self.max_file_bytes = max_file_bytes if ttl_s > 0 else 0
-        self.refresh_after_s = ttl_s * 3 / 4
         self.on_due: Callable[[str, CachedFile], object] | None = None
         self._entries: OrderedDict[str, CachedFile | CachedMiss] = OrderedDict()
         self._bytes = 0
@@ -120,7 +123,7 @@ class NameCache:
             if age >= self.ttl_s:
                 return None
             self._entries.move_to_end(name)
-            if age >= self.refresh_after_s and not entry.due and entry.body is not None:
+            if age >= self.ttl_s * REFRESH_AT and not entry.due and entry.body is not None:
                 on_due = self.on_due
                 if on_due is not None:
                     entry.due = True

@@ -90,7 +90,7 @@ class Refresher:
 
         Args:
             name: the name the entry is stored for.
-            entry: the cache entry, used past ``NameCache.refresh_after_s``.
+            entry: the cache entry, used past ``cache.REFRESH_AT`` of its TTL.
         """
         if self._closed:
             return
