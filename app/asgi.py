@@ -20,32 +20,31 @@ whitelist refuses that prefix as content (a segment starting with a dot), so ope
 paths and content names never collide. Every error is answered here, in one place, with
 a short body that never names a filesystem path; anything unexpected is logged and
 answered 500.
+
+The application's life (settings made current, SIGHUP reload, lifespan startup and
+shutdown, the SIGTERM drain) is ``app.lifecycle``'s ``AppLifecycle``, a mixin of
+``VendApp``; this module answers requests.
 """
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import os
-import re
-import signal
 import time
 from collections.abc import Callable
 from typing import Final
 
 from app.contract import UNSENT_KEY, ZEROCOPY
 from app.federation.bodies import FileBody
-from app.federation.cache import CachedMiss, NameCache
-from app.federation.health import probe_forever
+from app.federation.cache import CachedMiss
 from app.federation.lookup import Miss, Redirect, find_file
 from app.federation.memory import NameMemory
-from app.federation.mount import Mount, State, build_mounts
+from app.federation.mount import Mount
 from app.federation.open import SmallFile
-from app.federation.redirects import RedirectMap, refresh_redirect_map
+from app.federation.redirects import RedirectMap
 from app.federation.refresh import Refresher
-from app.http.media_types import MediaTypes
-from app.http.names import NameRefused, compile_pattern, request_candidates
+from app.http.names import NameRefused, request_candidates
 from app.http.responses import (
     MemoryBody,
     Sent,
@@ -55,6 +54,7 @@ from app.http.responses import (
     send_redirect,
     send_representation,
 )
+from app.lifecycle import AppLifecycle
 from app.ops.accesslog import AccessLog
 from app.ops.metrics import MULTIPROC_ENV, Metrics
 from app.ops.misses import SharedMisses
@@ -69,14 +69,15 @@ OPERATOR_PATHS: Final = frozenset(
     OPERATOR_PREFIX + endpoint for endpoint in (b"health", b"metrics", b"misses")
 )
 """Matched exactly on the raw path: no decoding, no trailing slash, no redirect."""
-RETIRE_AFTER_S: Final = 300.0
-"""After a reload, removed mounts keep their threads this long (seconds) for requests
-that started before it."""
 _ALLOW: Final = [(b"allow", b"GET, HEAD")]
 
 
-class VendApp:
+class VendApp(AppLifecycle):
     """vend as an ASGI 3 application.
+
+    It answers requests; its life (``_apply``, ``reload``, ``prepare_mounts``,
+    ``load_redirects``, the lifespan and the SIGTERM drain) is ``AppLifecycle``'s
+    (``app.lifecycle``).
 
     Args:
         settings: validated settings.
@@ -119,83 +120,6 @@ class VendApp:
             directory=os.environ.get(MULTIPROC_ENV) or None,  # shared by all workers
         )
         self._apply(settings)
-
-    def _apply(self, settings: Settings) -> tuple[list[Mount], list[Mount]]:
-        """Make ``settings`` current.
-
-        Mounts whose settings did not change keep their threads, health and real path.
-
-        Returns:
-            The mounts that are new (not yet probed) and those that were removed (the
-            caller retires them once requests in flight are done with them).
-        """
-        kept = {m.settings: m for m in self.mounts if m.fs_op_s == settings.timeouts.fs_op_s}
-        mounts = []
-        fresh = []
-        for mount_settings in settings.mounts:
-            mount = kept.pop(mount_settings, None)
-            if mount is None:
-                (mount,) = build_mounts(
-                    [mount_settings],
-                    fs_op_s=settings.timeouts.fs_op_s,
-                    threads=settings.threads_per_mount,
-                )
-                mount.observer = self._observe_lookup
-                fresh.append(mount)
-            mounts.append(mount)
-        self.settings = settings
-        self.access_log.close()
-        self.access_log = AccessLog(settings.access_log)
-        self._pattern = compile_pattern(settings.name_pattern)
-        self._media_types = MediaTypes(settings.mime_types)
-        c = settings.cache
-        shape = _cache_shape(settings)
-        same_mounts = len(mounts) == len(self.mounts) and all(
-            new is old for new, old in zip(mounts, self.mounts, strict=True)
-        )
-        if shape != self._cache_shape or not same_mounts:
-            self.cache = NameCache(
-                ttl_s=c.ttl_s,
-                miss_ttl_s=c.miss_ttl_s,
-                max_entries=c.max_entries,
-                max_bytes=c.max_bytes,
-                max_file_bytes=c.max_file_bytes,
-            )
-            self._cache_shape = shape
-            if self.refresher is not None:
-                self.refresher.close()
-            self.refresher = Refresher(
-                self.cache,
-                mounts,
-                self.memory,
-                directories_absent=not settings.index_names,
-                counted=self._count_revalidations,
-            )
-        self.mounts = mounts
-        self.memory.configure((c.remember_names, c.remember_s), (m.key for m in mounts))
-        self.metrics.keep_mounts([m.name for m in mounts], [m.name for m in kept.values()])
-        return fresh, list(kept.values())
-
-    @property
-    def name_pattern(self) -> re.Pattern[str]:
-        """The compiled whitelist in force (the server's hot path validates with it)."""
-        return self._pattern
-
-    def _observe_lookup(self, mount: Mount, outcome: str, seconds: float) -> None:
-        self.metrics.lookups.labels(mount.name, outcome).inc()
-        if outcome in ("hit", "miss"):
-            self.metrics.lookup_seconds.labels(mount.name).observe(seconds)
-        self._record_health(mount)
-
-    def _count_revalidations(self, confirmed: int, left: int) -> None:
-        if confirmed:
-            self.metrics.revalidations.labels("confirmed").inc(confirmed)
-        if left:
-            self.metrics.revalidations.labels("left").inc(left)
-
-    def _record_health(self, mount: Mount) -> None:
-        """Put a mount's breaker state in ``vend_mount_up`` (after a lookup or a probe)."""
-        self.metrics.mount_up.labels(mount.name).set(0 if mount.state() is State.DOWN else 1)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         """ASGI entry point: HTTP requests and the lifespan protocol."""
@@ -342,143 +266,10 @@ class VendApp:
             return await send_redirect(send, location, head=head)
         return await self._send_miss(send, raw_path, 404, head=head)
 
-    async def load_redirects(self) -> bool:
-        """Read the redirect map anew and check it on the current mounts.
-
-        With ``--workers N`` a checked map is also saved beside the metrics, and a worker
-        (re)started with a bad map file takes that last checked map instead.
-
-        Returns:
-            True when the new map is in force; False when it was refused (logged, one
-            line naming the entry) and the current map stays.
-        """
-        self.redirects, error = await refresh_redirect_map(
-            self.redirects,
-            self.settings.redirect_map,
-            self._pattern,
-            self.mounts,
-            os.environ.get(MULTIPROC_ENV) or None,
-        )
-        if error is not None:
-            log.error("redirect map refused, keeping the current one: %s", error)
-        return error is None
-
     def _close_if_draining(self, start: Message) -> None:
         """While draining, make a response start close its connection after the response."""
         if self.draining:
             start["headers"] = [*start.get("headers", ()), (b"connection", b"close")]
-
-    def _drain_on_sigterm(self, loop: asyncio.AbstractEventLoop) -> None:
-        """Put a drain period in front of the server's own SIGTERM handling.
-
-        On SIGTERM, for ``timeouts.drain_s`` seconds vend keeps listening and serving,
-        answers health with 503 (so a balancer takes it out of rotation) and closes each
-        connection after its response (so no pooled connection is closed under a request
-        just sent on it); then the server's handler runs: in-flight requests finish
-        within ``graceful_shutdown_s`` and the process exits.
-        """
-        drain_s = self.settings.timeouts.drain_s
-        previous = signal.getsignal(signal.SIGTERM)
-        if drain_s <= 0 or not callable(previous):
-            return
-
-        def on_sigterm(signum: int, frame: object) -> None:
-            if self.draining:
-                previous(signum, None)  # a second SIGTERM: stop now
-                return
-            self.draining = True
-            log.warning("SIGTERM: draining for %s s before shutting down", drain_s)
-            loop.call_soon_threadsafe(loop.call_later, drain_s, previous, signum, None)
-
-        signal.signal(signal.SIGTERM, on_sigterm)
-
-    async def prepare_mounts(self, mounts: list[Mount] | None = None) -> None:
-        """Probe mounts at once (each in its own probe thread, with its timeout).
-
-        Args:
-            mounts: the mounts to probe; None: all current mounts.
-        """
-        mounts = self.mounts if mounts is None else mounts
-        await asyncio.gather(*(mount.probe() for mount in mounts))
-        for mount in mounts:
-            self._record_health(mount)
-            if not mount.up:
-                log.error("mount %s is not usable: %s", mount.name, mount.last_error)
-
-    async def reload(self) -> bool:
-        """Read the settings anew (SIGHUP) and switch to them without dropping a request.
-
-        New mounts are probed before the switch; requests already running finish on
-        the table they started with. Invalid settings are refused with a logged error
-        and the current ones stay.
-
-        Returns:
-            True when the new settings are in force.
-        """
-        if self._reload_settings is None:
-            log.warning("SIGHUP ignored: no settings source to reload from")
-            return False
-        try:
-            settings = await asyncio.to_thread(self._reload_settings)
-        except Exception as exc:
-            log.error("reload refused, keeping the current settings: %s", exc)
-            return False
-        for field in ("host", "port", "workers", "unix_socket"):
-            if getattr(settings, field) != getattr(self.settings, field):
-                log.warning("reload: %s changes only on restart", field)
-        new_mounts, gone = self._apply(settings)
-        await self.prepare_mounts(new_mounts)
-        await self.load_redirects()
-        for mount in gone:
-            # Requests that started on the old table may still use it for a while.
-            asyncio.get_running_loop().call_later(RETIRE_AFTER_S, mount.close)
-        self.reloads += 1
-        log.warning("reloaded settings: mounts %s", ", ".join(m.name for m in self.mounts))
-        return True
-
-    async def _lifespan(self, receive: Receive, send: Send) -> None:
-        loop = asyncio.get_running_loop()
-        while True:
-            message = await receive()
-            if message["type"] == "lifespan.startup":
-                await self.prepare_mounts()
-                await self.load_redirects()
-                self._drain_on_sigterm(loop)
-                interval = self.settings.timeouts.probe_interval_s
-                self._probe_task = loop.create_task(
-                    probe_forever(lambda: self.mounts, interval, self._record_health)
-                )
-                with contextlib.suppress(NotImplementedError, RuntimeError, ValueError):
-                    loop.add_signal_handler(signal.SIGHUP, lambda: loop.create_task(self.reload()))
-                await send({"type": "lifespan.startup.complete"})
-            elif message["type"] == "lifespan.shutdown":
-                if self._probe_task is not None:
-                    self._probe_task.cancel()
-                with contextlib.suppress(NotImplementedError, RuntimeError, ValueError):
-                    loop.remove_signal_handler(signal.SIGHUP)
-                if self.refresher is not None:
-                    self.refresher.close()
-                for mount in self.mounts:
-                    mount.close()
-                self.access_log.close()
-                await send({"type": "lifespan.shutdown.complete"})
-                return
-
-
-def _cache_shape(settings: Settings) -> tuple[object, ...]:
-    """The settings that shape the name cache's entries (and the hot path's answers).
-
-    A reload keeps the cache when these and the mount table (the same mounts, unchanged,
-    in the same order) are as they were; otherwise it starts empty.
-    """
-    c = settings.cache
-    return (
-        (c.ttl_s, c.miss_ttl_s, c.max_entries, c.max_bytes, c.max_file_bytes),
-        settings.name_pattern,
-        settings.cache_control,
-        tuple(sorted(settings.mime_types.items())),
-        tuple(settings.index_names),
-    )
 
 
 def create_app(
