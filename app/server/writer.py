@@ -7,7 +7,7 @@ phrase, the Date field first, then the fields in the order given, then the
 
 ``AsgiCycle`` runs one request through the application. It writes only while it is the
 connection's current answer (the connection starts it when every earlier answer is
-out, see ``app.server.connection``), so answers leave in request order whatever path
+out, see ``app.server.answers``), so answers leave in request order whatever path
 each takes. It holds the response start until the next message: when that is the
 whole body (a small file, an error), head and body leave in one write. It carries out
 the ASGI extension ``http.response.zerocopysend`` with sendfile(2) in the mount's

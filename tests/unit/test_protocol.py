@@ -15,6 +15,8 @@ from typing import Any
 
 import pytest
 
+from app.server.answers import AnswerQueue
+from app.server.connection import VendProtocol
 from app.server.limits import MAX_PIPELINED_REQUESTS, ProtocolLimits
 from tests.unit.memory_transport import (
     BIG_BYTES,
@@ -437,3 +439,9 @@ def test_half_closed_client_gets_every_answer_then_the_close(tmp_path: Path) -> 
         assert [len(a.body) for a in answers] == [BIG_BYTES, len(PAGE)]
 
     run(test, tmp_path)
+
+
+def test_answer_queue_comes_before_the_placeholders_of_the_other_mixins() -> None:
+    """VendProtocol answers through AnswerQueue's methods, never another mixin's placeholder."""
+    for name in ("_emit", "_close", "refuse"):
+        assert getattr(VendProtocol, name) is getattr(AnswerQueue, name), name
