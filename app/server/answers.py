@@ -148,6 +148,8 @@ class AnswerQueue(_Base):
         self.set_deadline(None)
         self.transport.close()
 
+    # Refusals.
+
     def refuse(
         self, status: int | None, reason: str, headers: tuple[tuple[bytes, bytes], ...] = ()
     ) -> None:
