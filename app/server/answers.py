@@ -68,7 +68,7 @@ class AnswerQueue(_Base):
     _read_paused: bool
     _linger_timer: asyncio.TimerHandle | None
 
-    if TYPE_CHECKING:  # for mypy only: a placeholder here would hide DeadlineTimer's
+    if TYPE_CHECKING:  # for mypy only: a placeholder here would hide FlowControl's
 
         def set_deadline(self, kind: str | None) -> None: ...
 

@@ -6,17 +6,18 @@ uvicorn keeps the listening sockets, lifespan, signals and logging set-up; it ma
 
 A connection answers in request order through one queue (``app.server.answers``):
 pipelined answers leave whole and in order whatever path each takes, and a refusal goes
-out only after every earlier answer. This module keeps the connection itself: its
-asyncio callbacks and flow control. Reading stops while ``MAX_PIPELINED_REQUESTS``
+out only after every earlier answer. Reading stops while ``MAX_PIPELINED_REQUESTS``
 requests wait, or while the transport's buffer is above its high-water mark; a client
-that accepts nothing for ``send_s`` seconds is cut off.
+that accepts nothing for ``send_s`` seconds is cut off (``app.server.flow``). This
+module keeps the connection itself: its asyncio callbacks, reading, and the state it
+follows.
 
 The parts: ``app.server.framing`` reads requests (the parser, RFC 9112 framing, the
 head limits) and hands each complete one to ``app.server.dispatch`` (the hot path or
 the application); ``app.server.answers`` sends the answers in order, and the refusals;
-``app.server.clock`` runs the deadlines; the reading side follows the state machine of
-``app.server.limits``. Every refusal is counted in ``vend_requests_total`` and written
-to the access log.
+``app.server.flow`` keeps reading and writing in step; ``app.server.clock`` runs the
+deadlines; the reading side follows the state machine of ``app.server.limits``. Every
+refusal is counted in ``vend_requests_total`` and written to the access log.
 """
 
 from __future__ import annotations
@@ -36,11 +37,11 @@ from app.asgi import VendApp
 from app.server.answers import AnswerQueue, _RefusalEntry
 from app.server.clock import DeadlineTimer
 from app.server.dispatch import RequestDispatch
+from app.server.flow import FlowControl
 from app.server.framing import READING, RequestReader
 from app.server.hotpath import DateField, HotPath, hot_path_for
 from app.server.limits import (
     MAX_HEAD_BYTES,
-    MAX_PIPELINED_REQUESTS,
     Event,
     ProtocolLimits,
     ReadState,
@@ -54,7 +55,7 @@ log = logging.getLogger("vend.protocol")
 _IDLE, _HEAD, _BODY, _DONE = ReadState.IDLE, ReadState.HEAD, ReadState.BODY, ReadState.DONE
 
 
-class VendProtocol(AnswerQueue, RequestDispatch, DeadlineTimer, asyncio.Protocol):
+class VendProtocol(AnswerQueue, FlowControl, RequestDispatch, DeadlineTimer, asyncio.Protocol):
     """One HTTP/1.1 connection. uvicorn constructs it; the arguments are uvicorn's.
 
     Args:
@@ -139,24 +140,6 @@ class VendProtocol(AnswerQueue, RequestDispatch, DeadlineTimer, asyncio.Protocol
         self.state = next_state(self.state, Event.STOP)
         return True
 
-    def pause_writing(self) -> None:
-        """The transport's buffer is full: stop reading and start the send timer."""
-        self._write_paused = True
-        if self._send_timer is None:
-            self._send_timer = self.loop.call_later(self.limits.send_s, self._send_timed_out)
-        self._sync_reading()
-
-    def resume_writing(self) -> None:
-        """The transport's buffer drained: release writers, read again."""
-        self._write_paused = False
-        if self._send_timer is not None:
-            self._send_timer.cancel()
-            self._send_timer = None
-        if self._drained is not None and not self._drained.done():
-            self._drained.set_result(None)
-        self._drained = None
-        self._pump()
-
     def data_received(self, data: bytes) -> None:
         """Feed received bytes to the parser within the limits, then answer."""
         state = self.state
@@ -191,25 +174,7 @@ class VendProtocol(AnswerQueue, RequestDispatch, DeadlineTimer, asyncio.Protocol
         reader.feed(data)
         self._sync()
 
-    # Flow control and timers.
-
-    def _pump(self) -> None:
-        """Feed held bytes when there is room again; set reading and timers."""
-        reader = self.reader
-        if reader.feeding or self.disconnected:
-            return
-        if reader.held and not self.queue_full():
-            data, reader.held = reader.held, b""
-            reader.feed(data)
-        self._sync()
-
-    async def drain(self) -> None:
-        """Wait until the transport takes more bytes (or the connection is gone)."""
-        if not self._write_paused or self.disconnected:
-            return
-        if self._drained is None:
-            self._drained = self.loop.create_future()
-        await self._drained
+    # Writing, closing, and following the state.
 
     async def wait_disconnected(self) -> None:
         """Wait until the connection is gone."""
@@ -250,11 +215,6 @@ class VendProtocol(AnswerQueue, RequestDispatch, DeadlineTimer, asyncio.Protocol
         self._drop_queue()
         self._active.keep_alive = False
 
-    def queue_full(self) -> bool:
-        """True while no more requests may be parsed: the pipeline is full or the
-        transport's buffer is over its high-water mark."""
-        return len(self._queue) >= MAX_PIPELINED_REQUESTS or self._write_paused
-
     def _sync(self) -> None:
         """Set reading and the timer from the state; close when nothing is left to do."""
         if self.state is _DONE and self._active is None and not self._queue:
@@ -270,25 +230,6 @@ class VendProtocol(AnswerQueue, RequestDispatch, DeadlineTimer, asyncio.Protocol
                 self.set_deadline("request")
         else:
             self.set_deadline(None)
-
-    def _sync_reading(self) -> None:
-        state = self.state
-        want = state is ReadState.LINGER or (
-            state in READING and not self.reader.held and not self.queue_full()
-        )
-        if want == self._read_paused and self.transport is not None:
-            self._read_paused = not want
-            if self.transport.is_closing():
-                return
-            if want:
-                self.transport.resume_reading()
-            else:
-                self.transport.pause_reading()
-
-    def _send_timed_out(self) -> None:
-        self._send_timer = None
-        if not self.disconnected:
-            self.abort(f"client accepted nothing for {self.limits.send_s} s")
 
 
 def protocol_class(limits: ProtocolLimits) -> Callable[..., VendProtocol]:

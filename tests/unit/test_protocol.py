@@ -16,7 +16,9 @@ from typing import Any
 import pytest
 
 from app.server.answers import AnswerQueue
+from app.server.clock import DeadlineTimer
 from app.server.connection import VendProtocol
+from app.server.flow import FlowControl
 from app.server.limits import MAX_PIPELINED_REQUESTS, ProtocolLimits
 from tests.unit.memory_transport import (
     BIG_BYTES,
@@ -441,7 +443,19 @@ def test_half_closed_client_gets_every_answer_then_the_close(tmp_path: Path) -> 
     run(test, tmp_path)
 
 
-def test_answer_queue_comes_before_the_placeholders_of_the_other_mixins() -> None:
-    """VendProtocol answers through AnswerQueue's methods, never another mixin's placeholder."""
-    for name in ("_emit", "_close", "refuse"):
-        assert getattr(VendProtocol, name) is getattr(AnswerQueue, name), name
+@pytest.mark.parametrize(
+    ("mixin", "name"),
+    [
+        (AnswerQueue, "_emit"),
+        (AnswerQueue, "_close"),
+        (AnswerQueue, "refuse"),
+        (FlowControl, "_pump"),
+        (FlowControl, "_sync_reading"),
+        (FlowControl, "queue_full"),
+        (DeadlineTimer, "set_deadline"),
+    ],
+    ids=lambda x: getattr(x, "__name__", x),
+)
+def test_each_method_comes_from_the_mixin_that_has_it(mixin: type, name: str) -> None:
+    """VendProtocol uses each mixin's own method, never a placeholder another mixin declares."""
+    assert getattr(VendProtocol, name) is getattr(mixin, name)
