@@ -3,9 +3,10 @@
 ``RequestDispatch`` is the part of ``VendProtocol`` (``app.server.connection``) that
 takes a request the reader completed (``app.server.framing``) and answers it from the
 cache below ASGI when it can (``app.server.hotpath``), else queues an ``AsgiCycle``
-(``app.server.writer``). A hot name gone stale is looked up again by one request; the
-others asking for it meanwhile wait for that lookup and are then answered from the
-cache, instead of all looking it up at once.
+(``app.server.writer``). A name not fresh in the cache (never asked, or gone stale) is
+looked up by one request; the others asking for it meanwhile wait for that lookup and
+are then answered from the cache, instead of all looking it up (each reading its own
+copy of a small file) at once.
 """
 
 from __future__ import annotations
