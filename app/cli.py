@@ -16,22 +16,25 @@ import signal
 import ssl
 import sys
 import time
-from typing import NoReturn
+from typing import TYPE_CHECKING, NoReturn
 from urllib.parse import quote
 
 import click
-from tqdm import tqdm
 
 from app.federation.redirects import RedirectMapError
 from app.http.names import NameRefused, compile_pattern, is_allowed_name, parse_request_path
 from app.ops.check import check_mounts, check_redirect_map, locate_name
-from app.ops.online import verify_online
-from app.ops.report import Report, ReportFormat, summarize
 from app.ops.shadows import Shadow, shadows_of
 from app.ops.sources import OldLinks, read_source
 from app.ops.suggest import MissingNames, write_suggestions
 from app.ops.verify import Sink, Tally, UserError, switch_user, verify_offline
 from app.settings import SAMPLE_MOUNTS_DIR, Settings, SettingsError, load_settings
+
+if TYPE_CHECKING:
+    from app.ops.report import ReportFormat
+
+# httpx (for ``verify --url``) and tqdm are imported by the commands that use them:
+# every ``vend serve`` worker would otherwise hold them, about 4 MiB.
 
 _config_option = click.option(
     "--config",
@@ -211,6 +214,11 @@ def verify(
     Exit status: 0 every link is served; 1 some are not, or differ from the listing;
     2 unusable input or settings.
     """
+    from tqdm import tqdm
+
+    from app.ops.online import verify_online
+    from app.ops.report import Report, summarize
+
     settings = _load(config_file)
     if url is None and (ca_file or connect_to):
         _fail("--ca-file and --connect-to need --url")
@@ -301,6 +309,8 @@ def shadows(
     Exit status: 0 no differing copies; 1 some; 2 invalid settings; 3 a mount was not
     fully walked (hung or failing).
     """
+    from tqdm import tqdm
+
     settings = _load(config_file)
     handle = open(report, "w", encoding="utf-8") if report else None  # noqa: SIM115
     counts = {"names": 0, "differ": 0, "newer": 0}

@@ -125,8 +125,13 @@ def _read_small(fd: int, st: os.stat_result, max_bytes: int) -> bytes | None:
         return None
     chunks = []
     total = 0
+    # Read what fstat promised and one byte more (which shows a file that grew), not
+    # max_bytes + 1: each read allocates what it asks for, and in the mount's threads a
+    # 256 KiB buffer cut down to a 4 KiB body leaves the rest scattered in their heaps.
+    expected = min(st.st_size, max_bytes) + 1
     while total <= max_bytes:
-        chunk = os.pread(fd, max_bytes + 1 - total, total)
+        want = expected - total if total < expected else max_bytes + 1 - total
+        chunk = os.pread(fd, want, total)
         if not chunk:
             break
         chunks.append(chunk)

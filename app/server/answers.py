@@ -113,9 +113,9 @@ class AnswerQueue(_Base):
                 return
 
     def _drop_queue(self) -> None:
-        """Forget the answers not started. A dropped cycle that was to refresh a stale hot
-        name wakes those waiting for it, who would otherwise wait ``send_s`` for a lookup
-        never made (and the next ones after them, for as long as the process runs)."""
+        """Forget the answers not started. A dropped cycle that was to look up a name for
+        others wakes those waiting for it, who would otherwise wait ``send_s`` for a
+        lookup never made (and the next ones after them, for as long as the process runs)."""
         for entry in self._queue:
             if isinstance(entry, AsgiCycle) and entry.refresh is not None:
                 hot, target = entry.refresh

@@ -3,9 +3,10 @@
 ``RequestDispatch`` is the part of ``VendProtocol`` (``app.server.connection``) that
 takes a request the reader completed (``app.server.framing``) and answers it from the
 cache below ASGI when it can (``app.server.hotpath``), else queues an ``AsgiCycle``
-(``app.server.writer``). A hot name gone stale is looked up again by one request; the
-others asking for it meanwhile wait for that lookup and are then answered from the
-cache, instead of all looking it up at once.
+(``app.server.writer``). A name not fresh in the cache (never asked, or gone stale) is
+looked up by one request; the others asking for it meanwhile wait for that lookup and
+are then answered from the cache, instead of all looking it up (each reading its own
+copy of a small file) at once.
 """
 
 from __future__ import annotations
@@ -88,19 +89,22 @@ class RequestDispatch(_Base):
                 if fast_data is not None:
                     hot.remember(fast_data, (method, url, http10, keep_alive, inm, headers))
                 return
-            if hot.was_hot(url):  # gone stale: one request looks it up, the others wait
-                cycle = self._make_cycle(method, url, headers, http10, keep_alive)
-                waiting = hot.refreshing.get(url)
-                if waiting is None:
-                    # Only a request that starts at once looks it up for the others: one
-                    # queued behind an answer its client does not read would hold them.
-                    if self._active is None and not self._queue:
-                        cycle.refresh = (hot, url)
-                        hot.refreshing[url] = self.loop.create_future()
-                else:
-                    cycle.after_refresh = (waiting, (method, url, http10, keep_alive, inm, headers))
-                self._emit(cycle, keep_alive)
-                return
+            # Not fresh in the cache (never asked, or gone stale): one request looks it up,
+            # the others asking meanwhile wait for that lookup. Each lookup of a small file
+            # reads its own copy of the body, so 256 connections starting on a 100 KiB file
+            # at once would otherwise hold 256 copies (and their answers) together.
+            cycle = self._make_cycle(method, url, headers, http10, keep_alive)
+            waiting = hot.refreshing.get(url)
+            if waiting is None:
+                # Only a request that starts at once looks it up for the others: one
+                # queued behind an answer its client does not read would hold them.
+                if self._active is None and not self._queue:
+                    cycle.refresh = (hot, url)
+                    hot.refreshing[url] = self.loop.create_future()
+            else:
+                cycle.after_refresh = (waiting, (method, url, http10, keep_alive, inm, headers))
+            self._emit(cycle, keep_alive)
+            return
         self._emit(self._make_cycle(method, url, headers, http10, keep_alive), keep_alive)
 
     def _answer_known(self, known: KnownHead) -> bool:

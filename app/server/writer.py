@@ -143,8 +143,9 @@ class AsgiCycle:
 
     Attributes:
         keep_alive: whether the connection stays open after this answer.
-        refresh: ``(hot path, target)`` when this request looks up a hot name gone
-            stale; others asking for it meanwhile wait for it (``after_refresh``).
+        refresh: ``(hot path, target)`` when this request looks up a name not fresh
+            in the cache (never asked, or gone stale); others asking for it meanwhile
+            wait for it (``after_refresh``).
         after_refresh: ``(the refresh's future, the request)``: wait for that refresh,
             then answer from the cache if the name is fresh again, else run the app.
         status: the status sent (0 before the response starts).

@@ -214,6 +214,29 @@ def test_stale_hot_name_is_looked_up_once_for_many_waiting_requests(tmp_path: Pa
         _teardown(loop, server)
 
 
+def test_name_never_asked_is_looked_up_once_for_many_requests_at_once(tmp_path: Path) -> None:
+    """Twenty connections ask at once for a name not in the cache: one mount lookup, twenty whole answers."""
+    loop, server, _ = _setup(tmp_path)
+    try:
+        (tmp_path / "m1" / "fresh.txt").write_bytes(b"asked by many at once\n")
+
+        async def go() -> None:
+            before = server.app.metrics.render().decode()
+            conns = [server.connect() for _ in range(20)]
+            for conn in conns:
+                await conn.send(b"GET /fresh.txt HTTP/1.1\r\nHost: t\r\n\r\n")
+            for conn in conns:
+                (answer,) = await conn.wait_responses(["GET"])
+                assert (answer.status, answer.body) == (200, b"asked by many at once\n")
+            after = server.app.metrics.render().decode()
+            assert _count(after, "miss") - _count(before, "miss") == 1
+            assert _count(after, "hit") - _count(before, "hit") == 19
+
+        loop.run_until_complete(go())
+    finally:
+        _teardown(loop, server)
+
+
 def _count(metrics: str, outcome: str) -> float:
     line = next(
         line
