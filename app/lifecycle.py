@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import gc
 import logging
 import os
 import re
@@ -221,6 +222,9 @@ class AppLifecycle:
         for field in ("host", "port", "workers", "unix_socket"):
             if getattr(settings, field) != getattr(self.settings, field):
                 log.warning("reload: %s changes only on restart", field)
+        # What the reload replaces may be garbage in reference cycles (a closed cache and
+        # its refresher): give the start-up objects back to the collector.
+        gc.unfreeze()
         new_mounts, gone = self._apply(settings)
         await self.prepare_mounts(new_mounts)
         await self.load_redirects()
@@ -245,6 +249,10 @@ class AppLifecycle:
                 )
                 with contextlib.suppress(NotImplementedError, RuntimeError, ValueError):
                     loop.add_signal_handler(signal.SIGHUP, lambda: loop.create_task(self.reload()))
+                # What start-up made (modules, settings, mounts) lives as long as the
+                # process: out of the collector's sight, a full collection no longer scans
+                # it, which under load paused the event loop ~17 ms (p99 x15 at 4 KiB).
+                gc.freeze()
                 await send({"type": "lifespan.startup.complete"})
             elif message["type"] == "lifespan.shutdown":
                 if self._probe_task is not None:
