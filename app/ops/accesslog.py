@@ -40,6 +40,10 @@ MAX_LINE_PARTS: Final = 1024
 Referer and User-Agent of 512 bytes at most together: the same requests come again and
 again, so a line is mostly one lookup and one join."""
 
+_LineKey = tuple[str | None, bytes | None, int, int, bytes | None, bytes | None, str | None]
+"""What a line says but its time stamp and duration: client, request line, status, body
+bytes, Referer, User-Agent, mount."""
+
 _ESCAPED: dict[bytes, str] = {}
 """Fields escaped lately (the same request lines and User-Agents come again and again)."""
 MAX_ESCAPED: Final = 4096
@@ -121,7 +125,7 @@ class AccessLog:
         self._thread: threading.Thread | None = None
         self._second = -1
         self._stamp = ""
-        self._parts: dict[tuple[object, ...], tuple[str, str]] = {}
+        self._parts: dict[_LineKey, tuple[str, str]] = {}
         if not self.enabled:
             return
         self._file: _WatchedFile | None = None
@@ -258,10 +262,10 @@ class AccessLog:
         if not self.enabled:
             return
         micros = 0 if started is None else int((time.perf_counter() - started) * 1_000_000)
-        key = (client, request_line, status, body_bytes, referer, user_agent, mount)
+        key: _LineKey = (client, request_line, status, body_bytes, referer, user_agent, mount)
         parts = self._parts.get(key)
         if parts is None:
-            parts = self._line_parts(*key)
+            parts = self._line_parts(key)
             if len(self._parts) >= MAX_LINE_PARTS:
                 self._parts.clear()
             if len(request_line or b"") + len(referer or b"") + len(user_agent or b"") <= 512:
@@ -269,16 +273,9 @@ class AccessLog:
         self._add(f"{parts[0]}{self._timestamp()}{parts[1]}{micros}")
 
     @staticmethod
-    def _line_parts(
-        client: str | None,
-        request_line: bytes | None,
-        status: int,
-        body_bytes: int,
-        referer: bytes | None,
-        user_agent: bytes | None,
-        mount: str | None,
-    ) -> tuple[str, str]:
+    def _line_parts(key: _LineKey) -> tuple[str, str]:
         """A line's text before its time stamp and between the time stamp and duration."""
+        client, request_line, status, body_bytes, referer, user_agent, mount = key
         # The address may come from X-Forwarded-For: escaped like any other field, and
         # its spaces too, so that it stays one field (a forged date or user cannot follow).
         host = (

@@ -21,16 +21,12 @@ from uvicorn.server import ServerState
 
 from app.server.framing import READING, RequestReader, record_refusal, refusal_response
 from app.server.hotpath import DateField
-from app.server.limits import LINGER_S, Event, ReadState, next_state
+from app.server.limits import LINGER_S, Event, ProtocolMixin, ReadState, next_state
 from app.server.trust import ClientFinder
 from app.server.writer import AsgiCycle
 
 if TYPE_CHECKING:
     from app.asgi import VendApp
-
-    _Base = asyncio.Protocol
-else:
-    _Base = object
 
 log = logging.getLogger("vend.protocol")
 
@@ -44,7 +40,7 @@ class _RefusalEntry:
         self.data = data
 
 
-class AnswerQueue(_Base):
+class AnswerQueue(ProtocolMixin):
     """Mixin of ``VendProtocol``: the answers, in order (see the module docstring).
 
     It comes first among ``VendProtocol``'s bases, so its methods take the place of the

@@ -11,17 +11,11 @@ assignments (see ``_arm``).
 from __future__ import annotations
 
 import asyncio
-from typing import TYPE_CHECKING
 
-from app.server.limits import ProtocolLimits
-
-if TYPE_CHECKING:
-    _Base = asyncio.Protocol
-else:
-    _Base = object
+from app.server.limits import ProtocolLimits, ProtocolMixin
 
 
-class DeadlineTimer(_Base):
+class DeadlineTimer(ProtocolMixin):
     """Mixin of ``VendProtocol``: the deadlines (see the module docstring)."""
 
     limits: ProtocolLimits

@@ -13,21 +13,17 @@ from __future__ import annotations
 
 import asyncio
 from collections import deque
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from uvicorn.config import Config
 from uvicorn.server import ServerState
 
 from app.server.hotpath import HotPath, KnownHead
+from app.server.limits import ProtocolMixin
 from app.server.writer import CLOSE, KEEP_ALIVE, AsgiCycle, make_scope
 
-if TYPE_CHECKING:
-    _Base = asyncio.Protocol
-else:
-    _Base = object
 
-
-class RequestDispatch(_Base):
+class RequestDispatch(ProtocolMixin):
     """Mixin of ``VendProtocol``: answer complete requests (see the module docstring)."""
 
     hot: HotPath | None

@@ -15,15 +15,10 @@ from collections import deque
 from typing import TYPE_CHECKING, Any
 
 from app.server.framing import READING, RequestReader
-from app.server.limits import MAX_PIPELINED_REQUESTS, ProtocolLimits, ReadState
-
-if TYPE_CHECKING:
-    _Base = asyncio.Protocol
-else:
-    _Base = object
+from app.server.limits import MAX_PIPELINED_REQUESTS, ProtocolLimits, ProtocolMixin, ReadState
 
 
-class FlowControl(_Base):
+class FlowControl(ProtocolMixin):
     """Mixin of ``VendProtocol``: reading and writing in step (see the module docstring)."""
 
     limits: ProtocolLimits

@@ -29,10 +29,19 @@ incoming bytes mean, and whether reading goes on all follow from the state alone
 
 from __future__ import annotations
 
+import asyncio
 import enum
 import http
 from dataclasses import dataclass
-from typing import Final
+from typing import TYPE_CHECKING, Final
+
+if TYPE_CHECKING:
+    ProtocolMixin = asyncio.Protocol
+else:
+    ProtocolMixin = object
+"""Base of ``VendProtocol``'s mixins (``app.server.clock``, ``flow``, ``answers``,
+``dispatch``): ``asyncio.Protocol`` to the type checker, ``object`` at run time, where
+``VendProtocol`` itself derives from ``asyncio.Protocol`` after them."""
 
 MAX_REQUEST_TARGET_BYTES: Final = 8190
 """Longest request-target, in bytes: Apache's LimitRequestLine default. Longer: 414 (RFC

@@ -198,16 +198,7 @@ def test_stale_hot_name_is_looked_up_once_for_many_waiting_requests(tmp_path: Pa
             assert entry is not None
             server.app.cache.ttl_s = 2.0
             entry.checked_at -= 10.0  # stale now
-            before = server.app.metrics.render().decode()
-            conns = [server.connect() for _ in range(20)]
-            for conn in conns:
-                await conn.send(b"GET /small.txt HTTP/1.1\r\nHost: t\r\n\r\n")
-            for conn in conns:
-                (answer,) = await conn.wait_responses(["GET"])
-                assert (answer.status, answer.body) == (200, b"small file body\n")
-            after = server.app.metrics.render().decode()
-            assert _count(after, "miss") - _count(before, "miss") == 1
-            assert _count(after, "hit") - _count(before, "hit") == 19
+            await _ask_at_once(server, b"/small.txt", b"small file body\n")
 
         loop.run_until_complete(go())
     finally:
@@ -221,20 +212,25 @@ def test_name_never_asked_is_looked_up_once_for_many_requests_at_once(tmp_path: 
         (tmp_path / "m1" / "fresh.txt").write_bytes(b"asked by many at once\n")
 
         async def go() -> None:
-            before = server.app.metrics.render().decode()
-            conns = [server.connect() for _ in range(20)]
-            for conn in conns:
-                await conn.send(b"GET /fresh.txt HTTP/1.1\r\nHost: t\r\n\r\n")
-            for conn in conns:
-                (answer,) = await conn.wait_responses(["GET"])
-                assert (answer.status, answer.body) == (200, b"asked by many at once\n")
-            after = server.app.metrics.render().decode()
-            assert _count(after, "miss") - _count(before, "miss") == 1
-            assert _count(after, "hit") - _count(before, "hit") == 19
+            await _ask_at_once(server, b"/fresh.txt", b"asked by many at once\n")
 
         loop.run_until_complete(go())
     finally:
         _teardown(loop, server)
+
+
+async def _ask_at_once(server: Server, target: bytes, body: bytes) -> None:
+    """Twenty connections ask for ``target`` at once: twenty whole answers, one lookup."""
+    before = server.app.metrics.render().decode()
+    conns = [server.connect() for _ in range(20)]
+    for conn in conns:
+        await conn.send(b"GET " + target + b" HTTP/1.1\r\nHost: t\r\n\r\n")
+    for conn in conns:
+        (answer,) = await conn.wait_responses(["GET"])
+        assert (answer.status, answer.body) == (200, body)
+    after = server.app.metrics.render().decode()
+    assert _count(after, "miss") - _count(before, "miss") == 1
+    assert _count(after, "hit") - _count(before, "hit") == 19
 
 
 def _count(metrics: str, outcome: str) -> float:
