@@ -8,7 +8,8 @@ second, each a hand-off per mount (~170 µs each here) and each holding its requ
 So an entry used in the last quarter of its TTL is handed to the ``Refresher``
 (``NameCache.on_due``), which gathers such names for ``GATHER_S`` seconds and then looks
 them all up again in one call per mount (``Mount.check_names``, at most ``BATCH_NAMES``
-names a call), on every mount up to the one serving each name, in parallel, with the
+names a call, at most half the mount's threads at once, so that requests' lookups always
+find room in its queue), on every mount up to the one serving each name, in parallel, with the
 same race-free open as a request's lookup (``app.federation.open``). An entry is
 confirmed, and trusted for another ``ttl_s`` from the moment the revalidation started,
 only when the lookup finds exactly what it holds:
@@ -150,9 +151,17 @@ class Refresher:
             for at in range(0, len(names), BATCH_NAMES):
                 asks.append((j, names[at : at + BATCH_NAMES]))
         max_read = self.cache.max_file_bytes
-        answers = await asyncio.gather(
-            *(self.mounts[j].check_names(names, max_read) for j, names in asks)
-        )
+        # At most half a mount's threads (one at least) check at once: thousands of due
+        # names must not fill its queue, where a request's lookup would find no room (503).
+        limits = [asyncio.Semaphore(max(1, mount.threads // 2)) for mount in self.mounts]
+
+        async def ask(
+            j: int, names: list[tuple[str, bool]]
+        ) -> list[SmallFile | Lookup | None] | None:
+            async with limits[j]:
+                return await self.mounts[j].check_names(names, max_read)
+
+        answers = await asyncio.gather(*(ask(j, names) for j, names in asks))
         outcomes: list[dict[str, SmallFile | Lookup | None]] = [{} for _ in self.mounts]
         for (j, names), answer in zip(asks, answers, strict=True):
             if answer is not None:

@@ -36,8 +36,8 @@ seconds."""
 
 
 MAX_LINE_PARTS: Final = 1024
-"""Most lines' fixed parts kept (``AccessLog.record_line``), each of a request line,
-Referer and User-Agent of 512 bytes at most together: the same requests come again and
+"""Most lines' fixed parts kept (``AccessLog.record_line``), each of a client, request
+line, Referer and User-Agent of 512 bytes at most together: the same requests come again and
 again, so a line is mostly one lookup and one join."""
 
 _LineKey = tuple[str | None, bytes | None, int, int, bytes | None, bytes | None, str | None]
@@ -268,7 +268,9 @@ class AccessLog:
             parts = self._line_parts(key)
             if len(self._parts) >= MAX_LINE_PARTS:
                 self._parts.clear()
-            if len(request_line or b"") + len(referer or b"") + len(user_agent or b"") <= 512:
+            # The client counts too: a trusted X-Forwarded-For may name 8 KiB of anything.
+            size = len(client or "") + len(request_line or b"")
+            if size + len(referer or b"") + len(user_agent or b"") <= 512:
                 self._parts[key] = parts
         self._add(f"{parts[0]}{self._timestamp()}{parts[1]}{micros}")
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import os
 import re
+import threading
 import time
 from collections.abc import Awaitable, Callable
 from pathlib import Path
@@ -15,7 +16,8 @@ import pytest
 from app.federation.cache import CachedFile, NameCache
 from app.federation.memory import NameMemory
 from app.federation.mount import Mount, build_mounts
-from app.federation.refresh import Refresher
+from app.federation.open import SmallFile
+from app.federation.refresh import BATCH_NAMES, Refresher
 from app.http.responses import make_representation
 from app.settings import MountSettings
 
@@ -204,3 +206,43 @@ def test_a_hammered_name_is_looked_up_once_not_every_ttl(tmp_path: Path, start_v
         r'^vend_cache_revalidations_total\{outcome="confirmed"\} (\S+)$', metrics, re.M
     )
     assert confirmed is not None and float(confirmed.group(1)) >= 2.0, metrics
+
+
+def test_a_revalidation_of_many_names_leaves_room_for_requests(tmp_path: Path) -> None:
+    """Revalidating thousands of hot names never fills a mount's queue: a request's lookup still runs."""
+
+    async def main() -> object:
+        root = tmp_path / "m1"
+        root.mkdir()
+        (root / "cold.txt").write_bytes(b"cold")
+        [mount] = build_mounts([MountSettings(path=root)], fs_op_s=5.0, threads=1)
+        gate = threading.Event()
+        try:
+            assert await mount.probe()
+            cache = NameCache(
+                ttl_s=TTL_S, miss_ttl_s=1, max_entries=10, max_bytes=1 << 20, max_file_bytes=64
+            )
+            memory = NameMemory(max_names=10, ttl_s=600)
+            refresher = Refresher(cache, [mount], memory, directories_absent=True)
+            rep = make_representation(3, 0, "text/plain", "no-cache")
+            now = time.monotonic()
+            due = {
+                f"hot{i}.txt": CachedFile(mount=mount, rep=rep, body=b"hot", checked_at=now)
+                for i in range(70 * BATCH_NAMES)  # past the 64 calls a 1-thread mount queues
+            }
+            mount.executor.submit(gate.wait, 10.0)  # its one thread busy: calls queue up
+            revalidation = asyncio.ensure_future(refresher.revalidate(due))
+            for _ in range(3):
+                await asyncio.sleep(0)
+            lookup = asyncio.ensure_future(mount.lookup("cold.txt", 64))
+            await asyncio.sleep(0.05)
+            gate.set()
+            found = await asyncio.wait_for(lookup, 10.0)
+            await asyncio.wait_for(revalidation, 10.0)
+            return found
+        finally:
+            gate.set()
+            mount.close()
+
+    found = asyncio.run(main())
+    assert isinstance(found, SmallFile) and found.body == b"cold"
