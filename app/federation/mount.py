@@ -24,7 +24,7 @@ from app.federation.open import (
     close_if_file,
     open_in_mount,
 )
-from app.federation.pace import Pace, RunWatch
+from app.federation.pace import FLOOR_S, Pace, RunWatch
 from app.federation.root import probe_root
 from app.federation.threads import DaemonPool, PoolFull, QueueTimeout, RunTimeout, call_in
 from app.settings import MountSettings
@@ -312,23 +312,34 @@ class Mount:
         return found
 
     async def check_names(
-        self, names: list[tuple[str, bool]], max_read_bytes: int
+        self, names: list[tuple[str, bool]], max_read_bytes: int, deadline: float
     ) -> list[SmallFile | Lookup | None] | None:
         """Look several names up in one call in this mount's pool (see ``check_names``).
 
         For the name cache's revalidation: nothing here marks the mount down or counts
-        toward its pace, and a mount that is down, overdue or busy is not asked.
+        toward its pace, and a mount that is down, overdue or slow (its lookup deadline
+        above ``pace.FLOOR_S``: requests' lookups keep its threads busy enough) is not
+        asked.
 
         Args:
             names: ``(name, read)`` pairs (see ``app.federation.open.check_names``).
             max_read_bytes: read files up to this size whole, in bytes.
+            deadline: ``time.monotonic()`` after which no further name is looked up, in
+                seconds.
 
         Returns:
             One outcome per name, or None when the mount was not asked or the call
             failed or took longer than ``fs_op_s`` seconds.
         """
         root = self.real_root
-        if not self.up or root is None or self.pace.is_overdue(time.monotonic()):
+        now = time.monotonic()
+        if (
+            not self.up
+            or root is None
+            or now >= deadline
+            or self.pace.deadline_s() > FLOOR_S
+            or self.pace.is_overdue(now)
+        ):
             return None
         mount_id = self.root_mount_id if self.settings.require_mountpoint else None
         try:
@@ -340,6 +351,7 @@ class Mount:
                 self,
                 max_read_bytes,
                 mount_id,
+                deadline,
                 run_timeout_s=self.fs_op_s,
                 queue_timeout_s=self.fs_op_s,
                 cancellable=True,

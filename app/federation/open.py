@@ -24,6 +24,7 @@ from __future__ import annotations
 import errno
 import os
 import stat
+import time
 from dataclasses import dataclass
 from enum import Enum
 from typing import TYPE_CHECKING, Final
@@ -236,6 +237,7 @@ def check_names(
     mount: Mount,
     max_read_bytes: int,
     root_mount_id: int | None,
+    deadline: float,
 ) -> list[SmallFile | Lookup | None]:
     """Look several names up under one mount, as ``open_in_mount`` does. Blocking.
 
@@ -250,14 +252,19 @@ def check_names(
         mount: the mount, recorded in the results.
         max_read_bytes: see ``open_in_mount``.
         root_mount_id: see ``open_in_mount``.
+        deadline: ``time.monotonic()`` after which no further name is looked up (the
+            answer would come too late to be of use), in seconds.
 
     Returns:
         One outcome per name, in order: a ``SmallFile`` or a ``Lookup``, or None for
-        anything else (a file too large to read whole, which is closed at once, or an
-        ``OSError``).
+        anything else (a file too large to read whole, which is closed at once, an
+        ``OSError``, or a name not looked up before ``deadline``).
     """
     outcomes: list[SmallFile | Lookup | None] = []
     for name, read in names:
+        if time.monotonic() > deadline:
+            outcomes.extend([None] * (len(names) - len(outcomes)))
+            break
         try:
             found = open_in_mount(root, name, mount, max_read_bytes if read else 0, root_mount_id)
         except OSError:

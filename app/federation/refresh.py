@@ -21,8 +21,11 @@ only when the lookup finds exactly what it holds:
   the future, which Last-Modified clamps to the present, is never confirmed).
 
 Anything else (a new copy on an earlier mount, a changed, grown, forbidden or deleted
-file, a mount that is down, overdue, busy, failing or slow) leaves the entry alone: it
-goes stale at its time and the next request looks the name up as before, with the full
+file, a mount that is down, overdue, busy, failing or slow: one whose lookup deadline is
+above its floor, or that does not answer within the last quarter of the TTL, when the
+answer would come too late; names not reached by then are not looked up at all, so a
+slow mount's threads are never held for them) leaves the entry alone: it goes stale at
+its time and the next request looks the name up as before, with the full
 fault policy of ``app.federation.lookup``. So the staleness bound of the cache holds,
 and no answer is ever confirmed that a request's own lookup would not give.
 """
@@ -35,7 +38,7 @@ import time
 from collections.abc import Callable, Sequence
 from typing import Final
 
-from app.federation.cache import CachedFile, NameCache
+from app.federation.cache import REFRESH_AT, CachedFile, NameCache
 from app.federation.memory import NameMemory
 from app.federation.mount import Mount
 from app.federation.open import Lookup, SmallFile
@@ -151,6 +154,9 @@ class Refresher:
             for at in range(0, len(names), BATCH_NAMES):
                 asks.append((j, names[at : at + BATCH_NAMES]))
         max_read = self.cache.max_file_bytes
+        # Past the last quarter of the TTL the entries have gone stale: a later answer is
+        # of no use, and a slow mount's threads are not held for it.
+        deadline = started + self.cache.ttl_s * (1 - REFRESH_AT)
         # At most half a mount's threads (one at least) check at once: thousands of due
         # names must not fill its queue, where a request's lookup would find no room (503).
         limits = [asyncio.Semaphore(max(1, mount.threads // 2)) for mount in self.mounts]
@@ -159,7 +165,7 @@ class Refresher:
             j: int, names: list[tuple[str, bool]]
         ) -> list[SmallFile | Lookup | None] | None:
             async with limits[j]:
-                return await self.mounts[j].check_names(names, max_read)
+                return await self.mounts[j].check_names(names, max_read, deadline)
 
         answers = await asyncio.gather(*(ask(j, names) for j, names in asks))
         outcomes: list[dict[str, SmallFile | Lookup | None]] = [{} for _ in self.mounts]

@@ -16,7 +16,7 @@ import pytest
 from app.federation.cache import CachedFile, NameCache
 from app.federation.memory import NameMemory
 from app.federation.mount import Mount, build_mounts
-from app.federation.open import SmallFile
+from app.federation.open import Lookup, SmallFile, check_names
 from app.federation.refresh import BATCH_NAMES, Refresher
 from app.http.responses import make_representation
 from app.settings import MountSettings
@@ -246,3 +246,16 @@ def test_a_revalidation_of_many_names_leaves_room_for_requests(tmp_path: Path) -
 
     found = asyncio.run(main())
     assert isinstance(found, SmallFile) and found.body == b"cold"
+
+
+def test_names_not_reached_before_the_deadline_are_not_looked_up(tmp_path: Path) -> None:
+    """A revalidation call stops at its deadline: the names after it are not looked up."""
+    (tmp_path / "a.txt").write_bytes(b"a")
+    names = [("a.txt", True), ("missing.txt", True)]
+    mount: Any = object()
+    root = str(tmp_path.resolve())
+    late = check_names(root, names, mount, 64, None, time.monotonic() - 1.0)
+    assert late == [None, None]
+    found = check_names(root, names, mount, 64, None, time.monotonic() + 60.0)
+    assert isinstance(found[0], SmallFile) and found[0].body == b"a"
+    assert found[1] is Lookup.ABSENT
