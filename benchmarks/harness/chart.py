@@ -61,6 +61,7 @@ def render_chart(path: Path, title: str, measurements: list[Measurement]) -> Non
         axis.set_xlim(0, max(values) * 1.15 or 1)
         axis.tick_params(axis="x", labelsize=7)
     figure.suptitle(title, fontsize=11)
-    figure.tight_layout()
+    # Room at the top for the title, which the first panel's title would otherwise cover.
+    figure.tight_layout(rect=(0, 0, 1, 1 - 0.4 / sum(heights)))
     figure.savefig(path, dpi=110)
     plt.close(figure)
