@@ -118,14 +118,15 @@ def check(config_file: str | None) -> None:
     """Probe each mount: exists, directory, readable, filesystem type."""
     settings = _load(config_file)
     reports = asyncio.run(check_mounts(settings))
-    for index, r in enumerate(reports, 1):
+    for index, report in enumerate(reports, 1):
+        r = report.facts
         verdict = "ok" if r.usable else f"UNUSABLE ({r.error})"
         click.echo(
-            f"{index}. {r.name}: {r.path}\n"
+            f"{index}. {report.name}: {report.path}\n"
             f"   exists={_yn(r.exists)} directory={_yn(r.is_directory)} readable={_yn(r.readable)} "
             f"mount-point={_yn(r.is_mount_point)} filesystem={r.fs_type or '?'}: {verdict}"
         )
-    sys.exit(0 if all(r.usable for r in reports) else 1)
+    sys.exit(0 if all(report.facts.usable for report in reports) else 1)
 
 
 @main.command()

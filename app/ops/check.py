@@ -16,7 +16,7 @@ from app.federation.lookup import list_copies
 from app.federation.mount import Mount, MountUnavailable, build_mounts
 from app.federation.open import Lookup, OpenFile, SmallFile
 from app.federation.redirects import load_redirect_map
-from app.federation.root import probe_root
+from app.federation.root import RootFacts, probe_root
 from app.http.names import compile_pattern
 from app.settings import Settings
 
@@ -28,39 +28,19 @@ class MountReport:
     Attributes:
         name: the mount's name.
         path: its configured path (shown to the operator, never to clients).
-        exists, is_directory, readable: the probe's findings.
-        is_mount_point: whether the path is a mount point (from /proc/self/mountinfo:
-            bind mounts count).
-        fs_type: the filesystem type from /proc/self/mountinfo, or None.
-        error: errno name of a failure or timeout, or None.
-        usable: whether vend can serve from it.
+        facts: the probe's findings (``app.federation.root.RootFacts``: exists,
+            directory, readable, mount point from /proc/self/mountinfo with bind mounts
+            counted, filesystem type, and the errno name of a failure or timeout).
     """
 
     name: str
     path: str
-    exists: bool = False
-    is_directory: bool = False
-    readable: bool = False
-    is_mount_point: bool = False
-    fs_type: str | None = None
-    error: str | None = None
-    usable: bool = False
+    facts: RootFacts
 
 
 def _probe(path: str, require_mountpoint: bool, name: str) -> MountReport:
     """Blocking probe of one mount root (``app.federation.root``), as a report."""
-    facts = probe_root(path, require_mountpoint)
-    return MountReport(
-        name=name,
-        path=path,
-        exists=facts.exists,
-        is_directory=facts.is_directory,
-        readable=facts.readable,
-        is_mount_point=facts.is_mount_point,
-        fs_type=facts.fs_type,
-        error=facts.error,
-        usable=facts.usable,
-    )
+    return MountReport(name=name, path=path, facts=probe_root(path, require_mountpoint))
 
 
 async def check_mounts(settings: Settings) -> list[MountReport]:
@@ -79,7 +59,8 @@ async def check_mounts(settings: Settings) -> list[MountReport]:
         try:
             return await mount.call(_probe, str(s.path), s.require_mountpoint, s.name)
         except MountUnavailable as exc:
-            return MountReport(name=s.name, path=str(s.path), exists=True, error=str(exc))
+            facts = RootFacts(exists=True, error=str(exc))
+            return MountReport(name=s.name, path=str(s.path), facts=facts)
 
     try:
         return list(await asyncio.gather(*(one(m) for m in mounts)))
