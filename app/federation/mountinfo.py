@@ -25,6 +25,15 @@ def _unescape(field: str) -> str:
     return raw.encode("latin-1").decode("utf-8", "replace")
 
 
+def _read_lines(mountinfo: str) -> list[str]:
+    """The mountinfo file's lines; none when it cannot be read."""
+    try:
+        with open(mountinfo, encoding="latin-1") as handle:
+            return handle.read().splitlines()
+    except OSError:
+        return []
+
+
 def filesystem_type(real_path: str, mountinfo: str = MOUNTINFO) -> str | None:
     """The filesystem type of the mount that holds ``real_path``.
 
@@ -37,12 +46,7 @@ def filesystem_type(real_path: str, mountinfo: str = MOUNTINFO) -> str | None:
         containing the path, or None when the file cannot be read.
     """
     best: tuple[int, str] | None = None
-    try:
-        with open(mountinfo, encoding="latin-1") as handle:
-            lines = handle.read().splitlines()
-    except OSError:
-        return None
-    for line in lines:
+    for line in _read_lines(mountinfo):
         left, sep, right = line.partition(" - ")
         fields = left.split()
         if not sep or len(fields) < 5:
@@ -71,12 +75,7 @@ def mount_points(mountinfo: str = MOUNTINFO) -> dict[int, str]:
         file cannot be read.
     """
     points: dict[int, str] = {}
-    try:
-        with open(mountinfo, encoding="latin-1") as handle:
-            lines = handle.read().splitlines()
-    except OSError:
-        return points
-    for line in lines:
+    for line in _read_lines(mountinfo):
         fields = line.split(" - ", 1)[0].split()
         if len(fields) >= 5 and fields[0].isdigit():
             points[int(fields[0])] = _unescape(fields[4])
