@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import time
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -153,6 +154,24 @@ async def make_server(
     return Server(
         app, config, limits or ProtocolLimits(request_head_s=1.0, keep_alive_s=1.0, send_s=1.0)
     )
+
+
+def run_with_server(
+    test: Callable[[Server], Awaitable[None]], mounts: list[Path], **settings: Any
+) -> None:
+    """Run ``test`` with a fresh server on ``mounts``, on a new event loop; the server's
+    mounts and access log are closed after it, pass or fail."""
+
+    async def main() -> None:
+        server = await make_server(mounts, **settings)
+        try:
+            await test(server)
+        finally:
+            for mount in server.app.mounts:
+                mount.close()
+            server.app.access_log.close()
+
+    asyncio.run(main())
 
 
 @dataclass

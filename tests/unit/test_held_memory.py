@@ -8,7 +8,6 @@ keeps built for the current second (``MAX_READY_BYTES``).
 
 from __future__ import annotations
 
-import asyncio
 import gc
 import os
 import tracemalloc
@@ -16,7 +15,7 @@ from pathlib import Path
 
 from app.federation.open import SmallFile, open_in_mount
 from app.server.hotpath import MAX_READY_BYTES, Prebuilt
-from tests.unit.memory_transport import make_server, make_tree, parse_responses
+from tests.unit.memory_transport import Server, make_tree, parse_responses, run_with_server
 
 FILES = 40
 FILE_BYTES = 64 * 1024
@@ -77,22 +76,17 @@ def test_answers_kept_for_the_second_stay_within_their_bound(tmp_path: Path) -> 
         (many / f"f{i}.bin").write_bytes(body)
     assert FILES * FILE_BYTES > MAX_READY_BYTES
 
-    async def main() -> None:
-        server = await make_server(mounts, cache={"ttl_s": 3, "max_bytes": 8 * 1024 * 1024})
-        try:
-            conn = server.connect()
-            for i in range(FILES):  # into the cache, through the application
-                await conn.send(_get(b"/many/f%d.bin" % i))
-                await conn.wait_responses(["GET"] * (i + 1), timeout_s=20)
-            conn.transport.out.clear()
-            for i in range(FILES):  # the hot path answers each
-                await conn.send(_get(b"/many/f%d.bin" % i))
-            answers = parse_responses(bytes(conn.transport.out), ["GET"] * FILES)
-            assert [a.status for a in answers] == [200] * FILES
-            assert [a.body for a in answers] == bodies
-            assert _ready_answer_bytes(bodies) <= MAX_READY_BYTES
-        finally:
-            for mount in server.app.mounts:
-                mount.close()
+    async def scenario(server: Server) -> None:
+        conn = server.connect()
+        for i in range(FILES):  # into the cache, through the application
+            await conn.send(_get(b"/many/f%d.bin" % i))
+            await conn.wait_responses(["GET"] * (i + 1), timeout_s=20)
+        conn.transport.out.clear()
+        for i in range(FILES):  # the hot path answers each
+            await conn.send(_get(b"/many/f%d.bin" % i))
+        answers = parse_responses(bytes(conn.transport.out), ["GET"] * FILES)
+        assert [a.status for a in answers] == [200] * FILES
+        assert [a.body for a in answers] == bodies
+        assert _ready_answer_bytes(bodies) <= MAX_READY_BYTES
 
-    asyncio.run(main())
+    run_with_server(scenario, mounts, cache={"ttl_s": 3, "max_bytes": 8 * 1024 * 1024})

@@ -26,25 +26,15 @@ from tests.unit.memory_transport import (
     SMALL,
     Connection,
     Server,
-    make_server,
     make_tree,
     parse_responses,
+    run_with_server,
 )
 
 
 def run(test: Callable[[Server], Awaitable[None]], tmp_path: Path, **settings: Any) -> None:
     """Run ``test`` with a fresh server on fresh mounts, on a new event loop."""
-
-    async def main() -> None:
-        server = await make_server(make_tree(tmp_path), **settings)
-        try:
-            await test(server)
-        finally:
-            for mount in server.app.mounts:
-                mount.close()
-            server.app.access_log.close()
-
-    asyncio.run(main())
+    run_with_server(test, make_tree(tmp_path), **settings)
 
 
 def get(target: bytes, *extra: bytes, method: bytes = b"GET") -> bytes:
