@@ -34,9 +34,10 @@ from dataclasses import dataclass
 from enum import Enum
 from typing import Final
 
-from app.federation.mount import GATE_POLL_S, Mount, MountUnavailable
+from app.federation.batch import Ask
+from app.federation.mount import Mount, MountUnavailable
 from app.federation.open import Lookup, OpenFile, SmallFile
-from app.federation.pace import RunWatch
+from app.federation.pace import GATE_POLL_S
 
 
 class Miss(Enum):
@@ -59,33 +60,88 @@ class Redirect:
 
 
 Outcome = OpenFile | SmallFile | Lookup | MountUnavailable
+Verdict = OpenFile | SmallFile | Redirect | Miss
 
 
-async def _on_mount(
-    mount: Mount,
-    candidates: Sequence[str],
-    redirect_directories: bool,
-    max_read_bytes: int,
-    watch: RunWatch,
-) -> Outcome:
-    """Look the candidates up on one mount, in order; never raises MountUnavailable."""
-    try:
-        for name in candidates:
-            found = await mount.lookup(name, max_read_bytes, watch)
-            if found is Lookup.DIRECTORY and not redirect_directories:
-                continue
-            if found is not Lookup.ABSENT:
-                return found
-    except MountUnavailable as exc:
-        return exc
-    return Lookup.ABSENT
+class Search:
+    """One request's search for a name over the mounts: asks, answers, and the verdict.
 
+    The asks go to the mounts' batches (``app.federation.batch``); each answer, and each
+    tick of a mount whose call runs late, makes the search decide again, in priority
+    order (see the module docstring). Nothing here waits: ``future`` gets the verdict.
 
-def _release(task: asyncio.Task[Outcome]) -> None:
-    """Close what a lookup nobody uses opened (also its done-callback)."""
-    opened = _opened_by(task)
-    if opened is not None:
-        opened.close()
+    Args: as ``find_file``'s.
+
+    Attributes:
+        future: the verdict: an open file (the caller closes it), a small file, a
+            ``Redirect`` or a ``Miss``.
+    """
+
+    __slots__ = ("_asks", "_known", "_mounts", "_timer", "candidates", "future", "read", "redirect")
+
+    def __init__(
+        self,
+        mounts: Sequence[Mount],
+        candidates: Sequence[str],
+        *,
+        redirect_directories: bool,
+        max_read_bytes: int = 0,
+        remembered: Mount | None = None,
+        hold_remembered: bool = True,
+    ) -> None:
+        self._mounts = mounts
+        self.candidates = candidates
+        self.redirect = redirect_directories
+        self.read = max_read_bytes
+        self._known = remembered if hold_remembered else None
+        self._asks: list[Ask] = []
+        self._timer: asyncio.TimerHandle | None = None
+        self.future: asyncio.Future[Verdict] = asyncio.get_running_loop().create_future()
+        self.future.add_done_callback(self._done)
+        self._start(len(mounts) if remembered is None else mounts.index(remembered) + 1)
+        self.update()
+
+    def _start(self, upto: int) -> None:
+        asks, update = self._asks, self.update
+        for mount in self._mounts[len(asks) : upto]:
+            asks.append(mount.ask(self.candidates, self.redirect, self.read, update))
+
+    def update(self) -> None:
+        """Decide again (an ask was answered, or a mount's call runs late)."""
+        if self.future.done():
+            return
+        while True:
+            verdict = _decide(self._mounts, self._asks, self._known, time.monotonic())
+            if verdict is not _MORE:
+                break
+            self._start(len(self._mounts))
+        if verdict is not _WAIT:
+            self.future.set_result(verdict)  # type: ignore[arg-type]
+            return
+        if any(ask.watch is not None and ask.outcome is None for ask in self._asks):
+            self._poll()  # a single-call lookup: no batch ticks for it
+
+    def _poll(self) -> None:
+        """Decide again when a single-call lookup gets late (at least every GATE_POLL_S)."""
+        if self._timer is not None:
+            self._timer.cancel()
+        now = time.monotonic()
+        waits = [
+            self._mounts[i].pace.deadline_s() - ask.running_s(now)
+            for i, ask in enumerate(self._asks)
+            if ask.outcome is None
+        ]
+        timeout = max(0.01, min([w for w in waits if w > 0], default=GATE_POLL_S))
+        self._timer = asyncio.get_running_loop().call_later(min(timeout, GATE_POLL_S), self.update)
+
+    def _done(self, future: asyncio.Future[Verdict]) -> None:
+        """The verdict is in, or nobody waits any more: let go of every other answer."""
+        if self._timer is not None:
+            self._timer.cancel()
+        kept = None if future.cancelled() else future.result()
+        for ask in self._asks:
+            if ask.outcome is not kept:
+                ask.drop()
 
 
 async def find_file(
@@ -96,7 +152,7 @@ async def find_file(
     max_read_bytes: int = 0,
     remembered: Mount | None = None,
     hold_remembered: bool = True,
-) -> OpenFile | SmallFile | Redirect | Miss:
+) -> Verdict:
     """Find the first mount holding one of ``candidates`` as a regular file.
 
     Args:
@@ -120,55 +176,23 @@ async def find_file(
         The small file's bytes, the open file (the caller closes it), a ``Redirect``, or
         a ``Miss``.
     """
-    known_mount = remembered if hold_remembered else None
-    tasks: list[asyncio.Task[Outcome]] = []
-    watches: list[RunWatch] = []
-
-    def start(upto: int) -> None:
-        for mount in mounts[len(tasks) : upto]:
-            watches.append(RunWatch())
-            tasks.append(
-                asyncio.ensure_future(
-                    _on_mount(mount, candidates, redirect_directories, max_read_bytes, watches[-1])
-                )
-            )
-
-    start(len(mounts) if remembered is None else mounts.index(remembered) + 1)
-    verdict: object = _WAIT
+    search = Search(
+        mounts,
+        candidates,
+        redirect_directories=redirect_directories,
+        max_read_bytes=max_read_bytes,
+        remembered=remembered,
+        hold_remembered=hold_remembered,
+    )
+    future = search.future
     try:
-        while True:
-            verdict = _decide(mounts, tasks, watches, known_mount, time.monotonic())
-            if verdict is _MORE:
-                start(len(mounts))
-                continue
-            if verdict is not _WAIT:
-                return verdict  # type: ignore[return-value]
-            pending = [t for t in tasks if not t.done()]
-            now = time.monotonic()
-            waits = [
-                mounts[i].pace.deadline_s() - watches[i].running_s(now)
-                for i, t in enumerate(tasks)
-                if not t.done()
-            ]
-            timeout = max(0.01, min([w for w in waits if w > 0], default=GATE_POLL_S))
-            await asyncio.wait(
-                pending, timeout=min(timeout, GATE_POLL_S), return_when=asyncio.FIRST_COMPLETED
-            )
-    finally:
-        for task in tasks:
-            if not task.done():
-                task.cancel()
-                task.add_done_callback(_release)
-            elif _opened_by(task) not in (None, verdict):
-                _release(task)  # a copy that lost to an earlier mount's answer
-
-
-def _opened_by(task: asyncio.Task[Outcome]) -> OpenFile | None:
-    """The open file a finished lookup returned, if any."""
-    if task.cancelled() or task.exception() is not None:
-        return None
-    found = task.result()
-    return found if isinstance(found, OpenFile) else None
+        return await future
+    except asyncio.CancelledError:
+        if future.done() and not future.cancelled():
+            found = future.result()  # decided, but the caller went away before it woke
+            if isinstance(found, OpenFile):
+                found.close()
+        raise
 
 
 _WAIT: Final = object()
@@ -176,24 +200,19 @@ _MORE: Final = object()
 
 
 def _decide(
-    mounts: Sequence[Mount],
-    tasks: Sequence[asyncio.Task[Outcome]],
-    watches: Sequence[RunWatch],
-    known_mount: Mount | None,
-    now: float,
-) -> OpenFile | SmallFile | Redirect | Miss | object:
+    mounts: Sequence[Mount], asks: Sequence[Ask], known_mount: Mount | None, now: float
+) -> Verdict | object:
     """The answer so far, in priority order, or ``_WAIT`` / ``_MORE`` (start the rest)."""
     failed = passed_late = False
     for i, mount in enumerate(mounts):
-        if i >= len(tasks):
+        if i >= len(asks):
             return _MORE
-        task = tasks[i]
-        if not task.done():
-            if mount is not known_mount and mount.is_late(watches[i], now):
+        found = asks[i].outcome
+        if found is None:
+            if mount is not known_mount and mount.is_late(asks[i].running_s(now), now):
                 passed_late = True  # a later mount's answer may do meanwhile
                 continue
             return _WAIT
-        found = task.result()
         if isinstance(found, MountUnavailable):
             if mount is known_mount:
                 return Miss.UNAVAILABLE

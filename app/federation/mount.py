@@ -8,6 +8,7 @@ is ``app.federation.open``'s.
 
 from __future__ import annotations
 
+import asyncio
 import errno
 import logging
 import time
@@ -16,6 +17,7 @@ from dataclasses import dataclass, field
 from enum import Enum
 from typing import Final, TypeVar
 
+from app.federation.batch import SLOW_NAME_S, Ask, AskQueue, Found
 from app.federation.open import (
     Lookup,
     OpenFile,
@@ -24,7 +26,7 @@ from app.federation.open import (
     close_if_file,
     open_in_mount,
 )
-from app.federation.pace import FLOOR_S, Pace, RunWatch
+from app.federation.pace import FLOOR_S, GATE_POLL_S, QUEUE_FACTOR, Pace, RunWatch
 from app.federation.root import probe_root
 from app.federation.threads import DaemonPool, PoolFull, QueueTimeout, RunTimeout, call_in
 from app.settings import MountSettings
@@ -42,11 +44,6 @@ class MountUnavailable(Exception):
 _TRIPPING_ERRNOS: Final = frozenset(
     {errno.EIO, errno.ETIMEDOUT, errno.ENOTCONN, errno.ESTALE, errno.EHOSTDOWN, errno.ENODEV}
 )
-
-QUEUE_FACTOR: Final = 3
-"""A call may wait this many times ``fs_op_s`` for a free thread of its mount."""
-GATE_POLL_S: Final = 0.25
-"""While a mount is overdue, waiting calls look again at least this often, in seconds."""
 
 
 class State(Enum):
@@ -86,6 +83,8 @@ class Mount:
         probe_latency_s: how long the last successful probe took, in seconds.
         observer: called after each lookup (metrics), or None.
         pace: its latency, lookup deadline, and operations in flight.
+        name_s: recent time of one name's lookup in its threads, in seconds (how a
+            batch of asks is split, ``app.federation.batch``).
     """
 
     settings: MountSettings
@@ -109,6 +108,9 @@ class Mount:
         self.probe_executor = DaemonPool(1, max_queued=1, name=f"vend-{self.name}-probe")
         self.pace = Pace(self.fs_op_s)
         self._scouting = False
+        self._asks = AskQueue(self)
+        self.name_s = 2 * SLOW_NAME_S  # unknown: a first batch is shared out
+        self.queue_timeout_s = QUEUE_FACTOR * self.fs_op_s
 
     @property
     def name(self) -> str:
@@ -131,10 +133,10 @@ class Mount:
             return State.OVERDUE
         return State.UP
 
-    def is_late(self, watch: RunWatch, now: float) -> bool:
-        """True when a lookup's call has run past the deadline, or the mount is overdue
-        or down (``now``: ``time.monotonic()``, seconds)."""
-        return watch.running_s(now) > self.pace.deadline_s() or self.state(now) is not State.UP
+    def is_late(self, running_s: float, now: float) -> bool:
+        """True when a lookup's call has run ``running_s`` seconds, past the deadline, or
+        the mount is overdue or down (``now``: ``time.monotonic()``, seconds)."""
+        return running_s > self.pace.deadline_s() or self.state(now) is not State.UP
 
     def mark_down(self, error: str) -> None:
         """Open the breaker: lookups skip this mount until a probe succeeds."""
@@ -180,22 +182,38 @@ class Mount:
                     cancellable=True,
                 )
             except (PoolFull, QueueTimeout):
-                if not self.up:
-                    raise MountUnavailable(self.last_error or "EIO") from None
-                raise MountUnavailable("EAGAIN") from None
+                raise self.unavailable("EAGAIN") from None
             except RunTimeout:
                 self.mark_down("ETIMEDOUT")
                 raise MountUnavailable("ETIMEDOUT") from None
             except OSError as exc:
                 if exc.errno == errno.ESTALE and attempt == 1:
                     continue  # a stale NFS file handle: the path is looked up anew
-                name = errno.errorcode.get(exc.errno or 0, "EIO")
-                if exc.errno in _TRIPPING_ERRNOS or exc.errno is None:
-                    self.mark_down(name)
-                else:
-                    self.last_error = name
-                raise MountUnavailable(name) from None
+                raise self.count_error(exc.errno) from None
         raise AssertionError("unreachable")
+
+    def count_error(self, code: int | None) -> MountUnavailable:
+        """Record a failed filesystem call (``code``: its errno, None if unknown).
+
+        The errors that say the mount is in trouble (EIO, ETIMEDOUT, ENOTCONN, ESTALE
+        after its retry...) open the breaker; any other is only remembered as the last.
+
+        Returns:
+            The ``MountUnavailable`` the caller answers with (the errno name).
+        """
+        name = errno.errorcode.get(code or 0, "EIO")
+        if code in _TRIPPING_ERRNOS or code is None:
+            self.mark_down(name)
+        else:
+            self.last_error = name
+        return MountUnavailable(name)
+
+    def unavailable(self, error: str) -> MountUnavailable:
+        """What a call that could not run answers: the last error while the mount is
+        down, else ``error`` (``EAGAIN``: its queue is full or timed out)."""
+        if not self.up:
+            return MountUnavailable(self.last_error or "EIO")
+        return MountUnavailable(error)
 
     async def call(self, fn: Callable[..., T], *args: object, watch: RunWatch | None = None) -> T:
         """Run a blocking filesystem call in this mount's pool, with the timeout.
@@ -272,6 +290,62 @@ class Mount:
         self.mark_up(time.monotonic() - started)
         return True
 
+    def ask(
+        self,
+        candidates: Sequence[str],
+        directories: bool,
+        max_read_bytes: int,
+        on_answer: Callable[[], object] | None,
+    ) -> Ask:
+        """Ask for the first of ``candidates`` this mount holds; answered later, on the loop.
+
+        A mount that is up and probed takes the ask into this turn's batch
+        (``app.federation.batch``); one that is down answers at once with its last error
+        (``on_answer`` is not called for that: ``outcome`` is set on return); one not
+        probed yet, or overdue, looks it up the single-call way (``lookup``, which
+        probes, and lets one call at a time through while overdue).
+
+        Args:
+            candidates: names to try, in order.
+            directories: a directory is an answer (``Lookup.DIRECTORY``) rather than
+                absent.
+            max_read_bytes: read files up to this size whole, in bytes.
+            on_answer: called on the event loop once the ask's ``outcome`` is set.
+
+        Returns:
+            The ask; its ``outcome`` is an open or small file, a ``Lookup``, or a
+            ``MountUnavailable``.
+        """
+        ask = Ask(candidates, directories, max_read_bytes, on_answer)
+        if not self.up:
+            self.observe("skipped", time.monotonic())
+            ask.outcome = MountUnavailable(self.last_error or "EIO")
+        elif self.real_root is None or self._scouting or self.pace.is_overdue(time.monotonic()):
+            ask.watch = RunWatch()
+            ask.task = asyncio.ensure_future(self._ask_alone(ask, ask.watch))
+        else:
+            self._asks.add(ask)
+        return ask
+
+    async def _ask_alone(self, ask: Ask, watch: RunWatch) -> None:
+        """Answer ``ask`` with single calls (``lookup``), one candidate after the other."""
+        found: Found | MountUnavailable = Lookup.ABSENT
+        try:
+            for name in ask.candidates:
+                found = await self.lookup(name, ask.max_read_bytes, watch)
+                if found is Lookup.DIRECTORY and not ask.directories:
+                    found = Lookup.ABSENT
+                    continue
+                if found is not Lookup.ABSENT:
+                    break
+        except MountUnavailable as exc:
+            found = exc
+        ask.answer(found)
+
+    def note_batch(self, longest_s: float) -> None:
+        """Count a batch whose longest name took ``longest_s`` seconds (``name_s``)."""
+        self.name_s = 0.8 * self.name_s + 0.2 * longest_s
+
     async def lookup(
         self, name: str, max_read_bytes: int = 0, watch: RunWatch | None = None
     ) -> OpenFile | SmallFile | Lookup:
@@ -290,10 +364,10 @@ class Mount:
         """
         started = time.monotonic()
         if self.real_root is None and self.up and not await self.probe():
-            self._observe("error", started)
+            self.observe("error", started)
             raise MountUnavailable(self.last_error or "EIO")
         if not self.up or self.real_root is None:
-            self._observe("skipped", started)
+            self.observe("skipped", started)
             raise MountUnavailable(self.last_error or "EIO")
         try:
             found = await self.call(
@@ -306,9 +380,9 @@ class Mount:
                 watch=watch,
             )
         except MountUnavailable as exc:
-            self._observe("timeout" if str(exc) == "ETIMEDOUT" else "error", started)
+            self.observe("timeout" if str(exc) == "ETIMEDOUT" else "error", started)
             raise
-        self._observe("miss" if isinstance(found, Lookup) else "hit", started)
+        self.observe("miss" if isinstance(found, Lookup) else "hit", started)
         return found
 
     async def check_names(
@@ -359,7 +433,9 @@ class Mount:
         except (PoolFull, QueueTimeout, RunTimeout, OSError, RuntimeError):
             return None  # RuntimeError: the pool was shut down (a reload removed it)
 
-    def _observe(self, outcome: str, started: float) -> None:
+    def observe(self, outcome: str, started: float) -> None:
+        """Tell the observer (metrics) a lookup's ``outcome`` and its time since ``started``
+        (``time.monotonic()``, seconds)."""
         if self.observer is not None:
             self.observer(self, outcome, time.monotonic() - started)
 

@@ -25,7 +25,7 @@ import asyncio
 import contextlib
 import time
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from concurrent.futures import Future
 from typing import Any, Final
 
@@ -40,6 +40,10 @@ FACTOR: Final = 4.0
 """The deadline is this many times the mount's recent 90th-percentile latency."""
 WINDOW: Final = 64
 """Operations whose durations make up the recent latency."""
+QUEUE_FACTOR: Final = 3
+"""A call may wait this many times ``fs_op_s`` for a free thread of its mount."""
+GATE_POLL_S: Final = 0.25
+"""While a mount is overdue, waiting calls look again at least this often, in seconds."""
 
 
 class Pace:
@@ -54,7 +58,7 @@ class Pace:
         self.fs_op_s = fs_op_s
         self.ceiling_s = max(FLOOR_S, fs_op_s * CEILING_SHARE)
         self._durations: deque[float] = deque(maxlen=WINDOW)
-        self._in_flight: dict[int, Future[Any]] = {}
+        self._in_flight: dict[int, Any] = {}
         self._last_done = time.monotonic()
         self._deadline_s = FLOOR_S
         self._loop: asyncio.AbstractEventLoop | None = None
@@ -75,10 +79,36 @@ class Pace:
         Call on the event loop; the future's start time is read from ``started_at``
         (set by ``DaemonPool`` when a thread takes it).
         """
+        self.start(future)
+        future.add_done_callback(self._finished)
+
+    def start(self, operation: Any) -> None:
+        """Count ``operation`` as in flight until ``finish`` is called for it (on the loop).
+
+        Args:
+            operation: anything with a ``done()`` method and a ``started_at`` attribute
+                (``time.monotonic()`` when its current step started, None while none
+                runs): a future, or a batch of names (``app.federation.batch``), which
+                sets ``started_at`` for each name and calls ``progress`` after each, so
+                that the mount's pace is a name's, not the batch's.
+        """
         if self._loop is None:
             self._loop = asyncio.get_running_loop()
-        self._in_flight[id(future)] = future
-        future.add_done_callback(self._finished)
+        self._in_flight[id(operation)] = operation
+
+    def finish(self, operation: Any, durations_s: Sequence[float]) -> None:
+        """On the loop: ``operation`` (counted by ``start``) is over; its steps took
+        ``durations_s`` seconds each (none: it never ran)."""
+        self._in_flight.pop(id(operation), None)
+        kept = [d for d in durations_s if d < self.fs_op_s]
+        if kept:
+            self._durations.extend(kept)
+            self._deadline_s = self._compute_deadline()
+        self._wake()
+
+    def progress(self, now: float) -> None:
+        """An operation finished at ``now`` (``time.monotonic()``, seconds); any thread."""
+        self._last_done = now
 
     def _finished(self, future: Future[Any]) -> None:
         """Done-callback (any thread): record the duration of a finished operation."""
