@@ -3,10 +3,13 @@ status, no traceback; the same mistakes at a SIGHUP reload keep the running sett
 
 from __future__ import annotations
 
+import contextlib
 import os
+import shutil
 import signal
 import socket
 import subprocess
+import tempfile
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -26,14 +29,17 @@ START_FAILED = 3
 class Mistake:
     """One operator mistake: what ``vend serve`` is given, the line and status expected.
 
-    ``{tmp}`` in any string is the test's own temporary directory; ``{port}`` a port the
-    test holds bound on 127.0.0.1; ``{sock}`` a Unix socket the test listens on.
+    ``{tmp}`` in any string is the test's own temporary directory; ``{shared}`` a
+    directory everyone may read and only root may write; ``{port}`` a port the test
+    holds bound on 127.0.0.1; ``{sock}`` a Unix socket the test listens on. ``as_nobody``:
+    vend runs as the user nobody.
     """
 
     env: dict[str, str] = field(default_factory=dict)
     args: list[str] = field(default_factory=list)
     line: str = ""
     status: int = SETTINGS_INVALID
+    as_nobody: bool = False
 
 
 MISTAKES = {
@@ -115,6 +121,17 @@ MISTAKES = {
         line="cannot listen on 127.0.0.1:{port}: address already in use",
         status=START_FAILED,
     ),
+    "access-log-in-a-directory-vend-may-not-write": Mistake(
+        env={"VEND_ACCESS_LOG": "{shared}/access.log"},
+        line="invalid setting access_log {shared}/access.log: directory {shared} is not writable",
+        as_nobody=True,
+    ),
+    "privileged-port-as-nobody": Mistake(
+        args=["--port", "1"],
+        line="cannot listen on 127.0.0.1:1: permission denied",
+        status=START_FAILED,
+        as_nobody=True,
+    ),
     "unix-socket-in-use": Mistake(
         env={"VEND_UNIX_SOCKET": "{sock}"},
         line="cannot listen on unix:{sock}: {sock} is in use by a running server",
@@ -130,7 +147,10 @@ def held(tmp_path: Path) -> Iterator[Callable[[str], str]]:
     (tmp_path / "adir").mkdir()
     (tmp_path / "afile").write_text("not a socket\n")
     (tmp_path / "port.toml").write_text('port = "x"\n')
+    shared = Path(tempfile.mkdtemp(prefix="vend-shared-"))
+    shared.chmod(0o755)
     with (
+        contextlib.ExitStack() as cleanup,
         socket.socket(socket.AF_INET, socket.SOCK_STREAM) as tcp,
         socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as unix,
     ):
@@ -140,6 +160,7 @@ def held(tmp_path: Path) -> Iterator[Callable[[str], str]]:
         sock = str(tmp_path / "held.sock")
         unix.bind(sock)
         unix.listen()
+        cleanup.callback(shutil.rmtree, shared, ignore_errors=True)
 
         def fill(text: str) -> str:
             return (
@@ -147,6 +168,7 @@ def held(tmp_path: Path) -> Iterator[Callable[[str], str]]:
                 .replace("{tmp}", str(tmp_path))
                 .replace("{port}", port)
                 .replace("{sock}", sock)
+                .replace("{shared}", str(shared))
             )
 
         yield fill
@@ -160,8 +182,13 @@ def test_each_mistake_is_one_line_and_the_listed_status(
     status the README lists (2 settings, 3 start), before serving and with no traceback."""
     clean = {k: v for k, v in os.environ.items() if not k.startswith("VEND_")}
     env = {**clean, **{key: held(value) for key, value in mistake.env.items()}}
+    command = [str(VEND), "serve", *(held(arg) for arg in mistake.args)]
+    if mistake.as_nobody:
+        if os.geteuid() != 0 or (VEND.stat().st_mode & 0o005) != 0o005:
+            pytest.skip("needs root, and a virtual environment nobody may run")
+        command = ["setpriv", "--reuid=nobody", "--regid=nogroup", "--clear-groups", *command]
     result = subprocess.run(
-        [str(VEND), "serve", *(held(arg) for arg in mistake.args)],
+        command,
         env=env,
         capture_output=True,
         text=True,
