@@ -483,9 +483,10 @@ def check_paths(settings: Settings) -> None:
 
     ``access_log`` (a file path) must be a regular file vend can append to, or be
     creatable in an existing, writable directory; ``redirect_map`` a readable regular
-    file; ``unix_socket`` a path in an existing, writable directory that is not some
-    other kind of file. Mounts are not checked here: a missing or hung mount is served
-    as down (503), never a reason to refuse the settings.
+    file; ``unix_socket`` a path in an existing, writable directory (what is at the path
+    is for ``vend serve`` to judge when it binds: a stale socket is replaced, anything
+    else refused with exit 3, ``app.server.listen``). Mounts are not checked here: a
+    missing or hung mount is served as down (503), never a reason to refuse the settings.
 
     Args:
         settings: validated settings.
@@ -498,12 +499,10 @@ def check_paths(settings: Settings) -> None:
     if settings.redirect_map:
         _check_file("redirect_map", settings.redirect_map, os.R_OK, creatable=False)
     if settings.unix_socket:
-        _check_file("unix_socket", settings.unix_socket, os.W_OK, creatable=True, socket=True)
+        _check_directory("unix_socket", settings.unix_socket)
 
 
-def _check_file(
-    setting: str, path: str, access: int, *, creatable: bool, socket: bool = False
-) -> None:
+def _check_file(setting: str, path: str, access: int, *, creatable: bool) -> None:
     """Raise ``SettingsError`` naming ``setting`` and ``path`` when ``path`` is unusable.
 
     Args:
@@ -511,10 +510,7 @@ def _check_file(
         path: an absolute path.
         access: ``os.R_OK`` or ``os.W_OK``: what vend does with the file.
         creatable: a missing file is fine if its directory exists and is writable.
-        socket: the file is a Unix socket (an existing socket is replaced, any other
-            kind of file is refused).
     """
-    kind = "a socket" if socket else "a regular file"
     try:
         mode = os.stat(path).st_mode
     except FileNotFoundError:
@@ -522,16 +518,21 @@ def _check_file(
     except OSError as exc:
         raise SettingsError(f"invalid setting {setting} {path}: {exc.strerror}") from None
     if mode is not None:
-        usable = stat.S_ISSOCK(mode) if socket else stat.S_ISREG(mode)
-        if not usable:
+        if not stat.S_ISREG(mode):
             what = "a directory, " if stat.S_ISDIR(mode) else ""
-            raise SettingsError(f"invalid setting {setting} {path}: {what}not {kind}")
-        if not socket and not os.access(path, access):
+            raise SettingsError(f"invalid setting {setting} {path}: {what}not a regular file")
+        if not os.access(path, access):
             raise SettingsError(f"invalid setting {setting} {path}: permission denied")
         return
-    directory = os.path.dirname(path)
     if not creatable:
         raise SettingsError(f"invalid setting {setting} {path}: no such file")
+    _check_directory(setting, path)
+
+
+def _check_directory(setting: str, path: str) -> None:
+    """Raise ``SettingsError`` unless ``path``'s directory exists and vend may create
+    files in it (write and search permission)."""
+    directory = os.path.dirname(path)
     if not os.path.isdir(directory):
         raise SettingsError(
             f"invalid setting {setting} {path}: directory {directory} does not exist"

@@ -73,7 +73,8 @@ MISTAKES = {
     ),
     "unix-socket-is-a-regular-file": Mistake(
         env={"VEND_UNIX_SOCKET": "{tmp}/afile"},
-        line="invalid setting unix_socket {tmp}/afile: not a socket",
+        line="cannot listen on unix:{tmp}/afile: {tmp}/afile exists and is not a socket",
+        status=START_FAILED,
     ),
     "config-file-missing": Mistake(
         args=["--config", "{tmp}/none.toml"],
