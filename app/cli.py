@@ -20,7 +20,7 @@ import signal
 import ssl
 import sys
 import time
-from typing import TYPE_CHECKING, NoReturn
+from typing import TYPE_CHECKING, Any, NoReturn
 from urllib.parse import quote
 
 import click
@@ -57,7 +57,33 @@ def _load(config_file: str | None, *, serving: bool = False, **overrides: object
         sys.exit(2)
 
 
-@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+class _OneLineErrors(click.Group):
+    """click's command group, whose usage errors are one ``vend: ...`` line (exit 2)."""
+
+    def main(self, *args: Any, **kwargs: Any) -> Any:
+        """Run the command as ``click.Group.main`` does (standalone, exiting).
+
+        Raises:
+            SystemExit: always; 2 with one line on stderr for a usage error (an option
+                that does not exist, a value of the wrong type).
+        """
+        try:
+            return super().main(*args, **{**kwargs, "standalone_mode": False})
+        except click.exceptions.NoArgsIsHelpError as exc:  # plain ``vend``: the help
+            exc.show()
+            sys.exit(exc.exit_code)
+        except click.UsageError as exc:
+            click.echo(f"vend: {exc.format_message()}", err=True)
+            sys.exit(exc.exit_code)
+        except click.ClickException as exc:
+            exc.show()
+            sys.exit(exc.exit_code)
+        except click.Abort:
+            click.echo("Aborted!", err=True)
+            sys.exit(1)
+
+
+@click.group(cls=_OneLineErrors, context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(
     __version__, "-V", "--version", prog_name="vend", message="%(prog)s %(version)s"
 )

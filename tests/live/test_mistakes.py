@@ -107,6 +107,14 @@ MISTAKES = {
         args=["--port", "70000"],
         line="invalid option --port: Input should be less than or equal to 65535",
     ),
+    "port-not-a-number-on-the-command-line": Mistake(
+        args=["--port", "abc"],
+        line="Invalid value for '--port': 'abc' is not a valid integer.",
+    ),
+    "an-option-that-does-not-exist": Mistake(
+        args=["--prot", "8080"],
+        line="No such option '--prot'. (Did you mean one of: '--host', '--port'?)",
+    ),
     "the-same-directory-listed-twice": Mistake(
         env={"VEND_MOUNTS": '["{tmp}/adir", "{tmp}/../{tmpname}/adir"]'},
         line="invalid settings: mount {tmp}/adir is listed twice"
