@@ -61,11 +61,15 @@ class _OneLineErrors(click.Group):
     """click's command group, whose usage errors are one ``vend: ...`` line (exit 2)."""
 
     def main(self, *args: Any, **kwargs: Any) -> Any:
-        """Run the command as ``click.Group.main`` does (standalone, exiting).
+        """Run the command as ``click.Group.main`` does, with one-line usage errors.
+
+        Returns:
+            click's exit status after ``--help`` or ``--version`` (0); every command
+            exits by itself.
 
         Raises:
-            SystemExit: always; 2 with one line on stderr for a usage error (an option
-                that does not exist, a value of the wrong type).
+            SystemExit: 2 with one line on stderr for a usage error (an option that
+                does not exist, a value of the wrong type); 1 when interrupted.
         """
         try:
             return super().main(*args, **{**kwargs, "standalone_mode": False})
