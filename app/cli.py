@@ -1,8 +1,10 @@
 """The ``vend`` command: ``serve``, ``check``, ``locate``, ``verify`` and ``shadows``.
 
 This is the only module that exits the process. Exit statuses: 0 success; 1 a mount is
-unusable (``check``) or no mount holds the name (``locate``); 2 invalid settings, invalid
-usage, or a name the whitelist refuses (``locate``); 3 the server could not start.
+unusable (``check``) or no mount holds the name (``locate``); 2 invalid settings (a file
+or directory a setting names included, for ``serve``), invalid usage, or a name the
+whitelist refuses (``locate``); 3 the server could not start (an address it cannot
+listen on). Each error is one ``vend: ...`` line on stderr, never a traceback.
 Options left out on the command line fall through to the settings (environment, then
 the TOML file, then the defaults), so each default is written once, in ``app.settings``.
 """
@@ -11,16 +13,19 @@ from __future__ import annotations
 
 import asyncio
 import json
+import logging
+import logging.config
 import os
 import signal
 import ssl
 import sys
 import time
-from typing import TYPE_CHECKING, NoReturn
+from typing import TYPE_CHECKING, Any, NoReturn
 from urllib.parse import quote
 
 import click
 
+from app import __version__
 from app.federation.redirects import RedirectMapError
 from app.http.names import NameRefused, compile_pattern, is_allowed_name, parse_request_path
 from app.ops.check import check_mounts, check_redirect_map, locate_name
@@ -39,21 +44,53 @@ if TYPE_CHECKING:
 _config_option = click.option(
     "--config",
     "config_file",
-    type=click.Path(dir_okay=False),
-    default=None,
+    default=None,  # checked by load_settings, which says what is wrong in one line
     help="TOML settings file (default: $VEND_CONFIG, if set).",
 )
 
 
-def _load(config_file: str | None, **overrides: object) -> Settings:
+def _load(config_file: str | None, *, serving: bool = False, **overrides: object) -> Settings:
     try:
-        return load_settings(config_file, **overrides)
+        return load_settings(config_file, serving=serving, **overrides)
     except SettingsError as exc:
         click.echo(f"vend: {exc}", err=True)
         sys.exit(2)
 
 
-@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+class _OneLineErrors(click.Group):
+    """click's command group, whose usage errors are one ``vend: ...`` line (exit 2)."""
+
+    def main(self, *args: Any, **kwargs: Any) -> Any:
+        """Run the command as ``click.Group.main`` does, with one-line usage errors.
+
+        Returns:
+            click's exit status after ``--help`` or ``--version`` (0); every command
+            exits by itself.
+
+        Raises:
+            SystemExit: 2 with one line on stderr for a usage error (an option that
+                does not exist, a value of the wrong type); 1 when interrupted.
+        """
+        try:
+            return super().main(*args, **{**kwargs, "standalone_mode": False})
+        except click.exceptions.NoArgsIsHelpError as exc:  # plain ``vend``: the help
+            exc.show()
+            sys.exit(exc.exit_code)
+        except click.UsageError as exc:
+            click.echo(f"vend: {exc.format_message()}", err=True)
+            sys.exit(exc.exit_code)
+        except click.ClickException as exc:
+            exc.show()
+            sys.exit(exc.exit_code)
+        except click.Abort:
+            click.echo("Aborted!", err=True)
+            sys.exit(1)
+
+
+@click.group(cls=_OneLineErrors, context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(
+    __version__, "-V", "--version", prog_name="vend", message="%(prog)s %(version)s"
+)
 def main() -> None:
     """vend: serve old links from the first of several mounts that holds them."""
 
@@ -67,12 +104,16 @@ def serve(config_file: str | None, host: str | None, port: int | None, workers: 
     """Serve the configured mounts over HTTP until SIGINT or SIGTERM."""
     # SIGHUP reloads once the server runs; until then it must not end the process.
     signal.signal(signal.SIGHUP, signal.SIG_IGN)
+    from app.logs import log_config
+    from app.server.listen import ListenError
     from app.server.serve import serve as run_server
 
     overrides = {
         k: v for k, v in {"host": host, "port": port, "workers": workers}.items() if v is not None
     }
-    settings = _load(config_file, **overrides)
+    settings = _load(config_file, serving=True, **overrides)
+    logging.config.dictConfig(log_config(settings.log_level))
+    log = logging.getLogger("vend.serve")
     try:
         asyncio.run(check_redirect_map(settings))
     except RedirectMapError as exc:
@@ -83,20 +124,25 @@ def serve(config_file: str | None, host: str | None, port: int | None, workers: 
     def announce() -> None:
         names = ", ".join(m.name for m in settings.mounts)
         where = f"unix:{settings.unix_socket}" if settings.unix_socket else f"{base}/"
-        click.echo(f"vend: serving mounts {names} on {where}", err=True)
+        log.info("vend %s serving mounts %s on %s", __version__, names, where)
         if not settings.unix_socket and all(
             m.path.is_relative_to(SAMPLE_MOUNTS_DIR) for m in settings.mounts
         ):
-            click.echo(f"vend: sample content, try {base}/about.html", err=True)
+            log.info("sample content, try %s/about.html", base)
 
     # uvicorn raises the stop signal again once it has shut down cleanly; without these
     # handlers SIGTERM would then kill vend (status 143) and SIGINT end in click's
     # "Aborted!" (status 1). The supervisor of --workers N takes the signals itself.
     signal.signal(signal.SIGTERM, _stopped)
     signal.signal(signal.SIGINT, _stopped)
-    sys.exit(
-        run_server(settings, config_file or os.environ.get("VEND_CONFIG"), overrides, announce)
-    )
+    try:
+        status = run_server(
+            settings, config_file or os.environ.get("VEND_CONFIG"), overrides, announce
+        )
+    except ListenError as exc:
+        click.echo(f"vend: {exc}", err=True)
+        sys.exit(3)
+    sys.exit(status)
 
 
 def _stopped(signum: int, frame: object) -> NoReturn:

@@ -71,10 +71,14 @@ class AppLifecycle:
 
         Mounts whose settings did not change keep their threads, health and real path.
 
+        Raises:
+            OSError: the access log cannot be opened; nothing has changed then.
+
         Returns:
             The mounts that are new (not yet probed) and those that were removed (the
             caller retires them once requests in flight are done with them).
         """
+        access_log = AccessLog(settings.access_log)  # first: it may fail
         kept = {m.settings: m for m in self.mounts if m.fs_op_s == settings.timeouts.fs_op_s}
         mounts = []
         fresh = []
@@ -91,7 +95,7 @@ class AppLifecycle:
             mounts.append(mount)
         self.settings = settings
         self.access_log.close()
-        self.access_log = AccessLog(settings.access_log)
+        self.access_log = access_log
         self._pattern = compile_pattern(settings.name_pattern)
         self._media_types = MediaTypes(settings.mime_types)
         c = settings.cache
@@ -225,7 +229,11 @@ class AppLifecycle:
         # What the reload replaces may be garbage in reference cycles (a closed cache and
         # its refresher): give the start-up objects back to the collector.
         gc.unfreeze()
-        new_mounts, gone = self._apply(settings)
+        try:
+            new_mounts, gone = self._apply(settings)
+        except OSError as exc:  # the access log, gone since the settings were checked
+            log.error("reload refused, keeping the current settings: %s", exc)
+            return False
         await self.prepare_mounts(new_mounts)
         await self.load_redirects()
         for mount in gone:

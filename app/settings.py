@@ -2,11 +2,15 @@
 
 Sources, highest priority first: command-line options (``vend serve --port``), the
 environment (prefix ``VEND_``, nested fields with ``__``, lists and tables as JSON), then
-an optional TOML file (``--config FILE`` or ``VEND_CONFIG``). Anything invalid raises
-``SettingsError`` with one line naming the field; the CLI prints it and exits 2.
+an optional TOML file (``--config FILE`` or ``VEND_CONFIG``). Relative mount paths in the
+file are taken from the file's directory. Anything invalid raises ``SettingsError`` with
+one line naming where the value came from: the command-line option (``--port``), the
+environment variable (``VEND_MOUNTS``, with the shape it must have) or the file and key;
+the CLI prints it and exits 2.
 
-This module only validates; it touches no mount (a hung NFS server must not hang
-``vend check`` or start-up while the settings are read).
+This module touches no mount (a hung NFS server must not hang ``vend check`` or start-up
+while the settings are read). ``check_paths`` checks the other paths the settings name
+(``access_log``, ``redirect_map``, ``unix_socket``) before ``vend serve`` uses them.
 """
 
 from __future__ import annotations
@@ -14,6 +18,7 @@ from __future__ import annotations
 import ipaddress
 import os
 import re
+import stat
 import tomllib
 from pathlib import Path
 from typing import Annotated, Any, Final, Literal
@@ -27,8 +32,10 @@ from pydantic import (
     field_validator,
     model_validator,
 )
+from pydantic.fields import FieldInfo
 from pydantic_settings import (
     BaseSettings,
+    EnvSettingsSource,
     PydanticBaseSettingsSource,
     SettingsConfigDict,
     TomlConfigSettingsSource,
@@ -48,10 +55,67 @@ MOUNT_NAME: Final = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}")
 """What a mount name may be: 1-64 letters, digits, '_', '.', '-' (not first)."""
 GENERIC_DIRECTORY: Final = "content"
 """A mount directory with this name is named after its parent (``/server1/content``)."""
+ENV_PREFIX: Final = "VEND_"
+"""The prefix of every settings environment variable."""
+ENV_SHAPES: Final = {
+    "mounts": """a JSON list, e.g. VEND_MOUNTS='["/srv/content"]'""",
+    "trusted_proxies": """a JSON list, e.g. VEND_TRUSTED_PROXIES='["127.0.0.1", "10.0.0.0/8"]'""",
+    "index_names": """a JSON list, e.g. VEND_INDEX_NAMES='["index.html"]'""",
+    "mime_types": """a JSON object, e.g. VEND_MIME_TYPES='{".webp": "image/webp"}'""",
+    "timeouts": "a JSON object, or one field at a time, e.g. VEND_TIMEOUTS__SEND_S=30",
+    "cache": "a JSON object, or one field at a time, e.g. VEND_CACHE__TTL_S=1",
+}
+"""What each environment variable holding a list or a table must look like."""
+COMMAND_LINE_OPTIONS: Final = frozenset({"host", "port", "workers"})
+"""The settings ``vend serve`` also takes as options (``--port``)."""
 
 
 class SettingsError(Exception):
-    """Settings are invalid; the message is one line that names the field."""
+    """Settings are invalid; the message is one line that names the field and its source."""
+
+
+class _Environment(EnvSettingsSource):
+    """pydantic-settings' environment source, whose parse errors name the variable."""
+
+    def prepare_field_value(
+        self, field_name: str, field: FieldInfo, value: Any, value_is_complex: bool
+    ) -> Any:
+        """Decode one field's value (JSON for lists and tables), as the base class does.
+
+        Raises:
+            SettingsError: the value is not what the variable must hold (not JSON, for
+                example); the message names the variable and the shape it must have.
+        """
+        try:
+            return super().prepare_field_value(field_name, field, value, value_is_complex)
+        except ValueError:
+            variable = f"{ENV_PREFIX}{field_name.upper()}"
+            shape = ENV_SHAPES.get(field_name, "JSON")
+            raise SettingsError(f"invalid {variable}: it must be {shape}") from None
+
+
+class _TomlFile(TomlConfigSettingsSource):
+    """pydantic-settings' TOML source; relative mount paths are taken from the file's
+    directory, so a file works from any working directory."""
+
+    def _read_file(self, file_path: Any) -> dict[str, Any]:
+        data = super()._read_file(file_path)
+        base = Path(os.fspath(file_path)).parent
+        mounts = data.get("mounts")
+        if isinstance(mounts, list):
+            data["mounts"] = [_from_directory(base, entry) for entry in mounts]
+        return data
+
+
+def _from_directory(base: Path, entry: Any) -> Any:
+    """A mount entry (a path, or a table with ``path``) with a relative path joined to
+    ``base`` (an absolute or ``~`` path unchanged); anything else unchanged (validation
+    reports it)."""
+    path = entry.get("path") if isinstance(entry, dict) else entry
+    if not isinstance(path, str) or path.startswith("~"):
+        return entry
+    joined = str(base / path)
+    return {**entry, "path": joined} if isinstance(entry, dict) else joined
 
 
 class MountSettings(BaseModel):
@@ -203,9 +267,12 @@ class Settings(BaseSettings):
         file_secret_settings: PydanticBaseSettingsSource,
     ) -> tuple[PydanticBaseSettingsSource, ...]:
         """Command line, then environment, then the TOML file (if any); no dotenv."""
-        sources: tuple[PydanticBaseSettingsSource, ...] = (init_settings, env_settings)
+        sources: tuple[PydanticBaseSettingsSource, ...] = (
+            init_settings,
+            _Environment(settings_cls),
+        )
         if settings_cls.model_config.get("toml_file"):
-            sources += (TomlConfigSettingsSource(settings_cls),)
+            sources += (_TomlFile(settings_cls),)
         return sources
 
     @field_validator("name_pattern")
@@ -289,6 +356,14 @@ class Settings(BaseSettings):
             MountSettings(path=SAMPLE_MOUNTS_DIR / "server1", name="server1"),
             MountSettings(path=SAMPLE_MOUNTS_DIR / "server2", name="server2"),
         ]
+        places: dict[Path, int] = {}
+        for number, mount in enumerate(mounts, 1):
+            first = places.setdefault(mount.path, number)
+            if first != number:
+                raise ValueError(
+                    f"mount {mount.path} is listed twice (mounts {first} and {number}"
+                    " are the same directory): remove one"
+                )
         named = [m if m.name else m.model_copy(update={"name": default_name(m)}) for m in mounts]
         seen: dict[str, MountSettings] = {}
         for mount in named:
@@ -315,22 +390,62 @@ def default_name(mount: MountSettings) -> str:
     return name
 
 
-def _describe(error: ValidationError) -> str:
-    """One line naming the first invalid field."""
+def _describe(
+    error: ValidationError, config_file: str | None, file_data: dict[str, Any], overrides: set[str]
+) -> str:
+    """One line naming the first invalid field and where its value came from.
+
+    Args:
+        error: the validation error.
+        config_file: the TOML file read, or None.
+        file_data: what that file holds (parsed), or {}.
+        overrides: the fields given on the command line.
+
+    Returns:
+        ``invalid option --port: ...``, ``invalid VEND_PORT: ...``, ``invalid setting
+        port in FILE: ...``, or ``invalid setting port: ...`` when no source is known
+        (a default, or a check across fields: ``invalid settings: ...``).
+    """
     first = error.errors()[0]
-    field = ".".join(str(part) for part in first["loc"])
+    loc = [str(part) for part in first["loc"]]
+    field = ".".join(loc)
     more = f" (and {error.error_count() - 1} more)" if error.error_count() > 1 else ""
     message = first["msg"].removeprefix("Value error, ")
     if not field:
         return f"invalid settings: {message}{more}"
-    return f"invalid setting {field}: {message}{more}"
+    return f"invalid {_source_of(loc, config_file, file_data, overrides)}: {message}{more}"
 
 
-def load_settings(config_file: str | os.PathLike[str] | None = None, **overrides: Any) -> Settings:
+def _source_of(
+    loc: list[str], config_file: str | None, file_data: dict[str, Any], overrides: set[str]
+) -> str:
+    """Where the value at ``loc`` came from, in the order the sources take precedence."""
+    field = ".".join(loc)
+    if loc[0] in overrides:
+        return f"option --{loc[0]}" if loc[0] in COMMAND_LINE_OPTIONS else f"setting {field}"
+    environment = {key.upper() for key in os.environ}
+    for depth in range(len(loc), 0, -1):
+        variable = ENV_PREFIX + "__".join(loc[:depth]).upper()
+        if variable in environment:
+            inside = f" ({field})" if depth < len(loc) else ""
+            return f"{variable}{inside}"
+    if config_file is not None and loc[0] in file_data:
+        return f"setting {field} in {config_file}"
+    return f"setting {field}"
+
+
+def load_settings(
+    config_file: str | os.PathLike[str] | None = None,
+    *,
+    serving: bool = False,
+    **overrides: Any,
+) -> Settings:
     """Load settings from the command line, the environment and a TOML file.
 
     Args:
         config_file: the TOML file; when None, ``VEND_CONFIG`` is used if set.
+        serving: also check the paths the settings name (``check_paths``), as ``vend
+            serve`` does at start and at every reload.
         **overrides: values given on the command line (None values are ignored).
 
     Returns:
@@ -338,24 +453,91 @@ def load_settings(config_file: str | os.PathLike[str] | None = None, **overrides
 
     Raises:
         SettingsError: a file is missing or not TOML, or a value is invalid; the message
-            is one line naming the field.
+            is one line naming the field and where its value came from.
     """
-    path = config_file or os.environ.get("VEND_CONFIG") or None
+    path = os.fspath(config_file or os.environ.get("VEND_CONFIG") or "") or None
     cls: type[Settings] = Settings
+    file_data: dict[str, Any] = {}
     if path is not None:
         try:
             with open(path, "rb") as handle:
-                tomllib.load(handle)
+                file_data = tomllib.load(handle)
         except OSError as exc:
             raise SettingsError(f"config file {path}: {exc.strerror}") from None
         except tomllib.TOMLDecodeError as exc:
             raise SettingsError(f"config file {path}: not valid TOML: {exc}") from None
-        config = SettingsConfigDict(**{**Settings.model_config, "toml_file": path})  # type: ignore[typeddict-item]
+        config = SettingsConfigDict(**{**Settings.model_config, "toml_file": path})
         cls = type("Settings", (Settings,), {"model_config": config})
     kwargs = {k: v for k, v in overrides.items() if v is not None}
     try:
-        return cls(**kwargs)
+        settings = cls(**kwargs)
     except ValidationError as exc:
-        raise SettingsError(_describe(exc)) from None
-    except ValueError as exc:  # e.g. an environment value that is not JSON
-        raise SettingsError(f"invalid settings: {str(exc).splitlines()[0]}") from None
+        raise SettingsError(_describe(exc, path, file_data, set(kwargs))) from None
+    if serving:
+        check_paths(settings)
+    return settings
+
+
+def check_paths(settings: Settings) -> None:
+    """Check the files and directories the settings name, other than mounts.
+
+    ``access_log`` (a file path) must be a regular file vend can append to, or be
+    creatable in an existing, writable directory; ``redirect_map`` a readable regular
+    file; ``unix_socket`` a path in an existing, writable directory (what is at the path
+    is for ``vend serve`` to judge when it binds: a stale socket is replaced, anything
+    else refused with exit 3, ``app.server.listen``). Mounts are not checked here: a
+    missing or hung mount is served as down (503), never a reason to refuse the settings.
+
+    Args:
+        settings: validated settings.
+
+    Raises:
+        SettingsError: one line naming the setting, the path and what is wrong.
+    """
+    if settings.access_log not in ("off", "stdout"):
+        _check_file("access_log", settings.access_log, os.W_OK, creatable=True)
+    if settings.redirect_map:
+        _check_file("redirect_map", settings.redirect_map, os.R_OK, creatable=False)
+    if settings.unix_socket:
+        _check_directory("unix_socket", settings.unix_socket)
+
+
+def _check_file(setting: str, path: str, access: int, *, creatable: bool) -> None:
+    """Raise ``SettingsError`` naming ``setting`` and ``path`` when ``path`` is unusable.
+
+    Args:
+        setting: the setting's name, for the message.
+        path: an absolute path.
+        access: ``os.R_OK`` or ``os.W_OK``: what vend does with the file.
+        creatable: a missing file is fine if its directory exists and is writable.
+    """
+    try:
+        mode = os.stat(path).st_mode
+    except FileNotFoundError:
+        mode = None
+    except OSError as exc:
+        raise SettingsError(f"invalid setting {setting} {path}: {exc.strerror}") from None
+    if mode is not None:
+        if not stat.S_ISREG(mode):
+            what = "a directory, " if stat.S_ISDIR(mode) else ""
+            raise SettingsError(f"invalid setting {setting} {path}: {what}not a regular file")
+        if not os.access(path, access):
+            raise SettingsError(f"invalid setting {setting} {path}: permission denied")
+        return
+    if not creatable:
+        raise SettingsError(f"invalid setting {setting} {path}: no such file")
+    _check_directory(setting, path)
+
+
+def _check_directory(setting: str, path: str) -> None:
+    """Raise ``SettingsError`` unless ``path``'s directory exists and vend may create
+    files in it (write and search permission)."""
+    directory = os.path.dirname(path)
+    if not os.path.isdir(directory):
+        raise SettingsError(
+            f"invalid setting {setting} {path}: directory {directory} does not exist"
+        )
+    if not os.access(directory, os.W_OK | os.X_OK):
+        raise SettingsError(
+            f"invalid setting {setting} {path}: directory {directory} is not writable"
+        )

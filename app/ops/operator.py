@@ -15,7 +15,7 @@ The Apache vhost keeps this prefix off the public side.
 
 Health also carries ``"process": {"pid": 4242, "reloads": 1}``: which worker answered
 (its process id) and how many settings reloads it has taken in place (SIGHUP) since it
-started.
+started, and ``"version"``: vend's version (``vend --version``).
 """
 
 from __future__ import annotations
@@ -29,6 +29,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
+from app import __version__
 from app.federation.health import describe
 
 if TYPE_CHECKING:
@@ -55,6 +56,7 @@ def create_operator_app(vend: VendApp) -> Starlette:
             "status": status,
             "mounts": mounts,
             "process": {"pid": os.getpid(), "reloads": vend.reloads},
+            "version": __version__,
         }
         return JSONResponse(
             body, status_code=200 if usable else 503, headers={"cache-control": "no-store"}

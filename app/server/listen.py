@@ -82,3 +82,67 @@ def bind_unix_socket(path: Path) -> socket.socket:
     finally:
         os.umask(old_umask)
     return sock
+
+
+class ListenError(Exception):
+    """vend cannot listen where the settings say; the message is one line naming the
+    address (``127.0.0.1:8000``, ``unix:/run/vend/vend.sock``) and the reason."""
+
+
+def bind_tcp(host: str, port: int) -> socket.socket:
+    """Create and bind a TCP socket on ``host:port``, as uvicorn's ``bind_socket`` does.
+
+    Args:
+        host: an IPv4 or IPv6 address, or a host name resolving to one.
+        port: the TCP port.
+
+    Returns:
+        The bound socket (``SO_REUSEADDR``, inheritable; not yet listening).
+
+    Raises:
+        ListenError: the host does not resolve, the address is in use, or binding is
+            not permitted (bind(2), getaddrinfo(3)).
+    """
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    where = f"[{host}]:{port}" if family == socket.AF_INET6 else f"{host}:{port}"
+    try:
+        info = socket.getaddrinfo(host, port, family, socket.SOCK_STREAM, socket.IPPROTO_TCP)
+    except socket.gaierror as exc:
+        raise ListenError(
+            f"cannot listen on {where}: {host} does not resolve ({exc.strerror})"
+        ) from None
+    sock = socket.socket(family, socket.SOCK_STREAM, socket.IPPROTO_TCP)
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        sock.bind(info[0][4])
+    except OSError as exc:
+        sock.close()
+        raise ListenError(f"cannot listen on {where}: {_reason(exc)}") from None
+    sock.set_inheritable(True)
+    return sock
+
+
+def bind_unix(path: Path) -> socket.socket:
+    """``bind_unix_socket``, with its failures as one ``ListenError`` line.
+
+    Args:
+        path: absolute path of the socket file.
+
+    Returns:
+        The listening socket.
+
+    Raises:
+        ListenError: naming ``unix:PATH`` and why it cannot be used.
+    """
+    try:
+        return bind_unix_socket(path)
+    except SocketPathError as exc:
+        raise ListenError(f"cannot listen on unix:{path}: {exc.strerror}") from None
+    except OSError as exc:
+        raise ListenError(f"cannot listen on unix:{path}: {_reason(exc)}") from None
+
+
+def _reason(exc: OSError) -> str:
+    """An OSError's reason in lower case (``address already in use``)."""
+    text = exc.strerror or str(exc)
+    return text[:1].lower() + text[1:]

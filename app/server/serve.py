@@ -35,11 +35,12 @@ from typing import Any, Final
 import uvicorn
 
 from app.asgi import create_app
+from app.logs import log_config
 from app.ops.metrics import MULTIPROC_ENV
 from app.server.connection import protocol_class
 from app.server.forwarded import ForwardedHeaders, ProxyTrust
 from app.server.limits import ProtocolLimits
-from app.server.listen import bind_unix_socket
+from app.server.listen import bind_tcp, bind_unix
 from app.server.workers import STOP_MARGIN_S, Supervisor
 from app.settings import Settings, SettingsError, load_settings
 from app.types import ASGIApp
@@ -60,7 +61,7 @@ def _sources() -> tuple[str | None, dict[str, Any]] | None:
 
 def _reader(sources: tuple[str | None, dict[str, Any]]) -> Callable[[], Settings]:
     config_file, overrides = sources
-    return lambda: load_settings(config_file, **overrides)
+    return lambda: load_settings(config_file, serving=True, **overrides)
 
 
 def app_from_environment() -> ASGIApp:
@@ -140,6 +141,7 @@ def uvicorn_config(
         timeout_keep_alive=max(1, round(settings.timeouts.keep_alive_s)),
         timeout_graceful_shutdown=max(1, round(settings.timeouts.graceful_shutdown_s)),
         log_level=settings.log_level,
+        log_config=log_config(settings.log_level),
     )
 
 
@@ -154,11 +156,11 @@ def listening_socket(settings: Settings) -> socket.socket | None:
         (uvicorn binds it).
 
     Raises:
-        OSError: the path is in use, is not a socket, or cannot be bound.
+        ListenError: the path is in use, is not a socket, or cannot be bound.
     """
     if not settings.unix_socket:
         return None
-    return bind_unix_socket(Path(settings.unix_socket))
+    return bind_unix(Path(settings.unix_socket))
 
 
 def serve(
@@ -178,26 +180,24 @@ def serve(
 
     Returns:
         The process exit status: 0 after a clean shutdown, 3 when the server could not
-        start (the address is in use, for example), as uvicorn reports it.
+        start after binding (its application failed to start, as uvicorn reports it).
+
+    Raises:
+        ListenError: the address cannot be bound (in use, a host name that does not
+            resolve, no permission, an unusable socket path); nothing has been served.
     """
     config = uvicorn_config(settings, config_file, overrides)
-    try:
-        # Bound now, so the port is known to be ours before anything says "serving". A
-        # single server listens only once its application has started (uvicorn's order:
-        # a client that can connect gets answered); a supervisor listens at once, so
-        # connections queue while a worker starts or is replaced.
-        unix = listening_socket(settings)
-        if unix is not None:
-            sockets = [unix]
-        elif settings.workers > 1:
-            sockets = listening_sockets(config)
-        else:
-            sockets = [config.bind_socket()]
-    except SystemExit as exc:
-        return exc.code if isinstance(exc.code, int) else 3
-    except OSError as exc:
-        log.error("cannot listen on %s: %s", settings.unix_socket, exc.strerror or exc)
-        return 3
+    # Bound now, so the port is known to be ours before anything says "serving". A
+    # single server listens only once its application has started (uvicorn's order:
+    # a client that can connect gets answered); a supervisor listens at once, so
+    # connections queue while a worker starts or is replaced.
+    unix = listening_socket(settings)
+    if unix is not None:
+        sockets = [unix]
+    elif settings.workers > 1:
+        sockets = listening_sockets(config)
+    else:
+        sockets = [bind_tcp(config.host, config.port)]
     if on_listening is not None:
         on_listening()
     try:
@@ -221,9 +221,9 @@ def listening_sockets(config: uvicorn.Config) -> list[socket.socket]:
         The listening sockets, inheritable by the workers.
 
     Raises:
-        SystemExit: with status 3 when an address cannot be bound (uvicorn logs why).
+        ListenError: the address cannot be bound.
     """
-    sock = config.bind_socket()
+    sock = bind_tcp(config.host, config.port)
     # Listening at once: connections queue while a worker starts or is replaced.
     sock.listen(config.backlog)
     return [sock]

@@ -48,6 +48,7 @@ from typing import Final
 
 from prometheus_client.multiprocess import mark_process_dead
 
+from app.logs import WORKER_ENV
 from app.ops.metrics import MULTIPROC_ENV
 
 log = logging.getLogger("vend.workers")
@@ -149,7 +150,11 @@ class Supervisor:
         for fd in fds:
             command += ["--listen-fd", str(fd)]
         try:
-            proc = subprocess.Popen(command, pass_fds=[*fds, worker_end.fileno()])
+            proc = subprocess.Popen(
+                command,
+                pass_fds=[*fds, worker_end.fileno()],
+                env={**os.environ, WORKER_ENV: str(slot + 1)},  # in its log lines
+            )
         except BaseException:
             channel.close()
             raise

@@ -337,8 +337,9 @@ def test_port_in_use_exits_3(tmp_path: Path, workers: str) -> None:
     assert b"address already in use" in result.stderr.lower(), result.stderr
 
 
-def test_workers_that_cannot_start_exit_3(tmp_path: Path) -> None:
-    """With workers, settings a worker cannot use (an access log it cannot open) end vend with status 3."""
+def test_workers_with_an_unusable_access_log_exit_2_before_starting(tmp_path: Path) -> None:
+    """With workers, an access log that cannot be opened is found by the main process before
+    any worker starts: one line, status 2, no worker's traceback."""
     mount = tmp_path / "m1"
     mount.mkdir()
     env = {k: v for k, v in os.environ.items() if not k.startswith("VEND_")}
@@ -350,8 +351,9 @@ def test_workers_that_cannot_start_exit_3(tmp_path: Path) -> None:
         capture_output=True,
         timeout=60,
     )
-    assert result.returncode == 3, result.stderr
-    assert b"could not start" in result.stderr
+    assert result.returncode == 2, result.stderr
+    assert result.stderr.count(b"\n") == 1 and b"access_log" in result.stderr
+    assert b"Traceback" not in result.stderr and b"started" not in result.stderr
 
 
 def test_a_removed_mount_leaves_every_workers_metrics(tmp_path: Path, start_vend: Any) -> None:

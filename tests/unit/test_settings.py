@@ -144,16 +144,60 @@ def test_unknown_key_in_file_and_bad_toml(tmp_path: Path) -> None:
 
 
 def test_env_value_that_is_not_json(monkeypatch: pytest.MonkeyPatch) -> None:
-    """A VEND_MOUNTS that is not JSON is one clear line, not a traceback."""
+    """A VEND_MOUNTS that is not JSON is one line naming the variable and its shape."""
     monkeypatch.setenv("VEND_MOUNTS", "/a,/b")
-    with pytest.raises(SettingsError, match="mounts"):
+    with pytest.raises(SettingsError) as caught:
         load_settings()
+    assert str(caught.value) == (
+        """invalid VEND_MOUNTS: it must be a JSON list, e.g. VEND_MOUNTS='["/srv/content"]'"""
+    )
+
+
+def test_errors_name_the_source_of_the_value(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    """The same bad port names the option, the variable or the file, by precedence."""
+    config = tmp_path / "vend.toml"
+    config.write_text('port = "x"\n')
+    integer = "Input should be a valid integer, unable to parse string as an integer"
+    with pytest.raises(SettingsError) as caught:
+        load_settings(config)
+    assert str(caught.value) == f"invalid setting port in {config}: {integer}"
+    monkeypatch.setenv("VEND_PORT", "abc")
+    with pytest.raises(SettingsError) as caught:
+        load_settings(config)
+    assert str(caught.value) == f"invalid VEND_PORT: {integer}"
+    with pytest.raises(SettingsError) as caught:
+        load_settings(config, port=0)
+    assert str(caught.value) == "invalid option --port: Input should be greater than or equal to 1"
+
+
+def test_relative_mounts_in_a_file_are_taken_from_its_directory(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    """Relative mount paths in a TOML file are joined to the file's directory."""
+    (tmp_path / "conf").mkdir()
+    config = tmp_path / "conf" / "vend.toml"
+    config.write_text('mounts = ["a", {path = "../b"}, "/abs/c"]\n')
+    monkeypatch.chdir("/")
+    paths = [str(m.path) for m in load_settings(config).mounts]
+    assert paths == [f"{tmp_path}/conf/a", f"{tmp_path}/b", "/abs/c"]
+
+
+def test_the_same_directory_listed_twice_is_refused() -> None:
+    """/srv/a and /srv/../srv/a are one directory: refused as listed twice, not as a name clash."""
+    with pytest.raises(SettingsError) as caught:
+        load_settings(mounts=["/srv/a", "/srv/b", "/srv/../srv/a"])
+    assert str(caught.value) == (
+        "invalid settings: mount /srv/a is listed twice"
+        " (mounts 1 and 3 are the same directory): remove one"
+    )
 
 
 def test_example_file_lists_every_setting_with_its_default(monkeypatch: pytest.MonkeyPatch) -> None:
     """examples/vend.toml names every setting, each at its default (mounts aside)."""
-    monkeypatch.chdir(SAMPLE_MOUNTS_DIR.parent.parent)
-    example = load_settings("examples/vend.toml")
+    monkeypatch.chdir("/")
+    example = load_settings(SAMPLE_MOUNTS_DIR.parent / "vend.toml")
     defaults = load_settings()
     assert example.model_dump(exclude={"mounts"}) == defaults.model_dump(exclude={"mounts"})
     assert [m.path for m in example.mounts] == [m.path for m in defaults.mounts]
