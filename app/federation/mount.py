@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 from enum import Enum
 from typing import Final, TypeVar
 
+from app.federation.exhaustion import EXHAUSTION_ERRNOS, is_exhaustion, note_exhaustion
 from app.federation.open import (
     Lookup,
     OpenFile,
@@ -42,6 +43,8 @@ class MountUnavailable(Exception):
 _TRIPPING_ERRNOS: Final = frozenset(
     {errno.EIO, errno.ETIMEDOUT, errno.ENOTCONN, errno.ESTALE, errno.EHOSTDOWN, errno.ENODEV}
 )
+
+_EXHAUSTION_NAMES: Final = frozenset(errno.errorcode[e] for e in EXHAUSTION_ERRNOS)
 
 QUEUE_FACTOR: Final = 3
 """A call may wait this many times ``fs_op_s`` for a free thread of its mount."""
@@ -189,6 +192,8 @@ class Mount:
             except OSError as exc:
                 if exc.errno == errno.ESTALE and attempt == 1:
                     continue  # a stale NFS file handle: the path is looked up anew
+                if is_exhaustion(exc.errno):  # the process's trouble: the mount is untouched
+                    raise MountUnavailable(note_exhaustion(exc.errno or 0, "lookup")) from None
                 name = errno.errorcode.get(exc.errno or 0, "EIO")
                 if exc.errno in _TRIPPING_ERRNOS or exc.errno is None:
                     self.mark_down(name)
@@ -211,7 +216,8 @@ class Mount:
         Raises:
             MountUnavailable: the mount is down (breaker open), its queue is full
                 (``EAGAIN``), the call took longer than ``fs_op_s`` seconds, or it failed
-                with an OSError; the message is the errno name.
+                with an OSError; the message is the errno name. EMFILE, ENFILE and
+                ENOMEM never change the mount's state (``app.federation.exhaustion``).
         """
         if not self.up:
             raise MountUnavailable(self.last_error or "EIO")
@@ -252,7 +258,9 @@ class Mount:
         Returns:
             True when the root is a readable directory (and a mount point where
             ``require_mountpoint`` is set, judged from ``/proc/self/mountinfo``): the
-            mount is marked up. False otherwise: it is marked down with the errno name.
+            mount is marked up. False otherwise: it is marked down with the errno name,
+            except for EMFILE, ENFILE or ENOMEM (the process ran out of descriptors or
+            memory, ``app.federation.exhaustion``): then its state is left as it was.
         """
         started = time.monotonic()
         try:
@@ -263,8 +271,12 @@ class Mount:
                 self.settings.require_mountpoint,
             )
         except MountUnavailable as exc:
-            self.mark_down(str(exc))
+            if str(exc) not in _EXHAUSTION_NAMES:
+                self.mark_down(str(exc))
             return False
+        if facts.error in _EXHAUSTION_NAMES:
+            note_exhaustion(getattr(errno, str(facts.error)), "probe")
+            return False  # descriptors or memory ran out: the mount keeps its state
         if facts.error is not None:
             self.mark_down(facts.error)
             return False

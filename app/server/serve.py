@@ -35,6 +35,7 @@ from typing import Any, Final
 import uvicorn
 
 from app.asgi import create_app
+from app.federation.exhaustion import raise_descriptor_limit
 from app.ops.metrics import MULTIPROC_ENV
 from app.server.connection import protocol_class
 from app.server.forwarded import ForwardedHeaders, ProxyTrust
@@ -169,6 +170,9 @@ def serve(
 ) -> int:
     """Serve until SIGINT or SIGTERM; SIGHUP re-reads the settings.
 
+    First the soft ``RLIMIT_NOFILE`` is raised to the hard limit (logged), so that
+    descriptors run out as late as the host allows (``app.federation.exhaustion``).
+
     Args:
         settings: validated settings.
         config_file: the TOML file they came from, or None.
@@ -180,6 +184,8 @@ def serve(
         The process exit status: 0 after a clean shutdown, 3 when the server could not
         start (the address is in use, for example), as uvicorn reports it.
     """
+    # Headroom first: the soft descriptor limit (often 1,024) up to the hard one.
+    raise_descriptor_limit()
     config = uvicorn_config(settings, config_file, overrides)
     try:
         # Bound now, so the port is known to be ours before anything says "serving". A
