@@ -249,6 +249,12 @@ class RequestReader:
             self.conn.refuse(exc.status, str(exc), exc.headers)
         elif isinstance(exc, httptools.HttpParserUpgrade):
             pass  # the request that asked for it was its connection's last
+        elif isinstance(exc, httptools.HttpParserInvalidMethodError) and not isinstance(
+            exc.__context__, Refusal
+        ):
+            # RFC 9110 section 9.1: a method the server does not know is 501 (one it knows
+            # but does not allow stays 405 with Allow, ``_check_head``).
+            self.conn.refuse(501, f"unknown method: {exc}")
         elif isinstance(exc, httptools.HttpParserError):
             cause = exc.__context__
             if isinstance(cause, Refusal):
@@ -329,6 +335,11 @@ class RequestReader:
                     raise Refusal(413, f"request body over {MAX_DISCARDED_BODY_BYTES} bytes")
                 self.body_left = int(value)
             elif name == b"transfer-encoding":
+                # RFC 9112 section 6.1: a transfer coding vend does not implement (any
+                # but chunked) gets 501.
+                for coding in value.lower().split(b","):
+                    if coding.strip(b" \t") not in (b"chunked", b""):
+                        raise Refusal(501, "transfer coding other than chunked")
                 self.body_left = None  # llhttp allows chunked only, last
 
     def _check_head(self) -> None:
