@@ -263,3 +263,27 @@ def test_if_none_match_with_empty_elements_matches(vend: VendProcess) -> None:
     for value in (b", " + etag + b", ,", b'"zz",,' + etag):
         answer = get_raw(vend.port, b"/small.txt", extra=b"If-None-Match: " + value + b"\r\n")
         assert answer.status == 304, value
+
+
+def test_expect_100_continue_is_answered_at_once(vend: VendProcess) -> None:
+    """RFC 9110 section 10.1.1: a request with ``Expect: 100-continue`` and a body gets
+    ``100 Continue`` before it sends the body, then its final answer."""
+    head = (
+        b"POST /small.txt HTTP/1.1\r\nHost: t\r\nContent-Length: 5\r\nExpect: 100-continue\r\n\r\n"
+    )
+    with socket.create_connection(("127.0.0.1", vend.port), timeout=20) as sock:
+        sock.sendall(head)
+        interim = b""
+        while b"\r\n\r\n" not in interim:
+            chunk = sock.recv(65536)
+            assert chunk, "closed before 100 Continue"
+            interim += chunk
+        assert interim == b"HTTP/1.1 100 Continue\r\n\r\n"
+        sock.sendall(b"hello")
+        out = b""
+        while b"\r\n\r\n" not in out:
+            chunk = sock.recv(65536)
+            if not chunk:
+                break
+            out += chunk
+    assert out.startswith(b"HTTP/1.1 405 ")
