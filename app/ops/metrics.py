@@ -47,6 +47,8 @@ class Metrics:
             stale (changed, or a mount could not say).
         exhausted: calls that failed with EMFILE, ENFILE or ENOMEM (the process ran out
             of descriptors or memory; no mount was blamed), by errno name.
+        connections_refused: new connections closed at once past
+            ``limits.max_connections``.
     """
 
     content_type = CONTENT_TYPE_LATEST
@@ -123,6 +125,11 @@ class Metrics:
             registry=self.registry,
         )
         self._exhausted_seen: dict[str, int] = {}
+        self.connections_refused = Counter(
+            "vend_connections_refused",
+            "New connections closed at once: limits.max_connections were open.",
+            registry=self.registry,
+        )
 
         self.current_mounts: set[str] | None = None
         # Label children looked up once: labels() takes a lock and a dict lookup, and

@@ -25,8 +25,10 @@ from __future__ import annotations
 import json
 import logging
 import os
+import resource
 import shutil
 import socket
+import sys
 import tempfile
 from collections.abc import Callable
 from pathlib import Path
@@ -39,7 +41,7 @@ from app.federation.exhaustion import raise_descriptor_limit
 from app.ops.metrics import MULTIPROC_ENV
 from app.server.connection import protocol_class
 from app.server.forwarded import ForwardedHeaders, ProxyTrust
-from app.server.limits import ProtocolLimits
+from app.server.limits import ProtocolLimits, default_max_connections
 from app.server.listen import bind_unix_socket
 from app.server.workers import STOP_MARGIN_S, Supervisor
 from app.settings import Settings, SettingsError, load_settings
@@ -129,6 +131,12 @@ def uvicorn_config(
                 request_head_s=settings.timeouts.request_head_s,
                 keep_alive_s=settings.timeouts.keep_alive_s,
                 send_s=settings.timeouts.send_s,
+                max_connections=settings.limits.max_connections
+                or default_max_connections(
+                    resource.getrlimit(resource.RLIMIT_NOFILE)[0],
+                    len(settings.mounts),
+                    settings.threads_per_mount,
+                ),
             )
         ),
         loop="auto",
@@ -185,7 +193,9 @@ def serve(
         start (the address is in use, for example), as uvicorn reports it.
     """
     # Headroom first: the soft descriptor limit (often 1,024) up to the hard one.
-    raise_descriptor_limit()
+    nofile, _hard = raise_descriptor_limit()
+    # Said on stderr as "serving ..." is: logging is set up by uvicorn only later.
+    print(f"vend: descriptor limit (RLIMIT_NOFILE): {nofile}", file=sys.stderr)
     config = uvicorn_config(settings, config_file, overrides)
     try:
         # Bound now, so the port is known to be ours before anything says "serving". A
