@@ -216,6 +216,17 @@ def test_hostile_path_corpus_answers_alike_cold_and_hot(vend: VendProcess) -> No
         ), row["raw_path"][:80]
 
 
+def _read_head(sock: socket.socket) -> bytes:
+    """What arrives on ``sock`` until a blank line ends a head, or the peer closes."""
+    out = b""
+    while b"\r\n\r\n" not in out:
+        chunk = sock.recv(65536)
+        if not chunk:
+            break
+        out += chunk
+    return out
+
+
 @pytest.mark.parametrize(
     ("request_bytes", "status", "allow"),
     [
@@ -246,12 +257,7 @@ def test_requests_vend_will_not_serve(
     for a transfer coding other than chunked), RFC 9112 section 3 (raw space: 400)."""
     with socket.create_connection(("127.0.0.1", vend.port), timeout=20) as sock:
         sock.sendall(request_bytes)
-        out = b""
-        while b"\r\n\r\n" not in out:
-            chunk = sock.recv(65536)
-            if not chunk:
-                break
-            out += chunk
+        out = _read_head(sock)
     (answer,) = parse_responses(out, ["GET"])
     assert answer.status == status
     assert answer.header(b"allow") == (None if allow is None else allow.encode())
@@ -273,17 +279,8 @@ def test_expect_100_continue_is_answered_at_once(vend: VendProcess) -> None:
     )
     with socket.create_connection(("127.0.0.1", vend.port), timeout=20) as sock:
         sock.sendall(head)
-        interim = b""
-        while b"\r\n\r\n" not in interim:
-            chunk = sock.recv(65536)
-            assert chunk, "closed before 100 Continue"
-            interim += chunk
+        interim = _read_head(sock)
         assert interim == b"HTTP/1.1 100 Continue\r\n\r\n"
         sock.sendall(b"hello")
-        out = b""
-        while b"\r\n\r\n" not in out:
-            chunk = sock.recv(65536)
-            if not chunk:
-                break
-            out += chunk
+        out = _read_head(sock)
     assert out.startswith(b"HTTP/1.1 405 ")
