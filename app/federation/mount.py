@@ -162,8 +162,9 @@ class Mount:
         fn: Callable[..., T],
         *args: object,
         watch: RunWatch | None = None,
+        where: str = "lookup",
     ) -> T:
-        """One call in ``executor``; ESTALE is retried once.
+        """One call in ``executor``; ESTALE is retried once (``where``: for the log).
 
         Only the time the call *runs* counts against ``fs_op_s``: waiting for a thread
         behind other requests is load, not a failing filesystem, and is allowed
@@ -193,7 +194,7 @@ class Mount:
                 if exc.errno == errno.ESTALE and attempt == 1:
                     continue  # a stale NFS file handle: the path is looked up anew
                 if is_exhaustion(exc.errno):  # the process's trouble: the mount is untouched
-                    raise MountUnavailable(note_exhaustion(exc.errno or 0, "lookup")) from None
+                    raise MountUnavailable(note_exhaustion(exc.errno or 0, where)) from None
                 name = errno.errorcode.get(exc.errno or 0, "EIO")
                 if exc.errno in _TRIPPING_ERRNOS or exc.errno is None:
                     self.mark_down(name)
@@ -269,6 +270,7 @@ class Mount:
                 probe_root,
                 str(self.settings.path),
                 self.settings.require_mountpoint,
+                where="probe",
             )
         except MountUnavailable as exc:
             if str(exc) not in _EXHAUSTION_NAMES:
