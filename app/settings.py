@@ -188,6 +188,21 @@ class Timeouts(BaseModel):
     request_head_s: float = Field(default=20.0, gt=0, le=3600)
 
 
+class LimitSettings(BaseModel):
+    """Resource limits.
+
+    Attributes:
+        max_connections: most client connections open at once, per worker process (as
+            nginx's ``worker_connections``); past it a new connection is closed at once.
+            None: worked out from the descriptor limit at start
+            (``app.server.limits.default_max_connections``).
+    """
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    max_connections: int | None = Field(default=None, ge=1, le=1_000_000)
+
+
 class CacheSettings(BaseModel):
     """The name cache of the hot path (see ``app.federation.cache`` for the staleness bound).
 
@@ -249,6 +264,7 @@ class Settings(BaseSettings):
     trusted_proxies: list[str] = Field(default_factory=lambda: ["127.0.0.1", "::1", "unix"])
     threads_per_mount: int = Field(default=8, ge=1, le=256)
     timeouts: Timeouts = Field(default_factory=Timeouts)
+    limits: LimitSettings = Field(default_factory=LimitSettings)
     cache: CacheSettings = Field(default_factory=CacheSettings)
     log_level: Literal["debug", "info", "warning", "error"] = "info"
     # A name last served by a mount that is now down may have an older copy on a later

@@ -18,6 +18,7 @@ from enum import Enum
 from typing import Final, TypeVar
 
 from app.federation.batch import SLOW_NAME_S, Ask, AskQueue, Found
+from app.federation.exhaustion import EXHAUSTION_ERRNOS, is_exhaustion, note_exhaustion
 from app.federation.open import (
     Lookup,
     OpenFile,
@@ -44,6 +45,8 @@ class MountUnavailable(Exception):
 _TRIPPING_ERRNOS: Final = frozenset(
     {errno.EIO, errno.ETIMEDOUT, errno.ENOTCONN, errno.ESTALE, errno.EHOSTDOWN, errno.ENODEV}
 )
+
+_EXHAUSTION_NAMES: Final = frozenset(errno.errorcode[e] for e in EXHAUSTION_ERRNOS)
 
 
 class State(Enum):
@@ -161,8 +164,9 @@ class Mount:
         fn: Callable[..., T],
         *args: object,
         watch: RunWatch | None = None,
+        where: str = "lookup",
     ) -> T:
-        """One call in ``executor``; ESTALE is retried once.
+        """One call in ``executor``; ESTALE is retried once (``where``: for the log).
 
         Only the time the call *runs* counts against ``fs_op_s``: waiting for a thread
         behind other requests is load, not a failing filesystem, and is allowed
@@ -189,18 +193,23 @@ class Mount:
             except OSError as exc:
                 if exc.errno == errno.ESTALE and attempt == 1:
                     continue  # a stale NFS file handle: the path is looked up anew
-                raise self.count_error(exc.errno) from None
+                raise self.count_error(exc.errno, where) from None
         raise AssertionError("unreachable")
 
-    def count_error(self, code: int | None) -> MountUnavailable:
-        """Record a failed filesystem call (``code``: its errno, None if unknown).
+    def count_error(self, code: int | None, where: str = "lookup") -> MountUnavailable:
+        """Record a failed filesystem call (``code``: its errno, None if unknown;
+        ``where``: what hit it, for the log).
 
+        Running out of descriptors or memory (EMFILE, ENFILE, ENOMEM) is the process's
+        trouble: logged and counted (``app.federation.exhaustion``), the mount untouched.
         The errors that say the mount is in trouble (EIO, ETIMEDOUT, ENOTCONN, ESTALE
         after its retry...) open the breaker; any other is only remembered as the last.
 
         Returns:
             The ``MountUnavailable`` the caller answers with (the errno name).
         """
+        if is_exhaustion(code):
+            return MountUnavailable(note_exhaustion(code or 0, where))
         name = errno.errorcode.get(code or 0, "EIO")
         if code in _TRIPPING_ERRNOS or code is None:
             self.mark_down(name)
@@ -229,7 +238,8 @@ class Mount:
         Raises:
             MountUnavailable: the mount is down (breaker open), its queue is full
                 (``EAGAIN``), the call took longer than ``fs_op_s`` seconds, or it failed
-                with an OSError; the message is the errno name.
+                with an OSError; the message is the errno name. EMFILE, ENFILE and
+                ENOMEM never change the mount's state (``app.federation.exhaustion``).
         """
         if not self.up:
             raise MountUnavailable(self.last_error or "EIO")
@@ -270,7 +280,9 @@ class Mount:
         Returns:
             True when the root is a readable directory (and a mount point where
             ``require_mountpoint`` is set, judged from ``/proc/self/mountinfo``): the
-            mount is marked up. False otherwise: it is marked down with the errno name.
+            mount is marked up. False otherwise: it is marked down with the errno name,
+            except for EMFILE, ENFILE or ENOMEM (the process ran out of descriptors or
+            memory, ``app.federation.exhaustion``): then its state is left as it was.
         """
         started = time.monotonic()
         try:
@@ -279,10 +291,15 @@ class Mount:
                 probe_root,
                 str(self.settings.path),
                 self.settings.require_mountpoint,
+                where="probe",
             )
         except MountUnavailable as exc:
-            self.mark_down(str(exc))
+            if str(exc) not in _EXHAUSTION_NAMES:
+                self.mark_down(str(exc))
             return False
+        if facts.error in _EXHAUSTION_NAMES:
+            note_exhaustion(getattr(errno, str(facts.error)), "probe")
+            return False  # descriptors or memory ran out: the mount keeps its state
         if facts.error is not None:
             self.mark_down(facts.error)
             return False

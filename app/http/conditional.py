@@ -19,6 +19,8 @@ from enum import Enum
 from typing import Final
 
 _ETAG_RE: Final = re.compile(r'\s*(W/)?("[\x21\x23-\x7e\x80-\xff]*")\s*(?:,|$)')
+_EMPTY_ELEMENTS_RE: Final = re.compile(r"[\s,]*")
+"""Empty list elements (``, ,``), which RFC 9110 section 5.6.1 says to ignore."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -133,10 +135,16 @@ def parse_http_date(value: str, now_s: float | None = None) -> int | None:
 
 
 def _entity_tags(value: str) -> list[tuple[bool, str]] | None:
-    """Parse an entity-tag list into (is_weak, opaque_tag); None if malformed."""
+    """Parse an entity-tag list into (is_weak, opaque_tag); None if malformed.
+
+    Empty elements are skipped (RFC 9110 section 5.6.1): ``, "a", ,`` is ``"a"``.
+    """
     tags: list[tuple[bool, str]] = []
     pos = 0
-    while pos < len(value):
+    while True:
+        pos = _EMPTY_ELEMENTS_RE.match(value, pos).end()  # type: ignore[union-attr]
+        if pos >= len(value):
+            break
         m = _ETAG_RE.match(value, pos)
         if m is None:
             return None

@@ -23,6 +23,8 @@ from prometheus_client.exposition import CONTENT_TYPE_LATEST
 from prometheus_client.metrics_core import Metric
 from prometheus_client.multiprocess import MultiProcessCollector
 
+from app.federation.exhaustion import EXHAUSTED
+
 MULTIPROC_ENV: Final = "PROMETHEUS_MULTIPROC_DIR"
 
 
@@ -43,6 +45,10 @@ class Metrics:
         revalidations: hot cache entries revalidated before going stale
             (``app.federation.refresh``), by outcome: ``confirmed``, or ``left`` to go
             stale (changed, or a mount could not say).
+        exhausted: calls that failed with EMFILE, ENFILE or ENOMEM (the process ran out
+            of descriptors or memory; no mount was blamed), by errno name.
+        connections_refused: new connections closed at once past
+            ``limits.max_connections``.
     """
 
     content_type = CONTENT_TYPE_LATEST
@@ -112,6 +118,19 @@ class Metrics:
             multiprocess_mode="livemin",
         )
 
+        self.exhausted = Counter(
+            "vend_resource_exhaustion",
+            "Calls that failed with EMFILE, ENFILE or ENOMEM (no mount blamed), by errno.",
+            ["errno"],
+            registry=self.registry,
+        )
+        self._exhausted_seen: dict[str, int] = {}
+        self.connections_refused = Counter(
+            "vend_connections_refused",
+            "New connections closed at once: limits.max_connections were open.",
+            registry=self.registry,
+        )
+
         self.current_mounts: set[str] | None = None
         # Label children looked up once: labels() takes a lock and a dict lookup, and
         # these counters move on every request of the hot path.
@@ -121,6 +140,15 @@ class Metrics:
         self.cache_miss_remembered = self.cache.labels("miss_remembered")
         self.before_render: list[Callable[[], None]] = []
         """Called before every scrape: the server's batched counts are added here."""
+        self.before_render.append(self._count_exhausted)
+
+    def _count_exhausted(self) -> None:
+        """Add the exhaustions ``app.federation.exhaustion`` counted since the last scrape."""
+        for name, total in list(EXHAUSTED.items()):
+            seen = self._exhausted_seen.get(name, 0)
+            if total > seen:
+                self.exhausted.labels(name).inc(total - seen)
+                self._exhausted_seen[name] = total
 
     def count_response(self, status: int, body_bytes: int, requests: int = 1) -> None:
         """Count answered requests of one status and the body bytes they sent.

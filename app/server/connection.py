@@ -110,8 +110,21 @@ class VendProtocol(AnswerQueue, FlowControl, RequestDispatch, DeadlineTimer, asy
     # asyncio.Protocol
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        """Start the connection: register it with uvicorn and arm the first-byte timer."""
+        """Start the connection: register it with uvicorn and arm the first-byte timer.
+
+        Past ``limits.max_connections`` open connections it is closed at once instead
+        (counted in ``vend_connections_refused_total``).
+        """
         self.transport = transport  # type: ignore[assignment]
+        cap = self.limits.max_connections
+        if cap is not None and len(self.server_state.connections) >= cap:
+            # Past limits.max_connections: closed at once; the others go on being served.
+            self.disconnected = True
+            self.state = ReadState.CLOSED
+            if self.vend is not None:
+                self.vend.metrics.connections_refused.inc()
+            transport.abort()  # type: ignore[attr-defined]
+            return
         self.server_state.connections.add(self)  # type: ignore[arg-type]
         self._server = get_local_addr(self.transport)
         self._client = get_remote_addr(self.transport)

@@ -51,7 +51,14 @@ COLD_FIELDS: Final = frozenset(
     (b"range", b"if-range", b"if-match", b"if-modified-since", b"if-unmodified-since")
 )
 """Fields that send a request to the ASGI application rather than the hot path."""
-_NOTED: Final = COLD_FIELDS | {b"host", b"if-none-match", b"content-length", b"transfer-encoding"}
+_NOTED: Final = COLD_FIELDS | {
+    b"host",
+    b"if-none-match",
+    b"content-length",
+    b"transfer-encoding",
+    b"expect",
+}
+_CONTINUE: Final = b"HTTP/1.1 100 Continue\r\n\r\n"
 _IDLE, _HEAD, _BODY = ReadState.IDLE, ReadState.HEAD, ReadState.BODY
 READING: Final = frozenset((_IDLE, _HEAD, _BODY))
 """The states in which requests are read."""
@@ -178,6 +185,7 @@ class RequestReader:
         self._host: bytes | None = None
         self._cold = False
         self._trailers: int | None = None  # trailer fields so far, once the head is done
+        self._continue = False  # Expect: 100-continue
 
     def feed_head(self, data: bytes) -> None:
         """Feed a read that is exactly one whole head (the common case), from IDLE."""
@@ -249,6 +257,12 @@ class RequestReader:
             self.conn.refuse(exc.status, str(exc), exc.headers)
         elif isinstance(exc, httptools.HttpParserUpgrade):
             pass  # the request that asked for it was its connection's last
+        elif isinstance(exc, httptools.HttpParserInvalidMethodError) and not isinstance(
+            exc.__context__, Refusal
+        ):
+            # RFC 9110 section 9.1: a method the server does not know is 501 (one it knows
+            # but does not allow stays 405 with Allow, ``_check_head``).
+            self.conn.refuse(501, f"unknown method: {exc}")
         elif isinstance(exc, httptools.HttpParserError):
             cause = exc.__context__
             if isinstance(cause, Refusal):
@@ -276,10 +290,25 @@ class RequestReader:
             raise Refusal(400, "a request after the connection's last")  # not answered
 
     def on_headers_complete(self) -> None:
-        """httptools: the head is complete; a body follows when it has one."""
+        """httptools: the head is complete; a body follows when it has one.
+
+        With ``Expect: 100-continue`` in HTTP/1.1 and nothing answered ahead of it,
+        ``100 Continue`` goes out at once (RFC 9110 section 10.1.1), so that the client
+        sends the body vend reads and discards, and then gets its final answer.
+        """
         self._trailers = 0
         if self.body_left is None or self.body_left > 0:
             self.conn.state = next_state(self.conn.state, Event.HEAD_COMPLETE)
+            conn = self.conn
+            if (
+                self._continue
+                and self.parser.get_http_version() == "1.1"
+                and conn._active is None
+                and not conn._queue
+            ):
+                # RFC 9110 section 10.1.1: the client waits for 100 or a final answer;
+                # vend reads (and discards) the body, so it asks for it at once.
+                conn.write(_CONTINUE)
 
     def on_url(self, url: bytes) -> None:
         """httptools: a piece of the request-target."""
@@ -319,6 +348,8 @@ class RequestReader:
             if self._host is not None:
                 raise Refusal(400, "more than one Host field")
             self._host = value
+        elif name == b"expect":
+            self._continue = value.strip(b" \t").lower() == b"100-continue"
         elif name == b"if-none-match":
             inm = self._inm
             self._inm = value if inm is None else inm + b", " + value
@@ -329,6 +360,11 @@ class RequestReader:
                     raise Refusal(413, f"request body over {MAX_DISCARDED_BODY_BYTES} bytes")
                 self.body_left = int(value)
             elif name == b"transfer-encoding":
+                # RFC 9112 section 6.1: a transfer coding vend does not implement (any
+                # but chunked) gets 501.
+                for coding in value.lower().split(b","):
+                    if coding.strip(b" \t") not in (b"chunked", b""):
+                        raise Refusal(501, "transfer coding other than chunked")
                 self.body_left = None  # llhttp allows chunked only, last
 
     def _check_head(self) -> None:

@@ -92,11 +92,32 @@ class ProtocolLimits:
             connection's first byte, in seconds.
         keep_alive_s: idle time allowed between requests, in seconds.
         send_s: time a client may accept no bytes while vend has some to send, in seconds.
+        max_connections: most client connections at once in this process; past it a new
+            connection is closed at once (None: no cap).
     """
 
     request_head_s: float = DEFAULT_REQUEST_HEAD_S
     keep_alive_s: float = DEFAULT_KEEP_ALIVE_S
     send_s: float = DEFAULT_SEND_S
+    max_connections: int | None = None
+
+
+def default_max_connections(nofile: int, mounts: int, threads_per_mount: int) -> int:
+    """The default cap on client connections for a descriptor limit.
+
+    Each connection may hold a file being sent as well as its socket, and each mount's
+    threads and probe hold descriptors while they run, so the cap leaves room for them:
+    ``(nofile - 64 - mounts * (threads_per_mount + 1)) // 2``, at least 16.
+
+    Args:
+        nofile: the soft ``RLIMIT_NOFILE``, in descriptors.
+        mounts: how many mounts are configured.
+        threads_per_mount: each mount's thread pool size.
+
+    Returns:
+        The cap, in connections.
+    """
+    return max(16, (nofile - 64 - mounts * (threads_per_mount + 1)) // 2)
 
 
 class ReadState(enum.Enum):

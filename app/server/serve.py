@@ -25,6 +25,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import resource
 import shutil
 import socket
 import tempfile
@@ -35,11 +36,12 @@ from typing import Any, Final
 import uvicorn
 
 from app.asgi import create_app
+from app.federation.exhaustion import raise_descriptor_limit
 from app.logs import log_config
 from app.ops.metrics import MULTIPROC_ENV
 from app.server.connection import protocol_class
 from app.server.forwarded import ForwardedHeaders, ProxyTrust
-from app.server.limits import ProtocolLimits
+from app.server.limits import ProtocolLimits, default_max_connections
 from app.server.listen import bind_tcp, bind_unix
 from app.server.workers import STOP_MARGIN_S, Supervisor
 from app.settings import Settings, SettingsError, load_settings
@@ -129,6 +131,12 @@ def uvicorn_config(
                 request_head_s=settings.timeouts.request_head_s,
                 keep_alive_s=settings.timeouts.keep_alive_s,
                 send_s=settings.timeouts.send_s,
+                max_connections=settings.limits.max_connections
+                or default_max_connections(
+                    resource.getrlimit(resource.RLIMIT_NOFILE)[0],
+                    len(settings.mounts),
+                    settings.threads_per_mount,
+                ),
             )
         ),
         loop="auto",
@@ -171,6 +179,9 @@ def serve(
 ) -> int:
     """Serve until SIGINT or SIGTERM; SIGHUP re-reads the settings.
 
+    First the soft ``RLIMIT_NOFILE`` is raised to the hard limit (logged), so that
+    descriptors run out as late as the host allows (``app.federation.exhaustion``).
+
     Args:
         settings: validated settings.
         config_file: the TOML file they came from, or None.
@@ -186,6 +197,8 @@ def serve(
         ListenError: the address cannot be bound (in use, a host name that does not
             resolve, no permission, an unusable socket path); nothing has been served.
     """
+    # Headroom first: the soft descriptor limit (often 1,024) up to the hard one (logged).
+    raise_descriptor_limit()
     config = uvicorn_config(settings, config_file, overrides)
     # Bound now, so the port is known to be ours before anything says "serving". A
     # single server listens only once its application has started (uvicorn's order:

@@ -72,7 +72,9 @@ def _read_until_closed(sock: socket.socket, timeout_s: float = 20.0) -> bytes:
 
 
 REFUSALS = {
-    400: b"BREW /pot HTTP/1.1\r\nHost: t\r\n\r\n",
+    400: b"GET /a b HTTP/1.1\r\nHost: t\r\n\r\n",  # raw space in the target
+    # RFC 9110 section 9.1: a method vend does not know; RFC 9112 section 6.1.
+    501: b"BREW /pot HTTP/1.1\r\nHost: t\r\n\r\n",
     414: b"GET /" + b"a" * 9000 + b" HTTP/1.1\r\nHost: t\r\n\r\n",
     431: b"GET /small.txt HTTP/1.1\r\nHost: t\r\n" + b"X-A: b\r\n" * 101 + b"\r\n",
     408: b"GET /small.txt HTTP/1.1\r\nHost: t",
@@ -212,3 +214,73 @@ def test_hostile_path_corpus_answers_alike_cold_and_hot(vend: VendProcess) -> No
             second.headers,
             second.body,
         ), row["raw_path"][:80]
+
+
+def _read_head(sock: socket.socket) -> bytes:
+    """What arrives on ``sock`` until a blank line ends a head, or the peer closes."""
+    out = b""
+    while b"\r\n\r\n" not in out:
+        chunk = sock.recv(65536)
+        if not chunk:
+            break
+        out += chunk
+    return out
+
+
+@pytest.mark.parametrize(
+    ("request_bytes", "status", "allow"),
+    [
+        (b"BREW /small.txt HTTP/1.1\r\nHost: t\r\n\r\n", 501, None),
+        (b"get /small.txt HTTP/1.1\r\nHost: t\r\n\r\n", 501, None),  # methods are case-sensitive
+        (b"DELETE /small.txt HTTP/1.1\r\nHost: t\r\n\r\n", 405, "GET, HEAD"),
+        (b"GET /small.txt HTTP/1.1\r\nHost: t\r\nTransfer-Encoding: gzip\r\n\r\n", 501, None),
+        (
+            b"GET /small.txt HTTP/1.1\r\nHost: t\r\nTransfer-Encoding: gzip, chunked\r\n\r\n0\r\n\r\n",
+            501,
+            None,
+        ),
+        (b"GET /a b.txt HTTP/1.1\r\nHost: t\r\n\r\n", 400, None),  # raw space: README agrees
+    ],
+    ids=[
+        "unknown-method",
+        "lower-case-method",
+        "known-not-allowed",
+        "gzip",
+        "gzip-chunked",
+        "space",
+    ],
+)
+def test_requests_vend_will_not_serve(
+    vend: VendProcess, request_bytes: bytes, status: int, allow: str | None
+) -> None:
+    """RFC 9110 section 9.1 (501 unknown, 405 known with Allow), RFC 9112 section 6.1 (501
+    for a transfer coding other than chunked), RFC 9112 section 3 (raw space: 400)."""
+    with socket.create_connection(("127.0.0.1", vend.port), timeout=20) as sock:
+        sock.sendall(request_bytes)
+        out = _read_head(sock)
+    (answer,) = parse_responses(out, ["GET"])
+    assert answer.status == status
+    assert answer.header(b"allow") == (None if allow is None else allow.encode())
+
+
+def test_if_none_match_with_empty_elements_matches(vend: VendProcess) -> None:
+    """RFC 9110 section 5.6.1: empty list elements are ignored, so the ETag still matches."""
+    etag = get_raw(vend.port, b"/small.txt").headers["etag"].encode()
+    for value in (b", " + etag + b", ,", b'"zz",,' + etag):
+        answer = get_raw(vend.port, b"/small.txt", extra=b"If-None-Match: " + value + b"\r\n")
+        assert answer.status == 304, value
+
+
+def test_expect_100_continue_is_answered_at_once(vend: VendProcess) -> None:
+    """RFC 9110 section 10.1.1: a request with ``Expect: 100-continue`` and a body gets
+    ``100 Continue`` before it sends the body, then its final answer."""
+    head = (
+        b"POST /small.txt HTTP/1.1\r\nHost: t\r\nContent-Length: 5\r\nExpect: 100-continue\r\n\r\n"
+    )
+    with socket.create_connection(("127.0.0.1", vend.port), timeout=20) as sock:
+        sock.sendall(head)
+        interim = _read_head(sock)
+        assert interim == b"HTTP/1.1 100 Continue\r\n\r\n"
+        sock.sendall(b"hello")
+        out = _read_head(sock)
+    assert out.startswith(b"HTTP/1.1 405 ")

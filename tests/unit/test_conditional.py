@@ -83,6 +83,11 @@ CASES = [
         P,
     ),
     ("ims-year-10000", "GET", {"if_modified_since": "Mon, 01 Jan 10000 00:00:00 GMT"}, P),
+    # RFC 9110 section 5.6.1: empty list elements are ignored.
+    ("inm-empty-elements", "GET", {"if_none_match": f", {V.etag}, ,"}, N),
+    ("inm-empty-between", "GET", {"if_none_match": f'"zz",,{V.etag}'}, N),
+    ("inm-only-empty", "GET", {"if_none_match": ", ,"}, P),
+    ("im-empty-elements", "GET", {"if_match": f",{V.etag},"}, P),
 ]
 
 
