@@ -15,7 +15,7 @@ import pytest
 
 from tests.deploy.netlab import DEPLOY, Lab, clean_env, needs_fuse, needs_root
 from tests.deploy.test_jump_host import keygen, start_sshd
-from tests.deploy.test_ssh_relay import link
+from tests.deploy.test_ssh_relay import JUMP_ONLY, link, pin_host_keys
 
 J1, J2, CONTENT = "10.231.80.1", "10.231.81.2", "10.231.82.2"
 
@@ -30,7 +30,7 @@ def test_sshfs_through_two_jump_hosts_in_series(lab: Lab) -> None:
     link(lab, j2, "10.231.82.1", ct, CONTENT, "jc")
     key = lab.tmp / "id_ed25519"
     (lab.tmp / "authorized_keys").write_text(keygen(key, "vend@operator") + "\n")
-    fwd = ["AllowTcpForwarding yes", "ForceCommand /usr/sbin/nologin"]
+    fwd = JUMP_ONLY
     keys = {
         J1: start_sshd(lab, j1, "j1", J1, [*fwd, f"PermitOpen {J2}:22"])[0],
         J2: start_sshd(lab, j2, "j2", J2, [*fwd, f"PermitOpen {CONTENT}:22"])[0],
@@ -38,8 +38,7 @@ def test_sshfs_through_two_jump_hosts_in_series(lab: Lab) -> None:
             lab, ct, "ct", CONTENT, ["AllowTcpForwarding no", "ForceCommand internal-sftp -R"]
         )[0],
     }
-    known = lab.tmp / "known_hosts"
-    known.write_text("".join(f"{a} {' '.join(k.split()[:2])}\n" for a, k in keys.items()))
+    known = pin_host_keys(lab, keys)
     # First value wins in ssh_config: these lines replace the example's names and paths.
     config = lab.tmp / "ssh_config"
     config.write_text(

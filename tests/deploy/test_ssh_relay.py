@@ -14,6 +14,7 @@ from __future__ import annotations
 import os
 import subprocess
 import time
+from pathlib import Path
 
 import pytest
 
@@ -30,6 +31,17 @@ def link(lab: Lab, a: str, a_addr: str, b: str, b_addr: str, name: str) -> None:
     lab.veth(a, lab.ifname(f"{name}a"), b, lab.ifname(f"{name}b"))
     lab.ip(a, "addr", "add", f"{a_addr}/24", "dev", lab.ifname(f"{name}a"))
     lab.ip(b, "addr", "add", f"{b_addr}/24", "dev", lab.ifname(f"{name}b"))
+
+
+#: sshd options of a jump host: relay TCP only (PermitOpen added per host), no shell.
+JUMP_ONLY = ["AllowTcpForwarding yes", "ForceCommand /usr/sbin/nologin"]
+
+
+def pin_host_keys(lab: Lab, keys: dict[str, str]) -> Path:
+    """Write a known_hosts file of address -> host public key line; return its path."""
+    known = lab.tmp / "known_hosts"
+    known.write_text("".join(f"{a} {' '.join(k.split()[:2])}\n" for a, k in keys.items()))
+    return known
 
 
 def relay_command() -> list[str]:
@@ -53,7 +65,7 @@ def test_server_a_reaches_server_b_only_through_the_relay(lab: Lab) -> None:
     (lab.tmp / "authorized_keys").write_text(
         keygen(ws_key, "relay@ws") + "\n" + keygen(sa_key, "user@serverA") + "\n"
     )
-    fwd = ["AllowTcpForwarding yes", "ForceCommand /usr/sbin/nologin"]
+    fwd = JUMP_ONLY
     keys = {
         JA: start_sshd(lab, ja, "ja", JA, [*fwd, f"PermitOpen {SA}:22"])[0],
         JB: start_sshd(lab, jb, "jb", JB, [*fwd, f"PermitOpen {SB}:22"])[0],
@@ -62,8 +74,7 @@ def test_server_a_reaches_server_b_only_through_the_relay(lab: Lab) -> None:
         )[0],
         SB: start_sshd(lab, sb, "sb", SB, ["AllowTcpForwarding no"])[0],
     }
-    known = lab.tmp / "known_hosts"
-    known.write_text("".join(f"{a} {' '.join(k.split()[:2])}\n" for a, k in keys.items()))
+    known = pin_host_keys(lab, keys)
     text = (DEPLOY / "ssh" / "relay_ssh_config.example").read_text()
     for old, new in {
         "jumpA.example.net": JA, "serverA.a.example.net": SA, "jumpB.example.net": JB,
