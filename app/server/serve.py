@@ -197,8 +197,6 @@ def serve(
         ListenError: the address cannot be bound (in use, a host name that does not
             resolve, no permission, an unusable socket path); nothing has been served.
     """
-    # Headroom first: the soft descriptor limit (often 1,024) up to the hard one (logged).
-    raise_descriptor_limit()
     config = uvicorn_config(settings, config_file, overrides)
     # Bound now, so the port is known to be ours before anything says "serving". A
     # single server listens only once its application has started (uvicorn's order:
@@ -211,6 +209,9 @@ def serve(
         sockets = listening_sockets(config)
     else:
         sockets = [bind_tcp(config.host, config.port)]
+    # Headroom before serving: the soft descriptor limit (often 1,024) up to the hard
+    # one (logged; after binding, so that a start failure stays one line).
+    raise_descriptor_limit()
     if on_listening is not None:
         on_listening()
     try:
