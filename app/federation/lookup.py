@@ -140,7 +140,7 @@ class Search:
             self._timer.cancel()
         kept = None if future.cancelled() else future.result()
         for ask in self._asks:
-            if ask.outcome is not kept:
+            if kept is None or ask.outcome is not kept:
                 ask.drop()
 
 
