@@ -30,6 +30,11 @@ from harness.processes import free_port, stop_server
 __all__ = ["PEERS", "Context", "Peer", "Running"]
 
 ALL_SIZES: Final = ("4k", "100k", "256m")
+# nginx's open_file_cache for the long-tail loads: room for every name of the default tree,
+# entries checked again after vend's cache.ttl_s (2 s).
+OPEN_FILE_CACHE_ENTRIES: Final = 200_000
+OPEN_FILE_CACHE_INACTIVE_S: Final = 60
+OPEN_FILE_CACHE_VALID_S: Final = 2
 # Peers whose rows the issue's targets read also get the load over 2,000 names.
 WITH_NAMES: Final = ("4k", "4k-names", "100k", "256m")
 
@@ -77,6 +82,23 @@ def start_nginx_try_files_log(ctx: Context) -> Running:
     """
     body = configs.nginx_try_files(ctx.mounts)
     return start_nginx(ctx, "nginx-try-files-log", body, access_log=True)
+
+
+def start_nginx_try_files_ofc(ctx: Context) -> Running:
+    """Starts nginx with ``try_files`` over the three mounts and ``open_file_cache``.
+
+    Returns:
+        The running peer.
+    """
+    cache = configs.nginx_open_file_cache(
+        max_entries=OPEN_FILE_CACHE_ENTRIES,
+        inactive_s=OPEN_FILE_CACHE_INACTIVE_S,
+        valid_s=OPEN_FILE_CACHE_VALID_S,
+    )
+    body = configs.nginx_try_files(ctx.mounts) + "\n" + cache
+    # The cache holds an open descriptor per file: room for all of them and the clients.
+    open_files = OPEN_FILE_CACHE_ENTRIES + 4 * ctx.connections + 1024
+    return start_nginx(ctx, "nginx-try-files-ofc", body, open_files=open_files)
 
 
 def start_bare_httptools(ctx: Context) -> Running:
@@ -332,7 +354,25 @@ PEERS: Final = {
         ),
     ]
 }
+# The long-tail loads' peers (benchmarks/compare --load long-tail), in run order; the one
+# with open_file_cache is theirs alone.
+LONG_TAIL_PEERS: Final = {
+    peer.name: peer
+    for peer in [
+        PEERS["nginx-try-files"],
+        Peer(
+            "nginx-try-files-ofc",
+            "nginx, try_files + open_file_cache",
+            start_nginx_try_files_ofc,
+            sizes=(),
+        ),
+        PEERS["apache-php"],
+        PEERS["vend"],
+    ]
+}
 # Ratios in the plain table are taken to these two; the TLS table to "tls-apache-static".
 NGINX_REFERENCE: Final = "nginx-try-files"
+# The long-tail targets' reference (issue 17).
+NGINX_OFC_REFERENCE: Final = "nginx-try-files-ofc"
 LEGACY_REFERENCE: Final = "apache-php"
 TLS_REFERENCE: Final = "tls-apache-static"
