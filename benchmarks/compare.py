@@ -334,7 +334,10 @@ def main_long_tail(options: argparse.Namespace, peers: list[Peer], notes: list[s
             notes.append(f"{m.peer} {m.probe.key}: not measured ({m.error}).")
     notes.append(f"Server CPU time from {cgroups.source}.")
     notes.append(
-        f"nginx open_file_cache: max={peers_module.OPEN_FILE_CACHE_ENTRIES} "
+        "nginx open_file_cache: max="
+        f"{peers_module.open_file_cache_entries(plan.load.connections)[0]} "
+        f"(wanted {peers_module.OPEN_FILE_CACHE_ENTRIES}; a descriptor per entry, under the "
+        "hard RLIMIT_NOFILE) "
         f"inactive={peers_module.OPEN_FILE_CACHE_INACTIVE_S}s, "
         f"open_file_cache_valid {peers_module.OPEN_FILE_CACHE_VALID_S}s, "
         "open_file_cache_errors on (lookups that found nothing are cached too)."

@@ -9,6 +9,7 @@ the port accepts connections and returns a ``Running`` peer. The production-path
 
 from __future__ import annotations
 
+import resource
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Final, Literal
@@ -84,20 +85,40 @@ def start_nginx_try_files_log(ctx: Context) -> Running:
     return start_nginx(ctx, "nginx-try-files-log", body, access_log=True)
 
 
+def open_file_cache_entries(connections: int) -> tuple[int, int]:
+    """Returns how many entries nginx's open_file_cache may hold here, and the worker's
+    descriptor limit: the cache keeps a descriptor open per entry, and an unprivileged
+    container cannot raise the hard limit (setrlimit fails with EPERM), so the cache is
+    shrunk to fit under it rather than failing opens (EMFILE: 404s).
+
+    Args:
+        connections: the loads' concurrent connections.
+
+    Returns:
+        (entries, descriptor limit): at most ``OPEN_FILE_CACHE_ENTRIES``.
+    """
+    spare = 4 * connections + 1024
+    hard = resource.getrlimit(resource.RLIMIT_NOFILE)[1]
+    limit = OPEN_FILE_CACHE_ENTRIES + spare
+    if hard != resource.RLIM_INFINITY:
+        limit = min(limit, hard)
+    return max(limit - spare, 1), limit
+
+
 def start_nginx_try_files_ofc(ctx: Context) -> Running:
-    """Starts nginx with ``try_files`` over the three mounts and ``open_file_cache``.
+    """Starts nginx with ``try_files`` over the three mounts and ``open_file_cache``
+    (``open_file_cache_entries`` entries).
 
     Returns:
         The running peer.
     """
+    entries, open_files = open_file_cache_entries(ctx.connections)
     cache = configs.nginx_open_file_cache(
-        max_entries=OPEN_FILE_CACHE_ENTRIES,
+        max_entries=entries,
         inactive_s=OPEN_FILE_CACHE_INACTIVE_S,
         valid_s=OPEN_FILE_CACHE_VALID_S,
     )
     body = configs.nginx_try_files(ctx.mounts) + "\n" + cache
-    # The cache holds an open descriptor per file: room for all of them and the clients.
-    open_files = OPEN_FILE_CACHE_ENTRIES + 4 * ctx.connections + 1024
     return start_nginx(ctx, "nginx-try-files-ofc", body, open_files=open_files)
 
 
