@@ -26,6 +26,7 @@ from harness import longtail
 from harness import peers as peers_module
 from harness.apache_etc import EtcSnapshot
 from harness.cgroups import CpuCgroups
+from harness.configs import TlsFiles
 from harness.content import LONG_TAIL_FILE_COUNT, Probe, build_tree, mount_dirs
 from harness.loads import LoadPlan, Measurement, measure
 from harness.peers import LONG_TAIL_PEERS, PEERS, Context, Peer, Running
@@ -255,6 +256,33 @@ def _one_line(m: Measurement) -> str:
     )
 
 
+def make_context(mounts: list[Path], connections: int, tls: TlsFiles | None = None) -> Context:
+    """Makes what every peer's start needs, with an empty registry of started groups and
+    a fresh maker of control groups (close ``ctx.cgroups`` after the run).
+
+    Args:
+        mounts: the mount directories, in search order.
+        connections: the loads' concurrent connections.
+        tls: certificate and key for the HTTPS peers, or None.
+
+    Returns:
+        The context.
+    """
+    registry = Registry(WORK_DIR / "run" / "pgids")
+    registry.reset()
+    return Context(
+        repo=REPO,
+        work_dir=WORK_DIR,
+        mounts=mounts,
+        bench_python=Path(sys.executable),
+        registry=registry,
+        server_cpu=SERVER_CPU,
+        connections=connections,
+        cgroups=CpuCgroups(),
+        tls=tls,
+    )
+
+
 def _etc_apache_note() -> str:
     """Returns: whether /etc/apache2 is as benchmarks/compare found it, for the notes."""
     if not ETC_SNAPSHOT.with_suffix(".json").is_file():
@@ -302,19 +330,8 @@ def main_long_tail(options: argparse.Namespace, peers: list[Peer], notes: list[s
     _say(f"read every file once in {time.monotonic() - primed:.0f} s")
     if tree.count < 100_000:
         notes.append(f"Only {tree.count:,} files: issue 17 asks for at least 100,000.")
-    registry = Registry(WORK_DIR / "run" / "pgids")
-    registry.reset()
-    cgroups = CpuCgroups()
-    ctx = Context(
-        repo=REPO,
-        work_dir=WORK_DIR,
-        mounts=tree.mounts,
-        bench_python=Path(sys.executable),
-        registry=registry,
-        server_cpu=SERVER_CPU,
-        connections=plan.load.connections,
-        cgroups=cgroups,
-    )
+    ctx = make_context(tree.mounts, plan.load.connections)
+    cgroups = ctx.cgroups
     rounds: list[list[Measurement]] = []
     try:
         for number in range(1, plan.rounds + 1):
@@ -357,9 +374,8 @@ def main_long_tail(options: argparse.Namespace, peers: list[Peer], notes: list[s
     results_dir = options.results_dir or (
         DRAFT_RESULTS_DIR if info.quick or info.partial else RESULTS_DIR
     )
-    written = longtail.write_results(
-        results_dir, stem, info, plan, tree, measurements, options.label
-    )
+    run = longtail.LongTailRun(info, plan, tree, measurements, options.label)
+    written = longtail.write_results(results_dir, stem, run)
     print(written[0].read_text())
     _say("wrote " + ", ".join(str(path) for path in written))
     return 0
@@ -411,20 +427,8 @@ def main(argv: list[str]) -> int:
     tls_files = cafile = None
     if any(peer.scheme == "https" for peer in peers):
         tls_files, cafile = make_certificates(WORK_DIR / "run" / "tls")
-    registry = Registry(WORK_DIR / "run" / "pgids")
-    registry.reset()
-    cgroups = CpuCgroups()
-    ctx = Context(
-        repo=REPO,
-        work_dir=WORK_DIR,
-        mounts=mount_dirs(WORK_DIR),
-        bench_python=Path(sys.executable),
-        registry=registry,
-        server_cpu=SERVER_CPU,
-        connections=plan.connections,
-        cgroups=cgroups,
-        tls=tls_files,
-    )
+    ctx = make_context(mount_dirs(WORK_DIR), plan.connections, tls_files)
+    cgroups = ctx.cgroups
 
     measurements: list[Measurement] = []
     try:

@@ -38,7 +38,7 @@ from harness.peers import (
 )
 from harness.probes import ProbeMismatchError, verify_missing, verify_peer
 from harness.processes import stop_server
-from harness.report import RunInfo, _busy, _ms, _num, _ratio
+from harness.report import RunInfo, _busy, _ms, _num, _ratio, notes_and_versions
 from harness.targets import is_contended
 from harness.wrk import LONG_TAIL_SCRIPT, STATUS_COUNTS_SCRIPT, WrkResult, combined_script
 
@@ -108,6 +108,25 @@ class LongTailPlan:
             + 5
         )
         return per_peer * peers * self.rounds / 60
+
+
+@dataclass(frozen=True)
+class LongTailRun:
+    """What a long-tail results page is made of.
+
+    Attributes:
+        info: facts about the run (versions, notes, elapsed time).
+        plan: how the loads were driven.
+        tree: the tree served.
+        measurements: merged measurements (``merge_rounds``).
+        label: what the run is (e.g. "baseline: vend at 479898a"), for the title, or None.
+    """
+
+    info: RunInfo
+    plan: LongTailPlan
+    tree: LongTailTree
+    measurements: list[Measurement]
+    label: str | None
 
 
 def _scripts(
@@ -330,25 +349,22 @@ def _targets(
     return rows, found
 
 
-def render_markdown(
-    info: RunInfo,
-    plan: LongTailPlan,
-    tree: LongTailTree,
-    measurements: list[Measurement],
-    label: str | None,
-) -> str:
+def render_markdown(run: LongTailRun) -> str:
     """Renders the long-tail results page.
 
     Args:
-        info: facts about the run (versions, notes, elapsed time).
-        plan: how the loads were driven.
-        tree: the tree served.
-        measurements: merged measurements (``merge_rounds``).
-        label: what the run is (e.g. "baseline: vend at 479898a"), shown in the title.
+        run: the run's facts, plan, tree and merged measurements.
 
     Returns:
         Markdown text.
     """
+    info, plan, tree, measurements, label = (
+        run.info,
+        run.plan,
+        run.tree,
+        run.measurements,
+        run.label,
+    )
     load = plan.load
     title = f"# vend long-tail benchmark, {info.started[:10]}"
     if label:
@@ -442,16 +458,7 @@ def render_markdown(
             + ", ".join(contended)
             + "."
         )
-    if notes:
-        lines += ["## Notes", "", *[f"- {note}" for note in notes], ""]
-    lines += [
-        "## Versions",
-        "",
-        "| component | version |",
-        "|---|---|",
-        *[f"| {name} | {value} |" for name, value in info.versions.items()],
-        "",
-    ]
+    lines += notes_and_versions(notes, info.versions)
     return "\n".join(lines)
 
 
@@ -494,40 +501,30 @@ def _sample_json(s: RunSample) -> dict[str, object]:
     }
 
 
-def render_json(
-    info: RunInfo,
-    plan: LongTailPlan,
-    tree: LongTailTree,
-    measurements: list[Measurement],
-    label: str | None,
-) -> str:
+def render_json(run: LongTailRun) -> str:
     """Dumps every number of a long-tail run.
 
     Args:
-        info: facts about the run.
-        plan: how the loads were driven.
-        tree: the tree served.
-        measurements: merged measurements.
-        label: what the run is, or None.
+        run: the run's facts, plan, tree and merged measurements.
 
     Returns:
         JSON text: "run", "versions", "notes", "targets", "measurements" (medians, and
         every round's run and warm-up).
     """
-    _, targets = _targets(measurements, plan.load.connections)
+    _, targets = _targets(run.measurements, run.plan.load.connections)
     data = {
         "run": {
-            "label": label,
-            "started": info.started,
-            "elapsed_s": round(info.elapsed_s, 1),
-            "quick": info.quick,
-            "files": tree.count,
-            "rounds": plan.rounds,
-            "first_warmup_s": plan.first_warmup_s,
-            **vars(plan.load),
+            "label": run.label,
+            "started": run.info.started,
+            "elapsed_s": round(run.info.elapsed_s, 1),
+            "quick": run.info.quick,
+            "files": run.tree.count,
+            "rounds": run.plan.rounds,
+            "first_warmup_s": run.plan.first_warmup_s,
+            **vars(run.plan.load),
         },
-        "versions": info.versions,
-        "notes": info.notes,
+        "versions": run.info.versions,
+        "notes": run.info.notes,
         "targets": targets,
         "measurements": [
             {
@@ -542,35 +539,23 @@ def render_json(
                     "p99_ms": m.p99_ms,
                 },
                 "peak_process_rss_mib": m.peak_process_rss_mib,
-                "response_problems": response_problems(m, plan.load.connections),
+                "response_problems": response_problems(m, run.plan.load.connections),
                 "runs": [_sample_json(s) for s in m.samples],
                 "warmups": [_wrk_json(w) for w in m.warmups],
             }
-            for m in measurements
+            for m in run.measurements
         ],
     }
     return json.dumps(data, indent=2) + "\n"
 
 
-def write_results(
-    directory: Path,
-    stem: str,
-    info: RunInfo,
-    plan: LongTailPlan,
-    tree: LongTailTree,
-    measurements: list[Measurement],
-    label: str | None,
-) -> list[Path]:
+def write_results(directory: Path, stem: str, run: LongTailRun) -> list[Path]:
     """Writes ``<stem>.md`` and ``<stem>.json`` of a long-tail run.
 
     Args:
         directory: where they go.
         stem: e.g. "2026-12-07.longtail".
-        info: facts about the run.
-        plan: how the loads were driven.
-        tree: the tree served.
-        measurements: merged measurements.
-        label: what the run is, or None.
+        run: the run's facts, plan, tree and merged measurements.
 
     Returns:
         The two paths.
@@ -580,6 +565,6 @@ def write_results(
     """
     directory.mkdir(parents=True, exist_ok=True)
     md, js = directory / f"{stem}.md", directory / f"{stem}.json"
-    md.write_text(render_markdown(info, plan, tree, measurements, label))
-    js.write_text(render_json(info, plan, tree, measurements, label))
+    md.write_text(render_markdown(run))
+    js.write_text(render_json(run))
     return [md, js]
