@@ -1,7 +1,8 @@
 """Compares vend with the servers it replaces or competes with, side by side in one run.
 
 Run it through ``benchmarks/compare`` (which installs the peers and this script's
-packages first); see benchmarks/README.md for what each column means.
+packages first); see benchmarks/README.md for what each column means. With
+``--load long-tail`` it runs issue 17's long-tail loads instead (``harness.longtail``).
 
 Every server listens on 127.0.0.1 only, is pinned to core 0 and is stopped (its whole
 process group) before the next one starts; wrk runs on core 1, as does this script.
@@ -10,6 +11,7 @@ process group) before the next one starts; wrk runs on core 1, as does this scri
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import datetime
 import os
 import signal
@@ -20,11 +22,14 @@ from typing import Final, NoReturn
 
 # Only the standard library below this line's imports: ``--help`` and ``--list`` run with
 # any python3, before benchmarks/compare installs anything (see main() for the rest).
+from harness import longtail
+from harness import peers as peers_module
 from harness.apache_etc import EtcSnapshot
 from harness.cgroups import CpuCgroups
-from harness.content import Probe, build_tree, mount_dirs
+from harness.configs import TlsFiles
+from harness.content import LONG_TAIL_FILE_COUNT, Probe, build_tree, mount_dirs
 from harness.loads import LoadPlan, Measurement, measure
-from harness.peers import PEERS, Context, Peer, Running
+from harness.peers import LONG_TAIL_PEERS, PEERS, Context, Peer, Running
 from harness.probes import ProbeMismatchError, verify_peer
 from harness.processes import Registry, stop_server
 
@@ -38,6 +43,21 @@ FULL_PLAN: Final = LoadPlan(
 )
 QUICK_PLAN: Final = LoadPlan(
     runs=1, duration_s=3, warmup_s=1, connections=256, server_cpu=SERVER_CPU, load_cpu=LOAD_CPU
+)
+# --load long-tail: 2 rounds over the 4 peers, 3 loads each: about 8 minutes.
+LONG_TAIL_PLAN: Final = longtail.LongTailPlan(
+    load=LoadPlan(
+        runs=1, duration_s=12, warmup_s=3, connections=64, server_cpu=SERVER_CPU, load_cpu=LOAD_CPU
+    ),
+    first_warmup_s=10,
+    rounds=2,
+)
+QUICK_LONG_TAIL_PLAN: Final = longtail.LongTailPlan(
+    load=LoadPlan(
+        runs=1, duration_s=3, warmup_s=1, connections=64, server_cpu=SERVER_CPU, load_cpu=LOAD_CPU
+    ),
+    first_warmup_s=2,
+    rounds=1,
 )
 PEERS_NEEDING_VEND: Final = ("vend", "vend-log", "tls-apache-vend")
 RESULTS_DIR: Final = BENCH_DIR / "results"
@@ -64,7 +84,29 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
         description="Benchmark vend against nginx, Apache, mod_php and Python peers on loopback. "
         f"A full run (no --quick, no --only) takes about "
         f"{estimate_minutes(list(PEERS.values()), FULL_PLAN):.0f} minutes; --help and --list "
-        "install nothing.",
+        "install nothing. --load long-tail: issue 17's long-tail loads (uniform, Zipf, 20% "
+        f"misses over {LONG_TAIL_FILE_COUNT:,} files), about "
+        f"{LONG_TAIL_PLAN.minutes(len(LONG_TAIL_PEERS)):.0f} minutes.",
+    )
+    parser.add_argument(
+        "--load",
+        choices=("standard", "long-tail"),
+        default="standard",
+        help="standard: the loads of issue 10 (default); long-tail: many names, most asked "
+        "rarely (results/YYYY-MM-DD.longtail.{md,json})",
+    )
+    parser.add_argument(
+        "--files",
+        type=int,
+        metavar="N",
+        default=LONG_TAIL_FILE_COUNT,
+        help=f"--load long-tail: distinct files in the tree (default {LONG_TAIL_FILE_COUNT:,}; "
+        "issue 17 asks for at least 100,000)",
+    )
+    parser.add_argument(
+        "--label",
+        metavar="TEXT",
+        help='--load long-tail: what the run is, for the title (e.g. "baseline: vend at 479898a")',
     )
     parser.add_argument(
         "--quick",
@@ -77,7 +119,8 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
         "--connections",
         type=int,
         metavar="N",
-        help=f"concurrent connections per load (default {FULL_PLAN.connections})",
+        help=f"concurrent connections per load (default {FULL_PLAN.connections}; "
+        f"--load long-tail: {LONG_TAIL_PLAN.load.connections})",
     )
     parser.add_argument(
         "--results-dir",
@@ -86,18 +129,22 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
         "benchmarks/results/draft, which git ignores, for --quick and --only runs)",
     )
     options = parser.parse_args(argv)
+    peers = LONG_TAIL_PEERS if options.load == "long-tail" else PEERS
     if options.list:
-        for peer in PEERS.values():
-            print(f"{peer.name:20} {peer.label} [{', '.join(peer.sizes)}]")
+        for peer in peers.values():
+            loads = ", ".join(peer.sizes) if options.load == "standard" else "long-tail loads"
+            print(f"{peer.name:20} {peer.label} [{loads}]")
         raise SystemExit(0)
     if options.only:
         names = [name.strip() for name in options.only.split(",") if name.strip()]
-        unknown = [name for name in names if name not in PEERS]
+        unknown = [name for name in names if name not in peers]
         if unknown:
             parser.error(f"unknown peer(s) {', '.join(unknown)}; --list shows the names")
-        options.peers = [PEERS[name] for name in PEERS if name in names]
+        options.peers = [peers[name] for name in peers if name in names]
     else:
-        options.peers = list(PEERS.values())
+        options.peers = list(peers.values())
+    if not 3 <= options.files <= 2_000_000:
+        parser.error("--files must be between 3 and 2000000")
     if options.connections is not None and not 1 <= options.connections <= 10_000:
         parser.error("--connections must be between 1 and 10000")
     return options
@@ -209,6 +256,131 @@ def _one_line(m: Measurement) -> str:
     )
 
 
+def make_context(mounts: list[Path], connections: int, tls: TlsFiles | None = None) -> Context:
+    """Makes what every peer's start needs, with an empty registry of started groups and
+    a fresh maker of control groups (close ``ctx.cgroups`` after the run).
+
+    Args:
+        mounts: the mount directories, in search order.
+        connections: the loads' concurrent connections.
+        tls: certificate and key for the HTTPS peers, or None.
+
+    Returns:
+        The context.
+    """
+    registry = Registry(WORK_DIR / "run" / "pgids")
+    registry.reset()
+    return Context(
+        repo=REPO,
+        work_dir=WORK_DIR,
+        mounts=mounts,
+        bench_python=Path(sys.executable),
+        registry=registry,
+        server_cpu=SERVER_CPU,
+        connections=connections,
+        cgroups=CpuCgroups(),
+        tls=tls,
+    )
+
+
+def _etc_apache_note() -> str:
+    """Returns: whether /etc/apache2 is as benchmarks/compare found it, for the notes."""
+    if not ETC_SNAPSHOT.with_suffix(".json").is_file():
+        return "/etc/apache2 was not saved (no snapshot)."
+    changed = EtcSnapshot.load(ETC_SNAPSHOT).differences()
+    if changed:
+        return (
+            "/etc/apache2 differs from what benchmarks/compare found (restored at exit): "
+            + ", ".join(changed[:10])
+        )
+    return "/etc/apache2 byte-identical to what benchmarks/compare found."
+
+
+def main_long_tail(options: argparse.Namespace, peers: list[Peer], notes: list[str]) -> int:
+    """Runs the long-tail loads (``--load long-tail``) and writes their results.
+
+    Args:
+        options: the command line (``--quick``, ``--connections``, ``--files``, ``--label``,
+            ``--results-dir``).
+        peers: the long-tail peers to run (vend left out when it is not installed).
+        notes: remarks so far (appended to).
+
+    Returns:
+        0 when results were written (even if some peers failed; the page says which).
+    """
+    from harness.content import build_long_tail_tree, prime_long_tail_tree
+    from harness.report import RunInfo
+    from harness.versions import collect_versions
+
+    started_wall = datetime.datetime.now().replace(microsecond=0)
+    started = time.monotonic()
+    plan = QUICK_LONG_TAIL_PLAN if options.quick else LONG_TAIL_PLAN
+    if options.connections:
+        plan = dataclasses.replace(
+            plan, load=dataclasses.replace(plan.load, connections=options.connections)
+        )
+    _say(
+        f"{len(peers)} peers x {len(longtail.LOADS)} long-tail loads x {plan.rounds} rounds, "
+        f"about {plan.minutes(len(peers)):.0f} min"
+    )
+    _say(f"building the long-tail tree ({options.files:,} files) under benchmarks/work/longtail")
+    tree = build_long_tail_tree(WORK_DIR, options.files)
+    primed = time.monotonic()
+    prime_long_tail_tree(tree)
+    _say(f"read every file once in {time.monotonic() - primed:.0f} s")
+    if tree.count < 100_000:
+        notes.append(f"Only {tree.count:,} files: issue 17 asks for at least 100,000.")
+    ctx = make_context(tree.mounts, plan.load.connections)
+    cgroups = ctx.cgroups
+    rounds: list[list[Measurement]] = []
+    try:
+        for number in range(1, plan.rounds + 1):
+            _say(f"round {number} of {plan.rounds}")
+            rounds.append(
+                [
+                    m
+                    for peer in peers
+                    for m in longtail.run_peer_long_tail(peer, ctx, tree, plan, _say)
+                ]
+            )
+    finally:
+        cgroups.close()
+    measurements = longtail.merge_rounds(rounds)
+    for m in measurements:
+        if m.error:
+            notes.append(f"{m.peer} {m.probe.key}: not measured ({m.error}).")
+    notes.append(f"Server CPU time from {cgroups.source}.")
+    notes.append(
+        "nginx open_file_cache: max="
+        f"{peers_module.open_file_cache_entries(plan.load.connections)[0]} "
+        f"(wanted {peers_module.OPEN_FILE_CACHE_ENTRIES}; a descriptor per entry, under the "
+        "hard RLIMIT_NOFILE) "
+        f"inactive={peers_module.OPEN_FILE_CACHE_INACTIVE_S}s, "
+        f"open_file_cache_valid {peers_module.OPEN_FILE_CACHE_VALID_S}s, "
+        "open_file_cache_errors on (lookups that found nothing are cached too)."
+    )
+    notes.append(_etc_apache_note())
+    info = RunInfo(
+        started=started_wall.isoformat(),
+        elapsed_s=time.monotonic() - started,
+        plan=plan.load,
+        quick=options.quick,
+        partial=len(peers) < len(LONG_TAIL_PEERS),
+        versions=collect_versions(repo=REPO, vend_python=REPO / ".venv" / "bin" / "python"),
+        notes=notes,
+    )
+    stem = started_wall.date().isoformat() + ".longtail"
+    stem += ("-quick" if info.quick else "") + ("-partial" if info.partial else "")
+    results_dir = options.results_dir or (
+        DRAFT_RESULTS_DIR if info.quick or info.partial else RESULTS_DIR
+    )
+    run = longtail.LongTailRun(info, plan, tree, measurements, options.label)
+    written = longtail.write_results(results_dir, stem, run)
+    print(written[0].read_text())
+    _say("wrote " + ", ".join(str(path) for path in written))
+    return 0
+
+
 def main(argv: list[str]) -> int:
     """Runs the comparison and writes the results.
 
@@ -230,13 +402,7 @@ def main(argv: list[str]) -> int:
         _say(f"benchmarks/compare needs cores {SERVER_CPU} and {LOAD_CPU}")
         return 1
     os.sched_setaffinity(0, {LOAD_CPU})
-    plan = QUICK_PLAN if options.quick else FULL_PLAN
-    if options.connections:
-        plan = LoadPlan(**{**vars(plan), "connections": options.connections})
-    started_wall = datetime.datetime.now().replace(microsecond=0)
-    started = time.monotonic()
     notes: list[str] = []
-
     peers: list[Peer] = options.peers
     vend_bin = REPO / ".venv" / "bin" / "vend"
     if not vend_bin.is_file():
@@ -245,6 +411,14 @@ def main(argv: list[str]) -> int:
             notes.append(f"vend not measured: {vend_bin} does not exist.")
             _say(f"{vend_bin} missing: skipping {', '.join(p.name for p in skipped)}")
         peers = [peer for peer in peers if peer.name not in PEERS_NEEDING_VEND]
+    if options.load == "long-tail":
+        return main_long_tail(options, peers, notes)
+
+    plan = QUICK_PLAN if options.quick else FULL_PLAN
+    if options.connections:
+        plan = LoadPlan(**{**vars(plan), "connections": options.connections})
+    started_wall = datetime.datetime.now().replace(microsecond=0)
+    started = time.monotonic()
 
     loads = sum(len(peer.sizes) for peer in peers)
     _say(f"{len(peers)} peers, {loads} loads, about {estimate_minutes(peers, plan):.0f} min")
@@ -253,20 +427,8 @@ def main(argv: list[str]) -> int:
     tls_files = cafile = None
     if any(peer.scheme == "https" for peer in peers):
         tls_files, cafile = make_certificates(WORK_DIR / "run" / "tls")
-    registry = Registry(WORK_DIR / "run" / "pgids")
-    registry.reset()
-    cgroups = CpuCgroups()
-    ctx = Context(
-        repo=REPO,
-        work_dir=WORK_DIR,
-        mounts=mount_dirs(WORK_DIR),
-        bench_python=Path(sys.executable),
-        registry=registry,
-        server_cpu=SERVER_CPU,
-        connections=plan.connections,
-        cgroups=cgroups,
-        tls=tls_files,
-    )
+    ctx = make_context(mount_dirs(WORK_DIR), plan.connections, tls_files)
+    cgroups = ctx.cgroups
 
     measurements: list[Measurement] = []
     try:
@@ -276,15 +438,7 @@ def main(argv: list[str]) -> int:
         cgroups.close()
     notes.append(f"Server CPU time from {cgroups.source}.")
 
-    if ETC_SNAPSHOT.with_suffix(".json").is_file():
-        changed = EtcSnapshot.load(ETC_SNAPSHOT).differences()
-        if changed:
-            notes.append(
-                "/etc/apache2 differs from what benchmarks/compare found (restored at exit): "
-                + ", ".join(changed[:10])
-            )
-        else:
-            notes.append("/etc/apache2 byte-identical to what benchmarks/compare found.")
+    notes.append(_etc_apache_note())
     versions = collect_versions(repo=REPO, vend_python=REPO / ".venv" / "bin" / "python")
     info = RunInfo(
         started=started_wall.isoformat(),

@@ -51,6 +51,7 @@ def nginx_conf(
     is_root: bool,
     connections: int,
     access_log: Path | None = None,
+    open_files: int | None = None,
 ) -> str:
     """Returns an nginx.conf for one worker on 127.0.0.1:port.
 
@@ -62,6 +63,9 @@ def nginx_conf(
         connections: concurrent client connections the loads open.
         access_log: write nginx's combined access log to this file (unbuffered, a write
             per request, as vend's is a line per request), or no log.
+        open_files: the worker's limit of open descriptors (``worker_rlimit_nofile``),
+            for an ``open_file_cache`` that holds a descriptor per entry; None keeps the
+            inherited limit.
 
     Returns:
         The configuration text.
@@ -72,7 +76,8 @@ def nginx_conf(
         f"    {kind}_temp_path {prefix}/tmp/{kind};"
         for kind in ("client_body", "proxy", "fastcgi", "uwsgi", "scgi")
     )
-    return f"""{user}worker_processes 1;
+    rlimit = f"worker_rlimit_nofile {open_files};\n" if open_files else ""
+    return f"""{user}{rlimit}worker_processes 1;
 daemon off;
 master_process on;
 pid {prefix}/nginx.pid;
@@ -130,6 +135,27 @@ def nginx_try_files(mounts: list[Path]) -> str:
         raise ValueError("try_files mounts must share one parent directory")
     candidates = " ".join(f"/{mount.name}$uri" for mount in mounts)
     return f"            root {parents.pop()};\n            try_files {candidates} =404;"
+
+
+def nginx_open_file_cache(*, max_entries: int, inactive_s: int, valid_s: int) -> str:
+    """Returns the directives of nginx's metadata cache: open descriptors, sizes, times and
+    lookup errors (a name not found) of recently used files.
+
+    Args:
+        max_entries: most entries held (least recently used evicted first).
+        inactive_s: seconds an entry unused is kept.
+        valid_s: seconds before an entry is checked against the file system again (as
+            vend's ``cache.ttl_s``).
+
+    Returns:
+        nginx directives, for a ``location`` body.
+    """
+    return (
+        f"            open_file_cache max={max_entries} inactive={inactive_s}s;\n"
+        f"            open_file_cache_valid {valid_s}s;\n"
+        "            open_file_cache_min_uses 1;\n"
+        "            open_file_cache_errors on;"
+    )
 
 
 def _load(module: str, filename: str) -> str:

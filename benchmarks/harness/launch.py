@@ -144,7 +144,9 @@ def launch(
     return server
 
 
-def start_nginx(ctx: Context, name: str, body: str, *, access_log: bool = False) -> Running:
+def start_nginx(
+    ctx: Context, name: str, body: str, *, access_log: bool = False, open_files: int | None = None
+) -> Running:
     """Starts nginx with a generated nginx.conf around a ``location /`` body.
 
     Args:
@@ -152,6 +154,7 @@ def start_nginx(ctx: Context, name: str, body: str, *, access_log: bool = False)
         name: the peer's name (run directory).
         body: directives inside ``location / { }``.
         access_log: write the combined access log to ``<run dir>/access.log``.
+        open_files: the worker's descriptor limit (``configs.nginx_conf``), or None.
 
     Returns:
         The running peer.
@@ -170,6 +173,7 @@ def start_nginx(ctx: Context, name: str, body: str, *, access_log: bool = False)
             is_root=ctx.is_root,
             connections=ctx.connections,
             access_log=prefix / "access.log" if access_log else None,
+            open_files=open_files,
         )
     )
     argv = ["nginx", "-p", f"{prefix}/", "-c", str(conf), "-e", str(prefix / "error.log")]

@@ -17,6 +17,7 @@ from harness.procstat import (
     MemorySampler,
     core_task_fraction,
     core_times,
+    peak_process_rss_bytes,
 )
 from harness.wrk import WrkResult, names_script, run_wrk
 
@@ -60,6 +61,8 @@ class RunSample:
             system, of any process); what the server did not use of it, other processes did.
         load_core_tasks: the same for the load generator's core.
         harness_cpu_s: CPU seconds the harness itself (on the load core) used meanwhile.
+        peak_process_rss_bytes: the highest VmHWM of any one server process at the end of
+            the run (its peak RSS since it started, warm-up included): per worker.
     """
 
     wrk: WrkResult
@@ -69,6 +72,7 @@ class RunSample:
     server_core_tasks: float
     load_core_tasks: float = 0.0
     harness_cpu_s: float = 0.0
+    peak_process_rss_bytes: int = 0
 
     @property
     def server_cpu_share(self) -> float:
@@ -113,12 +117,15 @@ class Measurement:
         samples: the measured runs, in order.
         error: why the measurement failed (the peer did not start, answered wrongly, or
             wrk failed), or None.
+        warmups: the warm-up runs' totals (not measured; the long-tail loads count each
+            response's status in them).
     """
 
     peer: str
     probe: Probe
     samples: list[RunSample] = field(default_factory=list)
     error: str | None = None
+    warmups: list[WrkResult] = field(default_factory=list)
 
     def _median(self, values: list[float | None]) -> float | None:
         present = [value for value in values if value is not None]
@@ -165,6 +172,16 @@ class Measurement:
         return max(s.peak_pss_bytes for s in self.samples) / MIB if self.samples else None
 
     @property
+    def peak_process_rss_mib(self) -> float | None:
+        """Highest VmHWM of any one server process over all runs, in MiB."""
+        return max(s.peak_process_rss_bytes for s in self.samples) / MIB if self.samples else None
+
+    @property
+    def p50_ms(self) -> float | None:
+        """Median over runs of the median latency, in milliseconds."""
+        return self._median([s.wrk.p50_us / 1000 if s.wrk.requests else None for s in self.samples])
+
+    @property
     def server_cpu_share(self) -> float | None:
         """Median server CPU seconds per wall second (1.0 is one whole core)."""
         return self._median([s.server_cpu_share for s in self.samples])
@@ -198,6 +215,8 @@ def measure(
     servers: list[ServerProcess],
     plan: LoadPlan,
     script_dir: Path,
+    script: tuple[Path, list[str]] | None = None,
+    warmup_script: tuple[Path, list[str]] | None = None,
 ) -> Measurement:
     """Warms a peer up on one URL (or its probe's names), then measures it ``plan.runs`` times.
 
@@ -209,6 +228,9 @@ def measure(
         servers: the processes whose CPU and memory count as the server's.
         plan: runs, durations, connections and load core.
         script_dir: where the wrk script for a names load is written.
+        script: (wrk script, its arguments) for the measured runs of any other load
+            (``wrk.combined_script``); takes the place of the probe's names.
+        warmup_script: the same for the warm-up (default ``script``).
 
     Returns:
         The measurement; wrk failures are recorded in ``error``, not raised.
@@ -222,13 +244,15 @@ def measure(
     names = (names_script(script_dir), probe.names_file) if probe.names_file else None
     try:
         if plan.warmup_s > 0:
-            run_wrk(
+            warmup = run_wrk(
                 url,
                 connections=plan.connections,
                 duration_s=plan.warmup_s,
                 cpu=plan.load_cpu,
                 names=names,
+                script=warmup_script or script,
             )
+            result.warmups.append(warmup)
         for _ in range(plan.runs):
             cores = [plan.server_cpu, plan.load_cpu]
             with MemorySampler(pgids) as memory:
@@ -240,6 +264,7 @@ def measure(
                     duration_s=plan.duration_s,
                     cpu=plan.load_cpu,
                     names=names,
+                    script=script,
                 )
                 after, cores_after = cpu_s(), core_times(cores)
                 own_after = time.process_time()
@@ -256,6 +281,7 @@ def measure(
                         cores_before[plan.load_cpu], cores_after[plan.load_cpu]
                     ),
                     harness_cpu_s=own_after - own_before,
+                    peak_process_rss_bytes=peak_process_rss_bytes(pgids),
                 )
             )
     except (RuntimeError, OSError, subprocess.TimeoutExpired) as error:

@@ -9,6 +9,7 @@ the port accepts connections and returns a ``Running`` peer. The production-path
 
 from __future__ import annotations
 
+import resource
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Final, Literal
@@ -30,6 +31,11 @@ from harness.processes import free_port, stop_server
 __all__ = ["PEERS", "Context", "Peer", "Running"]
 
 ALL_SIZES: Final = ("4k", "100k", "256m")
+# nginx's open_file_cache for the long-tail loads: room for every name of the default tree,
+# entries checked again after vend's cache.ttl_s (2 s).
+OPEN_FILE_CACHE_ENTRIES: Final = 200_000
+OPEN_FILE_CACHE_INACTIVE_S: Final = 60
+OPEN_FILE_CACHE_VALID_S: Final = 2
 # Peers whose rows the issue's targets read also get the load over 2,000 names.
 WITH_NAMES: Final = ("4k", "4k-names", "100k", "256m")
 
@@ -77,6 +83,43 @@ def start_nginx_try_files_log(ctx: Context) -> Running:
     """
     body = configs.nginx_try_files(ctx.mounts)
     return start_nginx(ctx, "nginx-try-files-log", body, access_log=True)
+
+
+def open_file_cache_entries(connections: int) -> tuple[int, int]:
+    """Returns how many entries nginx's open_file_cache may hold here, and the worker's
+    descriptor limit: the cache keeps a descriptor open per entry, and an unprivileged
+    container cannot raise the hard limit (setrlimit fails with EPERM), so the cache is
+    shrunk to fit under it rather than failing opens (EMFILE: 404s).
+
+    Args:
+        connections: the loads' concurrent connections.
+
+    Returns:
+        (entries, descriptor limit): at most ``OPEN_FILE_CACHE_ENTRIES``.
+    """
+    spare = 4 * connections + 1024
+    hard = resource.getrlimit(resource.RLIMIT_NOFILE)[1]
+    limit = OPEN_FILE_CACHE_ENTRIES + spare
+    if hard != resource.RLIM_INFINITY:
+        limit = min(limit, hard)
+    return max(limit - spare, 1), limit
+
+
+def start_nginx_try_files_ofc(ctx: Context) -> Running:
+    """Starts nginx with ``try_files`` over the three mounts and ``open_file_cache``
+    (``open_file_cache_entries`` entries).
+
+    Returns:
+        The running peer.
+    """
+    entries, open_files = open_file_cache_entries(ctx.connections)
+    cache = configs.nginx_open_file_cache(
+        max_entries=entries,
+        inactive_s=OPEN_FILE_CACHE_INACTIVE_S,
+        valid_s=OPEN_FILE_CACHE_VALID_S,
+    )
+    body = configs.nginx_try_files(ctx.mounts) + "\n" + cache
+    return start_nginx(ctx, "nginx-try-files-ofc", body, open_files=open_files)
 
 
 def start_bare_httptools(ctx: Context) -> Running:
@@ -332,7 +375,25 @@ PEERS: Final = {
         ),
     ]
 }
+# The long-tail loads' peers (benchmarks/compare --load long-tail), in run order; the one
+# with open_file_cache is theirs alone.
+LONG_TAIL_PEERS: Final = {
+    peer.name: peer
+    for peer in [
+        PEERS["nginx-try-files"],
+        Peer(
+            "nginx-try-files-ofc",
+            "nginx, try_files + open_file_cache",
+            start_nginx_try_files_ofc,
+            sizes=(),
+        ),
+        PEERS["apache-php"],
+        PEERS["vend"],
+    ]
+}
 # Ratios in the plain table are taken to these two; the TLS table to "tls-apache-static".
 NGINX_REFERENCE: Final = "nginx-try-files"
+# The long-tail targets' reference (issue 17).
+NGINX_OFC_REFERENCE: Final = "nginx-try-files-ofc"
 LEGACY_REFERENCE: Final = "apache-php"
 TLS_REFERENCE: Final = "tls-apache-static"

@@ -94,3 +94,26 @@ def verify_peer(
         return ProbeCheck(honours_range=honours)
     finally:
         connection.close()
+
+
+def verify_missing(*, port: int, url_path: str) -> None:
+    """Asks a plain HTTP peer for a name no mount has and expects 404 (RFC 9110 section
+    15.5.5), so a peer answering every name with 200 cannot win the loads with misses.
+
+    Args:
+        port: the peer's port on 127.0.0.1.
+        url_path: the missing name's request path.
+
+    Raises:
+        ProbeMismatchError: on any status but 404.
+        OSError: when the connection fails.
+    """
+    connection = _connect("http", port, None)
+    try:
+        connection.request("GET", url_path)
+        response = connection.getresponse()
+        response.read()
+        if response.status != 404:
+            raise ProbeMismatchError(f"{url_path} (on no mount): status {response.status}")
+    finally:
+        connection.close()

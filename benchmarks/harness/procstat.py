@@ -2,8 +2,8 @@
 
 Group membership comes from ``/proc/PID/stat``; fallback CPU time from
 ``/proc/PID/task/TID/schedstat`` (nanoseconds; the main source is ``harness.cgroups``);
-memory from ``/proc/PID/status`` (VmRSS) and ``/proc/PID/smaps_rollup`` (Pss); per-core
-busy time from ``/proc/stat``. Source: proc(5).
+memory from ``/proc/PID/status`` (VmRSS, and VmHWM: a process's peak) and
+``/proc/PID/smaps_rollup`` (Pss); per-core busy time from ``/proc/stat``. Source: proc(5).
 """
 
 from __future__ import annotations
@@ -90,6 +90,22 @@ def memory_bytes(pgid: int, *, with_pss: bool = True) -> tuple[int, int]:
         if with_pss:
             pss += _read_kib(f"/proc/{pid}/smaps_rollup", "Pss:")
     return rss * 1024, pss * 1024
+
+
+def peak_process_rss_bytes(pgids: list[int]) -> int:
+    """Returns the highest peak resident set size of any one process of some groups.
+
+    Args:
+        pgids: the process group ids.
+
+    Returns:
+        The largest VmHWM (the kernel's high-water mark of a process's RSS since it
+        started) of their live processes, in bytes; 0 when none is alive.
+    """
+    peaks = [
+        _read_kib(f"/proc/{pid}/status", "VmHWM:") for pgid in pgids for pid in group_members(pgid)
+    ]
+    return max(peaks, default=0) * 1024
 
 
 def _read_kib(path: str, key: str) -> int:

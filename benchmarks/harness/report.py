@@ -216,18 +216,31 @@ def render_markdown(info: RunInfo, measurements: list[Measurement]) -> str:
         "log on too.",
     )
     lines += targets_section(measurements)
-    notes = [*info.notes, *contention_notes(measurements)]
-    if notes:
-        lines += ["## Notes", "", *[f"- {note}" for note in notes], ""]
-    lines += [
+    lines += notes_and_versions([*info.notes, *contention_notes(measurements)], info.versions)
+    return "\n".join(lines)
+
+
+def notes_and_versions(notes: list[str], versions: dict[str, str]) -> list[str]:
+    """Returns the last sections of a results page: the notes (none when empty) and the
+    versions table.
+
+    Args:
+        notes: remarks, one a bullet.
+        versions: component -> version.
+
+    Returns:
+        Markdown lines.
+    """
+    lines = ["## Notes", "", *[f"- {note}" for note in notes], ""] if notes else []
+    return [
+        *lines,
         "## Versions",
         "",
         "| component | version |",
         "|---|---|",
-        *[f"| {name} | {value} |" for name, value in info.versions.items()],
+        *[f"| {name} | {value} |" for name, value in versions.items()],
         "",
     ]
-    return "\n".join(lines)
 
 
 def render_raw(measurements: list[Measurement]) -> str:

@@ -2,7 +2,9 @@
 
 wrk is started as ``taskset -c CPU wrk -t1 -cN -dDs --latency --timeout T -s wrk_summary.lua
 URL``: one thread on the load core, HTTP/1.1 keep-alive (wrk's only mode), and the Lua
-``done`` hook printing exact totals as JSON (``WRK_SUMMARY {...}``) after wrk's own report.
+``done`` hook printing exact totals as JSON (``WRK_SUMMARY {...}``) after wrk's own report
+(and, for the long-tail loads, ``WRK_STATUS {...}``: status counts and requests for names
+no mount has).
 """
 
 from __future__ import annotations
@@ -17,7 +19,10 @@ from typing import Final
 
 SUMMARY_SCRIPT: Final = Path(__file__).with_name("wrk_summary.lua")
 NAMES_SCRIPT: Final = Path(__file__).with_name("wrk_names.lua")
+LONG_TAIL_SCRIPT: Final = Path(__file__).with_name("wrk_long_tail.lua")
+STATUS_COUNTS_SCRIPT: Final = Path(__file__).with_name("wrk_status_counts.lua")
 SUMMARY_MARKER: Final = "WRK_SUMMARY "
+STATUS_MARKER: Final = "WRK_STATUS "
 # A 256 MiB response shared among many connections takes seconds; wrk's default 2 s
 # would count each one as a timeout.
 RESPONSE_TIMEOUT_S: Final = 60
@@ -39,6 +44,9 @@ class WrkResult:
             (0 when no response completed).
         raw: wrk's complete standard output, for the raw file beside the results.
         cpu_s: CPU seconds (user + system) wrk itself used; 0 when not measured.
+        statuses: completed responses by status code, when the script counted them
+            (``wrk_status_counts.lua``), else None.
+        sent_missing: requests sent for names no mount has (long-tail loads), else None.
     """
 
     duration_s: float
@@ -51,6 +59,8 @@ class WrkResult:
     max_us: int
     raw: str
     cpu_s: float = 0.0
+    statuses: dict[int, int] | None = None
+    sent_missing: int | None = None
 
     @property
     def requests_per_s(self) -> float:
@@ -67,6 +77,11 @@ class WrkResult:
         """All errors wrk counted, of every kind."""
         return sum(self.errors.values())
 
+    @property
+    def socket_errors(self) -> int:
+        """Connect, read and write errors and timeouts (every error but a status)."""
+        return sum(count for kind, count in self.errors.items() if kind != "status")
+
 
 def names_script(directory: Path) -> Path:
     """Writes the script for loads over many names: wrk_names.lua plus the summary hook.
@@ -77,9 +92,21 @@ def names_script(directory: Path) -> Path:
     Returns:
         Its path.
     """
-    script = directory / "wrk-names.lua"
-    script.write_text(NAMES_SCRIPT.read_text() + "\n" + SUMMARY_SCRIPT.read_text())
-    return script
+    return combined_script(directory / "wrk-names.lua", [NAMES_SCRIPT])
+
+
+def combined_script(path: Path, parts: list[Path]) -> Path:
+    """Writes one wrk script (wrk takes one) from some parts plus the summary hook.
+
+    Args:
+        path: the file to write.
+        parts: Lua files, joined in this order before ``wrk_summary.lua``.
+
+    Returns:
+        ``path``.
+    """
+    path.write_text("\n".join(part.read_text() for part in [*parts, SUMMARY_SCRIPT]))
+    return path
 
 
 def run_wrk(
@@ -89,6 +116,7 @@ def run_wrk(
     duration_s: float,
     cpu: int,
     names: tuple[Path, Path] | None = None,
+    script: tuple[Path, list[str]] | None = None,
 ) -> WrkResult:
     """Runs one wrk load and returns its totals.
 
@@ -99,6 +127,8 @@ def run_wrk(
         cpu: the core wrk is pinned to.
         names: (script from ``names_script``, file of paths) to ask for a path picked at
             random on each request instead of ``url``'s; None for ``url`` only.
+        script: (a script from ``combined_script``, its arguments), for any other load;
+            takes the place of ``names``.
 
     Returns:
         The run's totals.
@@ -107,6 +137,8 @@ def run_wrk(
         RuntimeError: if wrk fails or prints no summary.
         subprocess.TimeoutExpired: if wrk outlives its duration by ``EXIT_SLACK_S``.
     """
+    if names:
+        script = (names[0], [str(names[1])])
     argv = [
         "taskset",
         "-c",
@@ -118,11 +150,11 @@ def run_wrk(
         "--latency",
         f"--timeout={RESPONSE_TIMEOUT_S}s",
         "-s",
-        str(names[0] if names else SUMMARY_SCRIPT),
+        str(script[0] if script else SUMMARY_SCRIPT),
         url,
     ]
-    if names:
-        argv += ["--", str(names[1])]
+    if script:
+        argv += ["--", *script[1]]
     # wrk is the only child reaped meanwhile (servers are reaped when stopped), so the
     # change in the children's resource usage is wrk's CPU time.
     before = resource.getrusage(resource.RUSAGE_CHILDREN)
@@ -157,6 +189,12 @@ def parse_wrk_output(stdout: str, stderr: str = "", returncode: int = 0) -> WrkR
     data = json.loads(lines[-1][len(SUMMARY_MARKER) :])
     errors = {kind: int(data[f"{kind}_errors"]) for kind in ("connect", "read", "write", "status")}
     errors["timeout"] = int(data["timeouts"])
+    statuses = sent_missing = None
+    status_lines = [line for line in stdout.splitlines() if line.startswith(STATUS_MARKER)]
+    if status_lines:
+        extra = json.loads(status_lines[-1][len(STATUS_MARKER) :])
+        statuses = {int(code): int(count) for code, count in extra["statuses"].items()} or None
+        sent_missing = int(extra["sent_missing"])
     return WrkResult(
         duration_s=max(int(data["duration_us"]), 1) / 1e6,
         requests=int(data["requests"]),
@@ -167,4 +205,6 @@ def parse_wrk_output(stdout: str, stderr: str = "", returncode: int = 0) -> WrkR
         p99_us=int(data["p99_us"]),
         max_us=int(data["max_us"]),
         raw=stdout,
+        statuses=statuses,
+        sent_missing=sent_missing,
     )

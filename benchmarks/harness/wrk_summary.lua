@@ -1,6 +1,7 @@
 -- Prints wrk's exact totals as one JSON line after its own report, so the harness reads
 -- bytes, request counts and latency percentiles without parsing rounded human units.
 -- Latencies are in microseconds; bytes include response headers and partial bodies.
+-- A script that defines summary_extra() (wrk_long_tail.lua) has its line printed after it.
 done = function(summary, latency, requests)
   local e = summary.errors
   io.write(string.format(
@@ -11,4 +12,5 @@ done = function(summary, latency, requests)
     summary.duration, summary.requests, summary.bytes,
     e.connect, e.read, e.write, e.status, e.timeout,
     latency:percentile(50), latency:percentile(90), latency:percentile(99), latency.max))
+  if summary_extra then io.write(summary_extra()) end
 end
