@@ -242,7 +242,7 @@ class Mount:
                 ENOMEM never change the mount's state (``app.federation.exhaustion``).
         """
         if not self.up:
-            raise MountUnavailable(self.last_error or "EIO")
+            raise self.unavailable("EIO")
         scout = await self._pass_gate()
         try:
             return await self._run(self.executor, fn, *args, watch=watch)
@@ -264,7 +264,7 @@ class Mount:
         until = now + QUEUE_FACTOR * self.fs_op_s
         while self.pace.is_overdue(now):
             if not self.up:
-                raise MountUnavailable(self.last_error or "EIO")
+                raise self.unavailable("EIO")
             if not self._scouting:
                 self._scouting = True
                 return True
@@ -336,7 +336,7 @@ class Mount:
         ask = Ask(candidates, directories, max_read_bytes, on_answer)
         if not self.up:
             self.observe("skipped", time.monotonic())
-            ask.outcome = MountUnavailable(self.last_error or "EIO")
+            ask.outcome = self.unavailable("EIO")
         elif self.real_root is None or self._scouting or self.pace.is_overdue(time.monotonic()):
             ask.watch = RunWatch()
             ask.task = asyncio.ensure_future(self._ask_alone(ask, ask.watch))
