@@ -35,18 +35,19 @@ import time
 from collections.abc import Callable
 from typing import Final
 
-from app.contract import UNSENT_KEY, ZEROCOPY
+from app.contract import FOUND_KEY, UNSENT_KEY, ZEROCOPY
 from app.federation.bodies import FileBody
-from app.federation.cache import CachedMiss
-from app.federation.lookup import Miss, Redirect, find_file
+from app.federation.cache import CachedMiss, NameCache
+from app.federation.lookup import Miss, Redirect, Search, Verdict
 from app.federation.memory import NameMemory
 from app.federation.mount import Mount
-from app.federation.open import SmallFile
+from app.federation.open import OpenFile, SmallFile, close_if_file
 from app.federation.redirects import RedirectMap
 from app.federation.refresh import Refresher
 from app.http.names import NameRefused, request_candidates
 from app.http.responses import (
     MemoryBody,
+    Representation,
     Sent,
     make_representation,
     read_request_fields,
@@ -150,21 +151,28 @@ class VendApp(AppLifecycle):
             await send(message)
 
         mount_name: str | None = None
+        found = scope.pop(FOUND_KEY, None)  # the server's cold path looked the name up
         try:
-            sent, mount_name = await self._serve_content(scope, raw_path, tracking_send)
+            sent, mount_name = await self._serve_content(scope, raw_path, tracking_send, found)
         except Exception:
             if response_started:
                 raise  # the server aborts the connection: never a short body
             log.exception("unexpected error while serving a request")
             sent = await send_error(send, 500, head=scope["method"] == "HEAD")
+        finally:
+            close_if_file(found)  # answered without it (a reload refused the name, ...)
         body_bytes = sent.body_bytes - scope.get(UNSENT_KEY, 0)
         self.metrics.count_response(sent.status, body_bytes)
         self.access_log.record(scope, sent.status, body_bytes, mount_name, started)
 
     async def _serve_content(
-        self, scope: Scope, raw_path: bytes, send: Send
+        self, scope: Scope, raw_path: bytes, send: Send, found: Verdict | None
     ) -> tuple[Sent, str | None]:
-        """Answer a content request; returns what was sent and the serving mount's name."""
+        """Answer a content request; returns what was sent and the serving mount's name.
+
+        ``found`` is the verdict of a lookup already made for this request's name (the
+        server's cold path, ``look_up``), or None to look it up here.
+        """
         method: str = scope["method"]
         head = method == "HEAD"
         if method not in ("GET", "HEAD"):
@@ -181,51 +189,124 @@ class VendApp(AppLifecycle):
 
         name = candidates[0]
         cacheable = not request_name.wants_index
-        cache, mounts = self.cache, self.mounts  # one consistent table, even across a reload
+        if found is None:
+            cache = self.cache  # one consistent table, even across a reload
+            if cacheable:
+                cached = cache.get(name, time.monotonic())
+                if isinstance(cached, CachedMiss):
+                    self.metrics.cache_miss_remembered.inc()
+                    return await self._answer_not_found(scope, raw_path, name, send), None
+                if cached is not None and cached.body is not None:
+                    self.metrics.cache_hit.inc()
+                    fields = read_request_fields(method, scope["headers"])
+                    body = MemoryBody(cached.body)
+                    sent = await send_representation(send, fields, cached.rep, body)
+                    return sent, cached.mount.name
+            found = await self._search(candidates, cacheable, bool(index_names)).wait()
+        return await self._answer_found(scope, raw_path, name, found, send, cacheable=cacheable)
+
+    def look_up(self, name: str) -> asyncio.Future[Verdict]:
+        """Look up a name for the server's cold path; the verdict is cached when it arrives.
+
+        The server (``app.server.dispatch``) calls this for a GET or HEAD that its hot
+        path could answer but for the cache: the name passed the same checks as here
+        (``parse_request_path``, the whitelist) and names no directory index. When the
+        future is done the cache holds what a request through ``_serve_content`` would
+        have put there; the server then answers from the cache, or runs the request
+        through the application with the verdict under ``FOUND_KEY`` in its scope.
+
+        Args:
+            name: a validated name (no index, no trailing ``/``).
+
+        Returns:
+            The lookup's future: a ``SmallFile``, an ``OpenFile`` (whoever takes the
+            verdict closes it), a ``Redirect`` or a ``Miss``; never an exception.
+        """
+        return self._search([name], True, bool(self.settings.index_names)).future
+
+    def _search(self, candidates: list[str], cacheable: bool, redirect: bool) -> Search:
+        """Start the search over the mounts; its verdict is cached when it arrives.
+
+        Args:
+            candidates: the names to try (see ``request_candidates``).
+            cacheable: the request names a file, not a directory index: the verdict goes
+                into the name cache.
+            redirect: answer a directory with a ``Redirect``.
+
+        Returns:
+            The search (``app.federation.lookup``); ``future`` gets the verdict.
+        """
         if cacheable:
-            cached = cache.get(name, time.monotonic())
-            if isinstance(cached, CachedMiss):
-                self.metrics.cache_miss_remembered.inc()
-                return await self._answer_not_found(scope, raw_path, name, send), None
-            if cached is not None and cached.body is not None:
-                self.metrics.cache_hit.inc()
-                fields = read_request_fields(method, scope["headers"])
-                sent = await send_representation(send, fields, cached.rep, MemoryBody(cached.body))
-                return sent, cached.mount.name
             self.metrics.cache_miss.inc()
+        cache, mounts = self.cache, self.mounts  # one consistent table, even across a reload
         checked_at = time.monotonic()
+        name = candidates[0]
         key = self.memory.where(name)
-        found = await find_file(
+        search = Search(
             mounts,
             candidates,
-            redirect_directories=bool(index_names) and not request_name.wants_index,
+            redirect_directories=redirect,
             max_read_bytes=cache.max_file_bytes,
             remembered=next((m for m in mounts if m.key == key), None),
             hold_remembered=self.settings.down_mount_policy == "unavailable",
         )
+
+        def remember(future: asyncio.Future[Verdict]) -> None:
+            if not future.cancelled():
+                self._remember(name, future.result(), cache, checked_at, cacheable)
+
+        search.future.add_done_callback(remember)
+        return search
+
+    def _remember(
+        self, name: str, found: Verdict, cache: NameCache, checked_at: float, cacheable: bool
+    ) -> None:
+        """Put a lookup's verdict in the name memory and, when ``cacheable``, the cache."""
         if isinstance(found, Miss):
-            if found is not Miss.NOT_FOUND:
+            if found is Miss.NOT_FOUND:
+                self.memory.forget(name)
+                if cacheable:
+                    cache.put_miss(name, checked_at)
+            return
+        if isinstance(found, Redirect):
+            return
+        self.memory.remember(name, found.mount.key, checked_at)
+        if cacheable:
+            small = found.body if isinstance(found, SmallFile) else None
+            cache.put_file(name, found.mount, self._representation(found), small, checked_at)
+
+    def _representation(self, found: OpenFile | SmallFile) -> Representation:
+        """The representation of a file found (RFC 9110 section 3.2): its fields."""
+        return make_representation(
+            found.size,
+            found.mtime_ns,
+            self._media_types.for_name(found.name),
+            self.settings.cache_control,
+        )
+
+    async def _answer_found(
+        self,
+        scope: Scope,
+        raw_path: bytes,
+        name: str,
+        found: Verdict,
+        send: Send,
+        *,
+        cacheable: bool,
+    ) -> tuple[Sent, str | None]:
+        """Answer from a lookup's verdict; returns what was sent and the serving mount's name."""
+        method: str = scope["method"]
+        head = method == "HEAD"
+        if isinstance(found, Miss):
+            if found is not Miss.NOT_FOUND or not cacheable:
                 return await self._send_miss(send, raw_path, found.value, head=head), None
-            self.memory.forget(name)
-            if not cacheable:
-                return await self._send_miss(send, raw_path, 404, head=head), None
-            cache.put_miss(name, checked_at)
             return await self._answer_not_found(scope, raw_path, name, send), None
         if isinstance(found, Redirect):
             location = raw_path + b"/"
             if scope.get("query_string"):
                 location += b"?" + scope["query_string"]
             return await send_redirect(send, location, head=head), found.mount.name
-        rep = make_representation(
-            found.size,
-            found.mtime_ns,
-            self._media_types.for_name(found.name),
-            self.settings.cache_control,
-        )
-        self.memory.remember(name, found.mount.key, checked_at)
-        if cacheable:
-            small = found.body if isinstance(found, SmallFile) else None
-            cache.put_file(name, found.mount, rep, small, checked_at)
+        rep = self._representation(found)
         fields = read_request_fields(method, scope["headers"])
         if isinstance(found, SmallFile):
             return await send_representation(

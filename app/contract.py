@@ -7,6 +7,10 @@ This module imports nothing of vend's, so that neither side imports the other.
 - ``UNSENT_KEY``: a scope key the server sets to the body bytes a zero-copy send
   promised but could not send (the connection was aborted), so the access log and the
   metrics count only bytes really sent.
+- ``FOUND_KEY``: a scope key the server sets when its cold path (``app.server.dispatch``)
+  has already looked the request's name up (``VendApp.look_up``): the application answers
+  from that verdict instead of looking the name up again, and closes the open file it may
+  hold; a request dropped before it runs has it closed by the server (``close_found``).
 - ``ShortFileError``: a file ended before the bytes already promised in Content-Length.
 """
 
@@ -17,6 +21,20 @@ from typing import Final
 ZEROCOPY: Final = "http.response.zerocopysend"
 UNSENT_KEY: Final = "vend.unsent_bytes"
 """Scope key: body bytes a zero-copy send promised but could not send (connection aborted)."""
+
+FOUND_KEY: Final = "vend.found"
+"""Scope key: the verdict of the lookup the server's cold path made for this request."""
+
+
+def close_found(scope: dict[str, object]) -> None:
+    """Close the open file a dropped request's verdict holds (``FOUND_KEY``), if any.
+
+    Args:
+        scope: the request's ASGI scope; its ``FOUND_KEY`` entry is removed.
+    """
+    close = getattr(scope.pop(FOUND_KEY, None), "close", None)
+    if close is not None:
+        close()
 
 
 class ShortFileError(OSError):

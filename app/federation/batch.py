@@ -57,6 +57,9 @@ its batch is shared out over the mount's threads. (A fast name takes tens of µs
 busy core the wait for the interpreter's lock alone can take a few ms.)"""
 SLOW_JOB_S: Final = 0.05
 """A job that has run this long (seconds) shares the rest of its batch out too."""
+HOLD_S: Final = 0.02
+"""Longest new asks wait for the mount's running batch to end before they go in a batch
+of their own, in seconds after that batch was submitted (``AskQueue``)."""
 
 Found = OpenFile | SmallFile | Lookup
 
@@ -166,6 +169,7 @@ class Batch:
     Args:
         mount: the mount.
         asks: its asks.
+        queue: the queue it came from, told when it ends (``AskQueue.batch_done``).
 
     Attributes:
         future: the first job's future in the mount's pool, once submitted.
@@ -184,6 +188,7 @@ class Batch:
         "_loop",
         "_next",
         "_over",
+        "_queue",
         "_shared",
         "_starts",
         "abandoned",
@@ -197,9 +202,10 @@ class Batch:
         "timer",
     )
 
-    def __init__(self, mount: Mount, asks: list[Ask]) -> None:
+    def __init__(self, mount: Mount, asks: list[Ask], queue: AskQueue | None = None) -> None:
         self.mount = mount
         self.asks = asks
+        self._queue = queue
         self.results: list[Found | int | None] = [None] * len(asks)
         self.future: Future[None] | None = None
         self.submitted = 0.0
@@ -319,6 +325,14 @@ class Batch:
 
     def _complete(self) -> None:
         """On the loop, once every job ended: answer each ask (one hand-off back)."""
+        try:
+            self._answer_all()
+        finally:
+            if self._queue is not None:
+                self._queue.batch_done(self)
+
+    def _answer_all(self) -> None:
+        """Answer each ask from what the jobs found (see ``_complete``)."""
         mount = self.mount
         if self.timer is not None:
             self.timer.cancel()
@@ -385,28 +399,54 @@ def _call_soon_threadsafe(loop: asyncio.AbstractEventLoop, callback: Callable[[]
 
 
 class AskQueue:
-    """The asks made on one mount in the current turn of the event loop.
+    """The asks made on one mount, gathered into batches.
+
+    While no batch of the mount's runs, the asks made in one turn of the event loop go
+    into one batch, submitted at the loop's next turn. While one runs, the new asks wait
+    for it to end (``batch_done``) and then go together: under load a batch carries
+    every ask made while the previous one ran, so the hand-offs per request shrink as
+    the requests grow, and the mount's threads are not woken once per turn. They wait at
+    most ``HOLD_S`` after the running batch was submitted: a slow or hung mount's next
+    batch is not held back by it.
 
     Args:
         mount: the mount.
     """
 
-    __slots__ = ("_loop", "_pending", "mount")
+    __slots__ = ("_loop", "_pending", "_running", "_timer", "mount")
 
     def __init__(self, mount: Mount) -> None:
         self.mount = mount
         self._pending: list[Ask] = []
         self._loop: asyncio.AbstractEventLoop | None = None
+        self._running: Batch | None = None
+        self._timer: asyncio.TimerHandle | None = None
 
     def add(self, ask: Ask) -> None:
-        """Queue ``ask`` for this turn's batch (submitted at the loop's next turn)."""
+        """Queue ``ask`` for the next batch (see the class docstring)."""
         if not self._pending:
             loop = self._loop = asyncio.get_running_loop()
-            loop.call_soon(self._flush)
+            running = self._running
+            wait = 0.0 if running is None else running.submitted + HOLD_S - time.monotonic()
+            if wait <= 0:
+                loop.call_soon(self._flush)
+            else:
+                self._timer = loop.call_later(wait, self._flush)
         self._pending.append(ask)
 
+    def batch_done(self, batch: Batch) -> None:
+        """A batch ended (on the loop): submit the asks that waited for it."""
+        if batch is not self._running:
+            return
+        self._running = None
+        if self._pending:
+            self._flush()
+
     def _flush(self) -> None:
-        """Submit this turn's asks as one batch."""
+        """Submit the asks gathered as one batch."""
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
         asks, self._pending = [a for a in self._pending if not a.dropped], []
         loop = self._loop
         if not asks or loop is None:
@@ -418,4 +458,7 @@ class AskQueue:
                 mount.observe("skipped", now)
                 ask.answer(error)
             return
-        Batch(mount, asks).submit(loop)
+        batch = Batch(mount, asks, self)
+        batch.submit(loop)
+        if batch.future is not None and not batch.done():
+            self._running = batch

@@ -134,6 +134,26 @@ class Search:
         timeout = max(0.01, min([w for w in waits if w > 0], default=GATE_POLL_S))
         self._timer = asyncio.get_running_loop().call_later(min(timeout, GATE_POLL_S), self.update)
 
+    async def wait(self) -> Verdict:
+        """Wait for the verdict.
+
+        Returns:
+            As ``future``'s result.
+
+        Raises:
+            asyncio.CancelledError: the caller was cancelled; an open file decided
+                meanwhile is closed.
+        """
+        future = self.future
+        try:
+            return await future
+        except asyncio.CancelledError:
+            if future.done() and not future.cancelled():
+                found = future.result()  # decided, but the caller went away before it woke
+                if isinstance(found, OpenFile):
+                    found.close()
+            raise
+
     def _done(self, future: asyncio.Future[Verdict]) -> None:
         """The verdict is in, or nobody waits any more: let go of every other answer."""
         if self._timer is not None:
@@ -184,15 +204,7 @@ async def find_file(
         remembered=remembered,
         hold_remembered=hold_remembered,
     )
-    future = search.future
-    try:
-        return await future
-    except asyncio.CancelledError:
-        if future.done() and not future.cancelled():
-            found = future.result()  # decided, but the caller went away before it woke
-            if isinstance(found, OpenFile):
-                found.close()
-        raise
+    return await search.wait()
 
 
 _WAIT: Final = object()

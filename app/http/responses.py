@@ -110,6 +110,23 @@ def read_request_fields(method: str, headers: Sequence[tuple[bytes, bytes]]) -> 
     return RequestFields(method=method, **found)
 
 
+def error_fields(status: int) -> list[tuple[bytes, bytes]]:
+    """The fields of the short plain-text error ``send_error`` sends for ``status``.
+
+    Args:
+        status: a status of ``ERROR_BODIES``.
+
+    Returns:
+        Content-Type, Content-Length (of ``ERROR_BODIES[status]``) and
+        ``X-Content-Type-Options: nosniff``, in that order.
+    """
+    return [
+        (b"content-type", b"text/plain; charset=utf-8"),
+        (b"content-length", str(len(ERROR_BODIES[status])).encode()),
+        (b"x-content-type-options", b"nosniff"),
+    ]
+
+
 async def send_error(
     send: Send, status: int, *, head: bool = False, headers: Sequence[tuple[bytes, bytes]] = ()
 ) -> Sent:
@@ -125,12 +142,7 @@ async def send_error(
         What was sent.
     """
     body = ERROR_BODIES[status]
-    all_headers = [
-        (b"content-type", b"text/plain; charset=utf-8"),
-        (b"content-length", str(len(body)).encode()),
-        (b"x-content-type-options", b"nosniff"),
-        *headers,
-    ]
+    all_headers = [*error_fields(status), *headers]
     if status == 503:
         all_headers.append((b"retry-after", str(RETRY_AFTER_S).encode()))
     await send({"type": "http.response.start", "status": status, "headers": all_headers})

@@ -2,8 +2,9 @@
 
 ``AnswerQueue`` is the part of ``VendProtocol`` (``app.server.connection``) that sends
 the answers. Every request parsed becomes, in order, either a ready answer (a refusal,
-or the hot path's prebuilt bytes, ``app.server.hotpath``) or an ``AsgiCycle`` run
-through the application (``app.server.writer``). Only the first entry writes; the next
+or the hot path's prebuilt bytes, ``app.server.hotpath``), a ``ColdRequest`` waiting for
+the lookup of its name (``app.server.cold``), or an ``AsgiCycle`` run through the
+application (``app.server.writer``). Only the first entry writes; the next
 starts when it is done (``cycle_done``). So pipelined answers leave whole and in order
 whatever path each takes, and a refusal goes out only after every earlier answer, then
 the write side is shut and the connection lingers (reads and discards) for
@@ -19,6 +20,8 @@ from typing import TYPE_CHECKING, Any
 
 from uvicorn.server import ServerState
 
+from app.contract import close_found
+from app.server.cold import ColdRequest
 from app.server.framing import READING, RequestReader, record_refusal, refusal_response
 from app.server.hotpath import DateField
 from app.server.limits import LINGER_S, Event, ProtocolMixin, ReadState, next_state
@@ -58,8 +61,8 @@ class AnswerQueue(ProtocolMixin):
     date: DateField
     _client: tuple[str, int] | None
     _trusted_client: ClientFinder | None
-    _queue: deque[AsgiCycle | tuple[bytes, bool] | _RefusalEntry]
-    _active: AsgiCycle | None
+    _queue: deque[AsgiCycle | ColdRequest | tuple[bytes, bool] | _RefusalEntry]
+    _active: AsgiCycle | ColdRequest | None
     _served: int
     _read_paused: bool
     _linger_timer: asyncio.TimerHandle | None
@@ -72,9 +75,10 @@ class AnswerQueue(ProtocolMixin):
 
         def _sync_reading(self) -> None: ...
 
-    def _emit(self, entry: AsgiCycle | bytes, keep_alive: bool) -> None:
-        """Queue an answer (bytes, or a cycle); write or start it at once if it is first."""
-        item: AsgiCycle | tuple[bytes, bool] = (
+    def _emit(self, entry: AsgiCycle | ColdRequest | bytes, keep_alive: bool) -> None:
+        """Queue an answer (bytes, a cycle, or a request waiting for its lookup); write
+        or start it at once if it is first."""
+        item: AsgiCycle | ColdRequest | tuple[bytes, bool] = (
             (entry, keep_alive) if isinstance(entry, bytes) else entry
         )
         if self._active is None and not self._queue and isinstance(item, tuple):
@@ -92,6 +96,11 @@ class AnswerQueue(ProtocolMixin):
         """Write ready answers and start the next cycle, in order, while none runs."""
         while self._active is None and self._queue and not self.disconnected:
             entry = self._queue.popleft()
+            if isinstance(entry, ColdRequest):
+                if entry.answer is None:
+                    self._active = entry  # its lookup runs: ``cold_answered`` goes on
+                    return
+                entry = entry.answer
             if isinstance(entry, tuple):
                 self._served += 1
                 self.server_state.total_requests += 1
@@ -109,15 +118,28 @@ class AnswerQueue(ProtocolMixin):
                 return
 
     def _drop_queue(self) -> None:
-        """Forget the answers not started. A dropped cycle that was to look up a name for
-        others wakes those waiting for it, who would otherwise wait ``send_s`` for a
-        lookup never made (and the next ones after them, for as long as the process runs)."""
+        """Forget the answers not started; close any file a dropped cycle's verdict holds
+        (``app.server.cold``). A request waiting for its lookup first is not dropped: it
+        is the answer in flight (``connection_lost`` drops it)."""
         for entry in self._queue:
-            if isinstance(entry, AsgiCycle) and entry.refresh is not None:
-                hot, target = entry.refresh
-                entry.refresh = None
-                hot.refresh_done(target)
+            if isinstance(entry, ColdRequest):
+                entry.drop()
+            elif isinstance(entry, AsgiCycle):
+                close_found(entry.scope)
         self._queue.clear()
+
+    def cold_answered(self, request: ColdRequest) -> None:
+        """A request's lookup is done and its answer made: go on if it was first.
+
+        Args:
+            request: the request (``request.answer`` is set).
+        """
+        if self._active is not request:
+            return  # still queued behind earlier answers: ``_advance`` reaches it
+        self._active = None
+        self._queue.appendleft(request)
+        self._advance()
+        self._pump()
 
     def cycle_done(self, cycle: AsgiCycle) -> None:
         """A cycle ended: close if it said so, else go on with the queue.

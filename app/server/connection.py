@@ -36,6 +36,7 @@ from uvicorn.server import ServerState
 from app.asgi import VendApp
 from app.server.answers import AnswerQueue, _RefusalEntry
 from app.server.clock import DeadlineTimer
+from app.server.cold import ColdRequest
 from app.server.dispatch import RequestDispatch
 from app.server.flow import FlowControl
 from app.server.framing import READING, RequestReader
@@ -93,8 +94,8 @@ class VendProtocol(AnswerQueue, FlowControl, RequestDispatch, DeadlineTimer, asy
         self.state = ReadState.IDLE
         self.disconnected = False
         self.transport: asyncio.Transport = None  # type: ignore[assignment]
-        self._queue: deque[AsgiCycle | tuple[bytes, bool] | _RefusalEntry] = deque()
-        self._active: AsgiCycle | None = None
+        self._queue: deque[AsgiCycle | ColdRequest | tuple[bytes, bool] | _RefusalEntry] = deque()
+        self._active: AsgiCycle | ColdRequest | None = None
         self._read_paused = False
         self._write_paused = False
         self._served = 0
@@ -137,6 +138,8 @@ class VendProtocol(AnswerQueue, FlowControl, RequestDispatch, DeadlineTimer, asy
         self.state = next_state(self.state, Event.LOST)
         self.disconnected = True
         self._drop_queue()
+        if isinstance(self._active, ColdRequest):
+            self._active.drop()
         self.reader.held = b""
         for timer in (self._timer, self._send_timer, self._linger_timer):
             if timer is not None:

@@ -2,11 +2,9 @@
 
 ``RequestDispatch`` is the part of ``VendProtocol`` (``app.server.connection``) that
 takes a request the reader completed (``app.server.framing``) and answers it from the
-cache below ASGI when it can (``app.server.hotpath``), else queues an ``AsgiCycle``
-(``app.server.writer``). A name not fresh in the cache (never asked, or gone stale) is
-looked up by one request; the others asking for it meanwhile wait for that lookup and
-are then answered from the cache, instead of all looking it up (each reading its own
-copy of a small file) at once.
+cache below ASGI when it can (``app.server.hotpath``), looks its name up below ASGI
+when the cache does not hold it (``app.server.cold``), else queues an ``AsgiCycle``
+(``app.server.writer``).
 """
 
 from __future__ import annotations
@@ -18,9 +16,11 @@ from typing import Any
 from uvicorn.config import Config
 from uvicorn.server import ServerState
 
+from app.federation.cache import CachedFile
+from app.server.cold import ColdRequest
 from app.server.hotpath import HotPath, KnownHead
 from app.server.limits import ProtocolMixin
-from app.server.writer import CLOSE, KEEP_ALIVE, AsgiCycle, make_scope
+from app.server.writer import AsgiCycle, make_scope
 
 
 class RequestDispatch(ProtocolMixin):
@@ -37,10 +37,10 @@ class RequestDispatch(ProtocolMixin):
     _server: tuple[str, int | None] | None
     _client: tuple[str, int] | None
     _scheme: str
-    _active: AsgiCycle | None
+    _active: AsgiCycle | ColdRequest | None
     _queue: deque[Any]
 
-    def _emit(self, entry: AsgiCycle | bytes, keep_alive: bool) -> None:
+    def _emit(self, entry: AsgiCycle | ColdRequest | bytes, keep_alive: bool) -> None:
         raise NotImplementedError  # VendProtocol's
 
     def _close(self) -> None:
@@ -54,7 +54,7 @@ class RequestDispatch(ProtocolMixin):
         http10: bool,
         keep_alive: bool,
         inm: bytes | None,
-        cold: bool,
+        to_app: bool,
         fast_data: bytes | None,
     ) -> None:
         """A request is complete: answer it on the hot path, or queue it for the app.
@@ -66,42 +66,34 @@ class RequestDispatch(ProtocolMixin):
             http10: the request is HTTP/1.0.
             keep_alive: the connection stays open after the answer.
             inm: If-None-Match (repeated fields joined), or None.
-            cold: a field or a body sends it to the application.
+            to_app: a field (Range, a precondition but If-None-Match) or a body sends
+                it to the application.
             fast_data: the read that held exactly this head, or None.
         """
         hot = self.hot
         if (
             hot is not None
-            and not cold
+            and not to_app
             and (method == b"GET" or method == b"HEAD")
             and not hot.app.draining
         ):
-            entry = hot.lookup(url)
-            if entry is not None:
-                connection = (KEEP_ALIVE if http10 else b"") if keep_alive else CLOSE
-                data, status, sent = hot.answer(entry, method == b"HEAD", inm, connection)
-                self._emit(data, keep_alive)
-                hot.count(entry, status, sent, self._client, method, url, http10, headers)
-                if fast_data is not None:
-                    hot.remember(fast_data, (method, url, http10, keep_alive, inm, headers))
+            found = hot.find(url)
+            if isinstance(found, str):  # not fresh in the cache: look it up below ASGI
+                request = ColdRequest(
+                    self,  # type: ignore[arg-type]
+                    (method, url, http10, keep_alive, inm, headers),
+                    self._client,
+                )
+                self._emit(request, keep_alive)
+                hot.search(found, request)
                 return
-            # Not fresh in the cache (never asked, or gone stale): one request looks it up,
-            # the others asking meanwhile wait for that lookup. Each lookup of a small file
-            # reads its own copy of the body, so 256 connections starting on a 100 KiB file
-            # at once would otherwise hold 256 copies (and their answers) together.
-            cycle = self._make_cycle(method, url, headers, http10, keep_alive)
-            waiting = hot.refreshing.get(url)
-            if waiting is None:
-                # Only a request that starts at once looks it up for the others: one
-                # queued behind an answer its client does not read would hold them.
-                if self._active is None and not self._queue:
-                    cycle.refresh = (hot, url)
-                    hot.refreshing[url] = self.loop.create_future()
-            else:
-                cycle.after_refresh = (waiting, (method, url, http10, keep_alive, inm, headers))
-            self._emit(cycle, keep_alive)
-            return
-        self._emit(self._make_cycle(method, url, headers, http10, keep_alive), keep_alive)
+            if found is not None:
+                known = (method, url, http10, keep_alive, inm, headers)
+                self._emit(hot.reply(found, known, keep_alive, self._client), keep_alive)
+                if fast_data is not None and isinstance(found, CachedFile):
+                    hot.remember(fast_data, known)
+                return
+        self._emit(self.make_cycle(method, url, headers, http10, keep_alive), keep_alive)
 
     def _answer_known(self, known: KnownHead) -> bool:
         """Answer a head whose exact bytes the parser accepted before, on the hot path.
@@ -138,17 +130,13 @@ class RequestDispatch(ProtocolMixin):
         hot = self.hot
         if hot is None or self.disconnected or hot.app.draining:
             return False
-        method, url, http10, keep_alive, inm, headers = known
-        entry = hot.lookup(url)
+        entry = hot.lookup(known[1])
         if entry is None:
             return False
-        connection = (KEEP_ALIVE if http10 else b"") if keep_alive else CLOSE
-        data, status, sent = hot.answer(entry, method == b"HEAD", inm, connection)
-        self.transport.write(data)
-        hot.count(entry, status, sent, self._client, method, url, http10, headers)
+        self.transport.write(hot.reply(entry, known, known[3], self._client))
         return True
 
-    def _make_cycle(
+    def make_cycle(
         self,
         method: bytes,
         url: bytes,
@@ -156,7 +144,13 @@ class RequestDispatch(ProtocolMixin):
         http10: bool,
         keep_alive: bool,
     ) -> AsgiCycle:
-        """The request in a cycle ready to run through the application."""
+        """The request in a cycle ready to run through the application.
+
+        Args: as ``dispatch``'s.
+
+        Returns:
+            The cycle, not started (the answer queue starts it in its turn).
+        """
         scope = make_scope(
             method,
             url,

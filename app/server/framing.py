@@ -183,7 +183,7 @@ class RequestReader:
         self._discarded = 0
         self._inm: bytes | None = None
         self._host: bytes | None = None
-        self._cold = False
+        self._to_app = False
         self._trailers: int | None = None  # trailer fields so far, once the head is done
         self._continue = False  # Expect: 100-continue
 
@@ -354,7 +354,7 @@ class RequestReader:
             inm = self._inm
             self._inm = value if inm is None else inm + b", " + value
         else:
-            self._cold = True
+            self._to_app = True
             if name == b"content-length":  # llhttp checked it: digits, not repeated
                 if int(value) > MAX_DISCARDED_BODY_BYTES:
                     raise Refusal(413, f"request body over {MAX_DISCARDED_BODY_BYTES} bytes")
@@ -387,7 +387,7 @@ class RequestReader:
             self._valid_host = host  # clients send the same Host on every request
         if self.url[:1] != b"/":
             self._absolute_form(self.url)
-            self._cold = True
+            self._to_app = True
 
     def _absolute_form(self, url: bytes) -> None:
         """RFC 9112 section 3.2.2: the target's authority takes the place of Host."""
@@ -433,6 +433,6 @@ class RequestReader:
         self.head_bytes = 0
         self.body_left = 0
         method, url, headers = self.method, self.url, self.headers
-        inm, cold = self._inm, self._cold
+        inm, to_app = self._inm, self._to_app
         self.reset_request()
-        self.conn.dispatch(method, url, headers, http10, keep_alive, inm, cold, self.fast_data)
+        self.conn.dispatch(method, url, headers, http10, keep_alive, inm, to_app, self.fast_data)

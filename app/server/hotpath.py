@@ -28,18 +28,23 @@ What makes the two paths give the same answer:
 from __future__ import annotations
 
 import asyncio
+import functools
 import time
 import weakref
 from collections.abc import Callable
 from email.utils import formatdate
-from typing import Any, Final
+from typing import TYPE_CHECKING, Any, Final
 
 from app.asgi import OPERATOR_PREFIX, VendApp
-from app.federation.cache import CachedFile
+from app.federation.cache import CachedFile, CachedMiss
 from app.http.conditional import Outcome, evaluate_preconditions
 from app.http.names import NameRefused, is_allowed_name, parse_request_path
+from app.http.responses import ERROR_BODIES, error_fields
 from app.server.trust import ClientFinder
 from app.server.writer import CLOSE, KEEP_ALIVE, serialize_fields, status_line
+
+if TYPE_CHECKING:
+    from app.server.cold import ColdRequest
 
 FLUSH_S: Final = 1.0
 """Longest the hot path's counts wait before they reach the metrics, in seconds."""
@@ -117,6 +122,9 @@ class Prebuilt:
 
 _PREFIX_200: Final = status_line(200) + b"date: "
 _PREFIX_304: Final = status_line(304) + b"date: "
+_PREFIX_404: Final = status_line(404) + b"date: "
+_BODY_404: Final = ERROR_BODIES[404]
+_FIELDS_404: Final = b"\r\n" + serialize_fields(error_fields(404))
 
 
 class HotPath:
@@ -140,10 +148,9 @@ class HotPath:
         self._target_bytes = 0
         """Targets answered here, each with its name: never the cache entry itself, so
         that an entry the name cache lets go of (``cache.max_bytes``) is not kept alive."""
-        self.refreshing: dict[bytes, asyncio.Future[None]] = {}
-        """Targets not fresh in the cache (never asked, or gone stale) being looked up,
-        by one request each: the others asking meanwhile wait for it instead of all
-        looking it up (and reading the same small file) at once."""
+        self.searching: dict[str, list[ColdRequest]] = {}
+        """Names not fresh in the cache (never asked, or gone stale) being looked up
+        below ASGI (``search``), each with the requests waiting for the verdict."""
         self.heads: dict[bytes, KnownHead] = {}
         """Request heads (exact bytes) the parser and vend's checks accepted, each a
         whole hot-path request: a client repeating one skips the parser."""
@@ -153,7 +160,8 @@ class HotPath:
         self._ready_bytes = 0
         self._ready_date = b""
         self._cache: object = None
-        self._n200 = self._n304 = self._bytes = 0
+        self._n200 = self._n304 = self._bytes = self._n404 = self._bytes404 = 0
+        self._looked_up = 0
         self._flush_timer: asyncio.TimerHandle | None = None
         self._shared = app.metrics.multiprocess
         app.metrics.before_render.append(self.flush)
@@ -166,8 +174,24 @@ class HotPath:
 
         Returns:
             The entry, when the target passes the application's name checks and its
-            small file is in the cache within ``cache.ttl_s``; else None (the request
-            goes to the ASGI application).
+            small file is in the cache within ``cache.ttl_s``; else None.
+        """
+        found = self.find(target)
+        return found if isinstance(found, CachedFile) else None
+
+    def find(self, target: bytes) -> CachedFile | CachedMiss | str | None:
+        """What the cache knows of the file a request-target names.
+
+        Args:
+            target: the request-target as received (origin-form).
+
+        Returns:
+            For a target that passes the application's name checks (``parse_request_path``
+            and the whitelist in force) and names no directory index: its fresh small
+            file (the hot path answers it), its fresh miss (404 here unless the redirect
+            map lists the name), or the name itself when the cache holds neither (looked
+            up below ASGI, ``app.server.cold``). None for anything else, a fresh large
+            file included: the ASGI application answers it.
         """
         app = self.app
         cache = app.cache
@@ -175,17 +199,30 @@ class HotPath:
             self._cache = cache
             self._targets = {}
             self._target_bytes = 0
-        now = time.monotonic()
-        known = self._targets.get(target)
-        if known is not None:
-            found = cache.get(known, now)
-            if isinstance(found, CachedFile) and found.body is not None:
-                if found.prebuilt is None:
-                    found.prebuilt = Prebuilt(found)
-                return found
-            if found is not None:  # fresh, but no longer a small file: not hot any more
-                self._targets.pop(target, None)
-            return None
+        name = self._targets.get(target)
+        if name is None:
+            name = self._checked_name(target)
+            if name is None:
+                return None
+            self._target_bytes += len(target)
+            if len(self._targets) >= cache.max_entries or self._target_bytes > MAX_TARGET_BYTES:
+                self._targets = {}
+                self._target_bytes = len(target)
+            self._targets[target] = name
+        found = cache.get(name, time.monotonic())
+        if found is None:
+            return name
+        if isinstance(found, CachedFile):
+            if found.body is None:
+                return None
+            if found.prebuilt is None:
+                found.prebuilt = Prebuilt(found)
+        elif app.redirects.location(name) is not None:
+            return None  # the application answers the redirect map's 301
+        return found
+
+    def _checked_name(self, target: bytes) -> str | None:
+        """The name a request-target asks for, if it passes the application's checks."""
         path, _, query = target.partition(b"?")
         if b"#" in target or (not query and target.endswith(b"?")):
             return None  # logged differently by the application: not worth matching
@@ -195,27 +232,44 @@ class HotPath:
             name = parse_request_path(path)
         except NameRefused:
             return None
-        if name.wants_index or not is_allowed_name(name.name, app.name_pattern):
+        if name.wants_index or not is_allowed_name(name.name, self.app.name_pattern):
             return None
-        found = cache.get(name.name, now)
-        if not isinstance(found, CachedFile) or found.body is None:
-            if found is not None:  # fresh, but no longer a small file: not hot any more
-                self._targets.pop(target, None)
-            return None
-        if found.prebuilt is None:
-            found.prebuilt = Prebuilt(found)
-        self._target_bytes += len(target)
-        if len(self._targets) >= cache.max_entries or self._target_bytes > MAX_TARGET_BYTES:
-            self._targets = {}
-            self._target_bytes = len(target)
-        self._targets[target] = name.name
-        return found
+        return name.name
 
-    def refresh_done(self, target: bytes) -> None:
-        """The request refreshing ``target`` is done: wake those waiting for it."""
-        waiting = self.refreshing.pop(target, None)
-        if waiting is not None and not waiting.done():
-            waiting.set_result(None)
+    def search(self, name: str, request: ColdRequest) -> None:
+        """Look ``name`` up below ASGI for ``request``, with any others asking meanwhile.
+
+        One lookup serves every request asking for a name while it runs: each lookup of
+        a small file reads its own copy of the body, so 256 connections starting on a
+        100 KiB file at once would otherwise hold 256 copies (and their answers).
+
+        Args:
+            name: what ``find`` returned for the request's target.
+            request: the request; its ``looked_up`` is called with the verdict.
+        """
+        waiting = self.searching.get(name)
+        if waiting is not None:
+            waiting.append(request)
+            return
+        request.looks_up = True
+        self.searching[name] = [request]
+        future = self.app.look_up(name)
+        future.add_done_callback(functools.partial(self._searched, name))
+
+    def _searched(self, name: str, future: asyncio.Future[Any]) -> None:
+        """A lookup is done (its verdict cached): answer everyone who waited for it.
+
+        The first request that needs the verdict itself (a large file, a redirect, 403,
+        503) takes it; the others are answered from the cache or run through the
+        application as usual. An open file nobody took is closed.
+        """
+        verdict = None if future.cancelled() else future.result()
+        for request in self.searching.pop(name, ()):
+            if request.looked_up(verdict):
+                verdict = None
+        close = getattr(verdict, "close", None)
+        if close is not None:
+            close()
 
     def remember(self, head: bytes, known: KnownHead) -> None:
         """Remember a request head that was parsed, checked and answered here.
@@ -293,9 +347,50 @@ class HotPath:
             pre.date = date
         return pre.get_answer, 200, len(pre.body)
 
+    def reply(
+        self,
+        found: CachedFile | CachedMiss,
+        known: KnownHead,
+        keep_alive: bool,
+        peer: tuple[str, int] | None,
+        started: float | None = None,
+        looked_up: bool = False,
+    ) -> bytes:
+        """The whole answer to a request ``find`` answered, counted and logged.
+
+        Args:
+            found: what ``find`` returned for the request's target: a small file, or a
+                miss (404, RFC 9110 section 15.5.5, the application's short body).
+            known: the request (method, target, HTTP/1.0, keep-alive, If-None-Match,
+                fields).
+            keep_alive: the connection stays open after the answer.
+            peer: the connection's peer address.
+            started: ``time.perf_counter()`` when the request was complete, for a
+                request answered after a lookup; None for one answered at once.
+            looked_up: the lookup was this request's own (see ``count``).
+
+        Returns:
+            The bytes to write.
+        """
+        method, url, http10, _, inm, headers = known
+        connection = (KEEP_ALIVE if http10 else b"") if keep_alive else CLOSE
+        head = method == b"HEAD"
+        if isinstance(found, CachedFile):
+            data, status, sent = self.answer(found, head, inm, connection)
+            mount = found.mount.name
+            self.count(mount, status, sent, peer, method, url, http10, headers, started, looked_up)
+            return data
+        app = self.app
+        if not looked_up:
+            app.metrics.cache_miss_remembered.inc()
+        app.misses.count_miss(url.partition(b"?")[0], 404)
+        body = b"" if head else _BODY_404
+        self.count(None, 404, len(body), peer, method, url, http10, headers, started)
+        return b"".join((_PREFIX_404, self.date(), _FIELDS_404, connection, b"\r\n", body))
+
     def count(
         self,
-        entry: CachedFile,
+        mount: str | None,
         status: int,
         body_bytes: int,
         peer: tuple[str, int] | None,
@@ -303,24 +398,37 @@ class HotPath:
         target: bytes,
         http10: bool,
         headers: list[tuple[bytes, bytes]],
+        started: float | None = None,
+        looked_up: bool = False,
     ) -> None:
         """Count an answer in the metrics (batched) and write its access log line.
 
         Args:
-            entry: the cache entry answered from (its mount is logged).
-            status: 200 or 304.
+            mount: the name of the mount that served, or None (a 404).
+            status: 200, 304 or 404.
             body_bytes: body bytes sent.
             peer: the connection's peer address.
             method: ``GET`` or ``HEAD``.
             target: the request-target as received.
             http10: the request was HTTP/1.0.
             headers: the request's fields (lower-case names).
+            started: ``time.perf_counter()`` when a request answered after a lookup
+                (``app.server.cold``) was complete, in seconds; None for one answered
+                the moment it was complete.
+            looked_up: its own lookup was counted as a cache miss when it started
+                (``VendApp.look_up``): not a cache hit. Those that waited for another
+                request's lookup are answered from the cache: hits.
         """
         if status == 200:
             self._n200 += 1
             self._bytes += body_bytes
-        else:
+        elif status == 304:
             self._n304 += 1
+        else:
+            self._n404 += 1
+            self._bytes404 += body_bytes
+        if looked_up and status != 404:
+            self._looked_up += 1  # counted as a cache miss when its lookup started
         if self._flush_timer is None:
             if self._shared:  # another worker may answer the next scrape: no batching
                 self.flush()
@@ -345,8 +453,8 @@ class HotPath:
             body_bytes,
             referer,
             user_agent,
-            entry.mount.name,
-            None,  # answered the moment the request was complete
+            mount,
+            started,
         )
 
     def flush(self) -> None:
@@ -355,14 +463,18 @@ class HotPath:
             self._flush_timer.cancel()
             self._flush_timer = None
         n200, n304, body_bytes = self._n200, self._n304, self._bytes
-        self._n200 = self._n304 = self._bytes = 0
+        n404, bytes404, looked_up = self._n404, self._bytes404, self._looked_up
+        self._n200 = self._n304 = self._bytes = self._n404 = self._bytes404 = 0
+        self._looked_up = 0
         metrics = self.app.metrics
-        if n200 or n304:
-            metrics.cache_hit.inc(n200 + n304)
+        if n200 + n304 > looked_up:
+            metrics.cache_hit.inc(n200 + n304 - looked_up)
         if n200:
             metrics.count_response(200, body_bytes, n200)
         if n304:
             metrics.count_response(304, 0, n304)
+        if n404:
+            metrics.count_response(404, bytes404, n404)
 
 
 _BY_APP: weakref.WeakKeyDictionary[VendApp, HotPath] = weakref.WeakKeyDictionary()

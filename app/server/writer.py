@@ -18,7 +18,6 @@ Content-Length is never completed.
 
 from __future__ import annotations
 
-import asyncio
 import logging
 import urllib.parse
 from collections.abc import Iterable
@@ -31,7 +30,6 @@ from app.types import Message
 
 if TYPE_CHECKING:
     from app.server.connection import VendProtocol
-    from app.server.hotpath import HotPath, KnownHead
 
 log = logging.getLogger("vend.protocol")
 
@@ -143,11 +141,6 @@ class AsgiCycle:
 
     Attributes:
         keep_alive: whether the connection stays open after this answer.
-        refresh: ``(hot path, target)`` when this request looks up a name not fresh
-            in the cache (never asked, or gone stale); others asking for it meanwhile
-            wait for it (``after_refresh``).
-        after_refresh: ``(the refresh's future, the request)``: wait for that refresh,
-            then answer from the cache if the name is fresh again, else run the app.
         status: the status sent (0 before the response starts).
         body_bytes: body bytes written.
     """
@@ -159,12 +152,10 @@ class AsgiCycle:
         "_left",
         "_request_read",
         "_started",
-        "after_refresh",
         "body_bytes",
         "complete",
         "head",
         "keep_alive",
-        "refresh",
         "scope",
         "status",
     )
@@ -184,8 +175,6 @@ class AsgiCycle:
         self.complete = False
         self.status = 0
         self.body_bytes = 0
-        self.refresh: tuple[HotPath, bytes] | None = None
-        self.after_refresh: tuple[asyncio.Future[None], KnownHead] | None = None
 
     async def run(self, app: Any) -> None:
         """Run the application for this request, then tell the connection.
@@ -195,8 +184,6 @@ class AsgiCycle:
         """
         conn = self._conn
         try:
-            if self.after_refresh is not None and await self._answered_after_refresh():
-                return
             await app(self.scope, self.receive, self.send)
             if self._held is not None:  # a start never followed by a body
                 await self._write_start(self._held, b"", more_body=False)
@@ -215,23 +202,7 @@ class AsgiCycle:
                 else:
                     self._send_500()
         finally:
-            if self.refresh is not None:
-                hot, target = self.refresh
-                hot.refresh_done(target)
             conn.cycle_done(self)
-
-    async def _answered_after_refresh(self) -> bool:
-        """Wait for the refresh of a stale hot name, then answer from the cache if fresh."""
-        assert self.after_refresh is not None
-        waiting, known = self.after_refresh
-        try:
-            await asyncio.wait_for(asyncio.shield(waiting), self._conn.limits.send_s)
-        except TimeoutError:
-            return False
-        if not self._conn.answer_from_cache(known):
-            return False
-        self.complete = True
-        return True
 
     def _send_500(self) -> None:
         body = b"Internal Server Error\n"
@@ -293,10 +264,6 @@ class AsgiCycle:
         if self.complete:
             raise RuntimeError("response already complete")
         self._started = True
-        if self.refresh is not None:  # the lookup is done: those waiting need not wait more
-            hot, target = self.refresh
-            self.refresh = None
-            hot.refresh_done(target)
         status = int(start["status"])
         headers: list[tuple[bytes, bytes]] = list(start.get("headers", ()))
         length: int | None = None
