@@ -174,7 +174,9 @@ class DaemonPool(Executor):
                 self._queue.put_nowait((future, fn, args, kwargs))
             except queue.Full:
                 raise PoolFull(self._name) from None
-            if self._idle == 0 and len(self._threads) < self._max_workers:
+            # A thread for each call waiting beyond the idle ones: an idle thread that
+            # has not yet taken an earlier call is not free for this one.
+            if self._queue.qsize() > self._idle and len(self._threads) < self._max_workers:
                 thread = threading.Thread(
                     target=self._work, name=f"{self._name}-{len(self._threads)}", daemon=True
                 )
