@@ -271,7 +271,7 @@ FRAMING = [
 def test_framing_cases_of_the_readme_table(
     tmp_path: Path, case: tuple[str, bytes, int, bool], hot: bool
 ) -> None:
-    """Each framing case of the README's table gets its answer, and closes or not as stated."""
+    """Each framing case of docs/http.md's table gets its answer, and closes or not as stated."""
     _, request, status, closes = case
 
     async def test(server: Server) -> None:
