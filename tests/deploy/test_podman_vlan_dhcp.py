@@ -47,15 +47,18 @@ users of the machine, and their ``/run/cni/dhcp.sock``, are untouched.
 from __future__ import annotations
 
 import json
+import secrets
 import shutil
 import subprocess
 from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import httpx
 import pytest
 
-from tests.deploy.netlab import Lab, needs_root, stop_group
+from tests.deploy.netlab import SAMPLE_MOUNT, Lab, needs_root, stop_group
 from tests.deploy.test_container_run import (
     CONTENT,
     ULIMITS,
@@ -72,7 +75,7 @@ from tests.deploy.test_container_run import (
 )
 from tests.deploy.test_netplumb import read
 from tests.deploy.test_vlan_tagging_ebpf import compile_object, dhcp, tag
-from tests.support import wait_until
+from tests.support import free_port, wait_until
 
 VLAN_ID = 500
 ROUTER_VLAN = "10.231.50.1"
@@ -107,8 +110,11 @@ FILES_NEEDED = {
     CNI_PLUGINS / "dhcp": "containernetworking-plugins",
     Path("/usr/include/bpf/bpf_helpers.h"): "libbpf-dev",
 }
-#: Where the machine's CNI plugins keep state (results cache, the dhcp daemon's socket).
+#: Where the machine's CNI plugins keep state (results cache, host-local's address
+#: records, the dhcp daemon's default socket).
 CNI_STATE = [Path("/var/lib/cni"), Path("/run/cni")]
+#: Forwarding switches a CNI bridge network turns on (``isGateway``) and never turns off.
+FORWARDING = ["net/ipv4/ip_forward", "net/ipv6/conf/all/forwarding"]
 
 pytestmark = [pytest.mark.netns, pytest.mark.podman, needs_root]
 
@@ -152,6 +158,54 @@ def vlan_side(lab: Lab, ns: str, trunk: str, mode: str | None) -> tuple[str, str
     return trunk, "ebpf"
 
 
+def host_state(ours: Ours, netdir: Path | None = None) -> dict[str, list[str]]:
+    """Describe the host: host_snapshot plus podman's networks, CNI state and IP forwarding.
+
+    Args:
+        ours: what tells this test's namespaces, mounts and processes from others'.
+        netdir: a podman network config directory of the test's own, whose files are
+            listed too (``cni.lock``, podman's lock for the directory, left out).
+
+    Returns:
+        One sorted list of lines per kind of thing; equal descriptions mean nothing was left.
+    """
+    shot = host_snapshot(ours)
+    networks = podman("network", "ls", "--format", "{{.Name}} {{.Driver}}").stdout.split("\n")
+    if netdir is not None and netdir.is_dir():
+        networks += [f"{netdir}: {p.name}" for p in netdir.iterdir() if p.name != "cni.lock"]
+    shot["podman networks"] = sorted(n for n in networks if n)
+    shot["CNI state"] = sorted(str(p) for d in CNI_STATE if d.exists() for p in d.rglob("*"))
+    shot["sysctl"] = [f"{k} {(Path('/proc/sys') / k).read_text().strip()}" for k in FORWARDING]
+    return shot
+
+
+@dataclass(frozen=True)
+class Image:
+    """vend's image, built for this module's tests.
+
+    Attributes:
+        name: the image's name, ``localhost/vend-test:<tag>``.
+        base: the base image it was built on (kept between runs).
+    """
+
+    name: str
+    base: str
+
+
+@pytest.fixture(scope="module")
+def vend_image(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Image]:
+    """Build vend's image from the working tree once; remove it afterwards, failing if it stays."""
+    missing = missing_tools()
+    assert not missing, f"not installed: {', '.join(missing)}; see tests/apt-packages.txt"
+    name = f"localhost/vend-test:{secrets.token_hex(3)}"
+    try:
+        yield Image(name, build_image(name, tmp_path_factory.mktemp("image")))
+    finally:
+        podman("rmi", "--force", name, check=False)
+        if podman("image", "exists", name, check=False).returncode == 0:
+            pytest.fail(f"image {name} still exists")
+
+
 class VlanLab:
     """The lab, podman's network, the image and containers of one test, and their removal.
 
@@ -161,13 +215,14 @@ class VlanLab:
 
     Args:
         tmp: the test's temporary directory (logs, leases, capture, network config).
+        image: the name of vend's image to run.
     """
 
-    def __init__(self, tmp: Path) -> None:
+    def __init__(self, tmp: Path, image: str) -> None:
         self.lab = Lab(tmp)
         self.tmp = tmp
         self.names = {role: f"vend-test-{self.lab.tag}-{role}" for role in RESERVED}
-        self.image = f"localhost/vend-test:{self.lab.tag}"
+        self.image = image
         self.network = f"vend-test-{self.lab.tag}-vlan{VLAN_ID}"
         self.netdir = tmp / "net.d"
         self.socket = tmp / "cni-dhcp.sock"
@@ -175,7 +230,6 @@ class VlanLab:
         self.dnsmasq_log = tmp / "dnsmasq.log"
         self.pcap = tmp / "trunk.pcap"
         self.mode = ""
-        self.base = ""
         self.host = ""  # the lab's host namespace, once made
         self.capture: subprocess.Popen[bytes] | None = None
         # Processes are ours when their command line names our containers or tmp
@@ -188,18 +242,11 @@ class VlanLab:
     # --- the host, before and after ---------------------------------------------
 
     def snapshot(self) -> dict[str, list[str]]:
-        """Describe the host (host_snapshot) plus podman's networks and the CNI plugins' state."""
-        shot = host_snapshot(self.ours)
-        networks = podman("network", "ls", "--format", "{{.Name}} {{.Driver}}").stdout.split("\n")
-        if self.netdir.is_dir():
-            networks += [f"{self.netdir}: {p.name}" for p in self.netdir.iterdir()]
-        # cni.lock is podman's lock file for the directory, made once, not a network.
-        shot["podman networks"] = sorted(n for n in networks if n and not n.endswith("cni.lock"))
-        shot["CNI state"] = sorted(str(p) for d in CNI_STATE if d.exists() for p in d.rglob("*"))
-        return shot
+        """Describe the host (host_state), this lab's network config directory included."""
+        return host_state(self.ours, self.netdir)
 
     def finish(self) -> list[str]:
-        """Remove containers, network, image and lab (once); return what failed or was left.
+        """Remove containers, network and lab (once); return what failed or was left.
 
         Returns:
             Errors of the removal steps, then ``+ kind: line`` / ``- kind: line`` for
@@ -212,14 +259,8 @@ class VlanLab:
         for name in self.names.values():
             self.podman("rm", "--force", "--time=10", name, check=False)
         self.podman("network", "rm", "--force", self.network, check=False)
-        podman("rmi", "--force", self.image, check=False)
         errors += self.lab.close()
-        after = self.snapshot()
-        images = "podman containers and images"  # a new base image is kept on purpose
-        after[images] = [
-            x for x in after[images] if x in self.before[images] or not x.endswith(self.base)
-        ]
-        self.problems = errors + differences(self.before, after)
+        self.problems = errors + differences(self.before, self.snapshot())
         return self.problems
 
     # --- building it ----------------------------------------------------------------
@@ -231,12 +272,11 @@ class VlanLab:
         )
 
     def build(self) -> None:
-        """Build the image, the lab, the capture, dnsmasq, the dhcp daemon and podman's network.
+        """Build the lab, the capture, dnsmasq, the dhcp daemon and podman's network.
 
         Raises:
             AssertionError: a step did not complete (within its bound) or a tool failed.
         """
-        self.base = build_image(self.image, self.tmp)
         lab = self.lab
         roles = ("wire", "router", "host", "client", "untag")
         self.wire, self.router, self.host, self.client, self.untag = map(lab.netns, roles)
@@ -374,11 +414,9 @@ class VlanLab:
 
 
 @pytest.fixture
-def vlan_lab(tmp_path: Path) -> Iterator[VlanLab]:
+def vlan_lab(tmp_path: Path, vend_image: Image) -> Iterator[VlanLab]:
     """Yield a built VlanLab; afterwards remove everything and fail if anything was left."""
-    missing = missing_tools()
-    assert not missing, f"not installed: {', '.join(missing)}; see tests/apt-packages.txt"
-    made = VlanLab(tmp_path)
+    made = VlanLab(tmp_path, vend_image.name)
     try:
         made.build()
         yield made
@@ -388,7 +426,7 @@ def vlan_lab(tmp_path: Path) -> Iterator[VlanLab]:
             pytest.fail("teardown incomplete or host changed:\n" + "\n".join(problems))
 
 
-@pytest.mark.timeout(600)  # about 2 minutes when the base image must be made first
+@pytest.mark.timeout(600)  # about 3 minutes when the base image must be made first
 def test_containers_get_reserved_vlan_500_leases_serve_untranslated_and_leave_nothing(
     vlan_lab: VlanLab, record_property: Any
 ) -> None:
@@ -449,3 +487,44 @@ def test_containers_get_reserved_vlan_500_leases_serve_untranslated_and_leave_no
         assert any(f"{address}.8000 >" in f for f in frames), address
 
     assert vl.finish() == []
+
+
+@pytest.mark.timeout(300)
+def test_quick_look_on_the_host_network_leaves_nothing(vend_image: Image, tmp_path: Path) -> None:
+    """deploy/container/README.md's quick look (``--network host``) serves, and leaves nothing.
+
+    On the machine's own network namespace, on a loopback port: no CNI network is
+    set up, so no bridge, no firewall chain, no forwarding switch is left (unlike
+    ``podman run -p`` on the default network, which the README says how to undo).
+    """
+    tag = secrets.token_hex(3)
+    name = f"vend-test-{tag}-look"
+    ours = Ours(tag, tmp_path, [name])
+    before = host_state(ours)
+    port = free_port()
+    base = f"http://127.0.0.1:{port}"
+    try:
+        podman("run", "--detach", "--rm", f"--name={name}", "--network=host",
+               "--env=VEND_HOST=127.0.0.1", f"--env=VEND_PORT={port}", *ULIMITS,
+               f"--volume={SAMPLE_MOUNT}:/srv/vend/server1:ro",
+               '--env=VEND_MOUNTS=["/srv/vend/server1"]', vend_image.name)  # fmt: skip
+
+        def health() -> bool:
+            try:
+                answer = httpx.get(f"{base}/.well-known/vend/health", timeout=2, trust_env=False)
+                return answer.status_code == 200
+            except httpx.TransportError:
+                return False
+
+        wait_until(health, 30, f"vend answers at {base}", poll_s=0.2)
+        got = httpx.get(f"{base}/about.html", timeout=10, trust_env=False)  # no proxy
+        assert (got.status_code, got.content) == (200, (SAMPLE_MOUNT / "about.html").read_bytes())
+        podman("stop", "--time=10", name)
+        wait_until(
+            lambda: podman("container", "exists", name, check=False).returncode == 1,
+            30,
+            "--rm removes the stopped container",
+        )
+    finally:
+        podman("rm", "--force", "--time=5", name, check=False)
+    assert differences(before, host_state(ours)) == []
