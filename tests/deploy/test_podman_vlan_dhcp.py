@@ -207,7 +207,7 @@ def vend_image(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Image]:
 
 
 class VlanLab:
-    """The lab, podman's network, the image and containers of one test, and their removal.
+    """The lab, podman's network and the containers of one test, and their removal.
 
     ``__init__`` only names things and describes the host (the "before" snapshot);
     ``build`` makes them; ``finish`` removes them all, once, and compares the host
