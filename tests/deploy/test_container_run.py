@@ -423,12 +423,18 @@ class Ours:
     markers: list[str] = field(default_factory=list)
 
     def foreign_mount(self, point: str) -> bool:
-        """Return True for another test's namespace or temporary mount, which come and go.
+        """Return True for a mount that comes and goes with others' work, not this test's.
 
         Other tests on the machine mount FUSE file systems in their own temporary
         directories and make ``vdt*`` namespaces; podman, runc and netplumb mount
-        nothing under /tmp.
+        nothing under /tmp. containers-storage bind-mounts its overlay directory
+        on itself while any podman process uses the store, and unmounts it when the
+        last one ends with no layer mounted: other sessions share the tests' store,
+        so whether it is mounted at a given moment says nothing about this test
+        (a container's own layer, ``overlay/<id>/merged``, still counts).
         """
+        if point == f"{PODMAN_ROOT}/overlay":
+            return True
         if point.startswith("/run/netns/vdt"):
             return not point.startswith(f"/run/netns/vdt{self.lab_tag}-")
         return point.startswith("/tmp/") and not point.startswith(f"{self.tmp}/")
