@@ -416,11 +416,19 @@ class Ours:
         lab_tag: the Lab's tag: namespaces named ``vdt<tag>-*`` are ours.
         tmp: this test's temporary directory.
         markers: strings in a process's command line that make it ours.
+        containers: the IDs of this test's containers, added as they are made: only
+            their cgroups, and the processes in them, are ours. None: every
+            container's are (other sessions share the machine, and run containers too).
     """
 
     lab_tag: str
     tmp: Path
     markers: list[str] = field(default_factory=list)
+    containers: set[str] | None = None
+
+    def our_container(self, cgroup_path: str) -> bool:
+        """Return True when a container's cgroup path names one of this test's containers."""
+        return self.containers is None or any(cid in cgroup_path for cid in self.containers)
 
     def foreign_mount(self, point: str) -> bool:
         """Return True for a mount that comes and goes with others' work, not this test's.
@@ -471,7 +479,7 @@ def our_processes(ours: Ours) -> list[str]:
         if (
             uid == VEND_UID
             or any(marker in cmdline for marker in ours.markers)
-            or "/libpod-" in cgroup(entry)
+            or ("/libpod-" in (where := cgroup(entry)) and ours.our_container(where))
         ):
             found.append(f"{entry.name} {stat[19]} {cmdline.strip()}")
     return sorted(found)
@@ -522,7 +530,11 @@ def host_snapshot(ours: Ours) -> dict[str, list[str]]:
         point, rest = fields[4], fields[fields.index("-") + 1 :]
         if not ours.foreign_mount(point):
             mounts.append(f"{point} {rest[0]} {rest[1]}")
-    cgroups = [str(p) for p in Path("/sys/fs/cgroup").glob("*/libpod_parent/*") if p.is_dir()]
+    cgroups = [
+        str(p)
+        for p in Path("/sys/fs/cgroup").glob("*/libpod_parent/*")
+        if p.is_dir() and ours.our_container(str(p))
+    ]
     state = [str(p) for p in NETPLUMB_STATE.rglob("*")] if NETPLUMB_STATE.exists() else []
     podman_things = podman("ps", "--all", "--format", "{{.ID}} {{.Names}}").stdout.splitlines()
     podman_things += podman(

@@ -234,7 +234,7 @@ class VlanLab:
         self.capture: subprocess.Popen[bytes] | None = None
         # Processes are ours when their command line names our containers or tmp
         # (dnsmasq, tcpdump, the dhcp daemon, podman and conmon for our containers).
-        self.ours = Ours(self.lab.tag, tmp, [*self.names.values(), str(tmp)])
+        self.ours = Ours(self.lab.tag, tmp, [*self.names.values(), str(tmp)], containers=set())
         self.before = self.snapshot()
         self.problems: list[str] | None = None
         self.netdir.mkdir()
@@ -355,13 +355,15 @@ class VlanLab:
     def run_container(self, role: str) -> None:
         """Start the image as ``role`` on the VLAN network with its reserved MAC, confined."""
         mac, _ = RESERVED[role]
-        self.podman(
+        run = self.podman(
             "run", "--detach", f"--name={self.names[role]}", f"--hostname=vend-{role}",
             f"--network={self.network}", f"--mac-address={mac}",
             "--read-only", "--cap-drop=all", "--security-opt=no-new-privileges", *ULIMITS,
             *(f"--volume={source}:{target}:ro" for target, source in CONTENT.items()),
             f"--env=VEND_MOUNTS={json.dumps(list(CONTENT))}", self.image,
         )  # fmt: skip
+        assert self.ours.containers is not None
+        self.ours.containers.add(run.stdout.strip())
 
     def check_address(self, role: str) -> int:
         """Check ``role`` has its reserved address (podman, its netns, dnsmasq); return its PID.
@@ -499,15 +501,17 @@ def test_quick_look_on_the_host_network_leaves_nothing(vend_image: Image, tmp_pa
     """
     tag = secrets.token_hex(3)
     name = f"vend-test-{tag}-look"
-    ours = Ours(tag, tmp_path, [name])
+    ours = Ours(tag, tmp_path, [name], containers=set())
     before = host_state(ours)
     port = free_port()
     base = f"http://127.0.0.1:{port}"
     try:
-        podman("run", "--detach", "--rm", f"--name={name}", "--network=host",
+        run = podman("run", "--detach", "--rm", f"--name={name}", "--network=host",
                "--env=VEND_HOST=127.0.0.1", f"--env=VEND_PORT={port}", *ULIMITS,
                f"--volume={SAMPLE_MOUNT}:/srv/vend/server1:ro",
                '--env=VEND_MOUNTS=["/srv/vend/server1"]', vend_image.name)  # fmt: skip
+        assert ours.containers is not None
+        ours.containers.add(run.stdout.strip())
 
         def health() -> bool:
             try:
