@@ -135,14 +135,17 @@ pytestmark = [pytest.mark.netns, pytest.mark.podman, needs_root]
 
 
 def podman(
-    *args: str, timeout: float = 120, check: bool = True
+    *args: str, timeout: float = 120, check: bool = True, netns: str | None = None
 ) -> subprocess.CompletedProcess[str]:
     """Run podman with this test's store, runtime and cgroup settings.
 
     Args:
-        args: the podman command and its arguments.
+        args: the podman command and its arguments (global options first, if any).
         timeout: seconds before the command is killed.
         check: fail the test when podman exits non-zero.
+        netns: a named network namespace to run podman in (``nsenter --net``), which
+            then stands in for the host's network: interfaces podman's CNI plugins look
+            up (a macvlan's parent) are found there. None: the caller's own.
 
     Returns:
         The completed process, with text output.
@@ -151,8 +154,9 @@ def podman(
         pytest.fail.Exception: with ``check``, podman exited non-zero.
         subprocess.TimeoutExpired: podman ran longer than ``timeout`` seconds.
     """
+    enter = ["nsenter", f"--net=/run/netns/{netns}"] if netns else []
     proc = subprocess.run(
-        ["podman", *PODMAN_GLOBAL, *args],
+        [*enter, "podman", *PODMAN_GLOBAL, *args],
         capture_output=True,
         text=True,
         timeout=timeout,
@@ -247,6 +251,45 @@ def dependency_wheels() -> Path:
     return directory
 
 
+def build_image(image: str, tmp: Path) -> str:
+    """Build vend's image from the working tree as ``image``; return the base image's name.
+
+    The base image is made first if missing (``ensure_base_image``); the wheels of
+    vend's dependencies come from the host (``dependency_wheels``); the build itself
+    has no network (``--network none``, ``PIP_NO_INDEX=1``).
+
+    Args:
+        image: the name to tag the new image with, e.g. ``localhost/vend-test:abc12``.
+        tmp: a directory for the base image's root file system tarball.
+
+    Returns:
+        The base image's name, ``localhost/vend-test-base:<hash>`` (kept between runs).
+
+    Raises:
+        AssertionError: mmdebstrap failed.
+        pytest.fail.Exception: pip download, podman import or podman build failed.
+    """
+    base = ensure_base_image(tmp)
+    wheels = dependency_wheels()
+    podman(
+        "build",
+        "--format=docker",  # OCI images have no HEALTHCHECK
+        "--network=none",
+        "--pull=never",
+        "--layers=false",
+        *ULIMITS,
+        f"--file={CONTAINERFILE}",
+        f"--ignorefile={IGNOREFILE}",
+        f"--build-arg=PYTHON_IMAGE={base}",
+        "--build-arg=PIP_NO_INDEX=1",
+        f"--build-context=wheels={wheels}",
+        f"--tag={image}",
+        str(REPO),
+        timeout=600,
+    )
+    return base
+
+
 def netplumb(lab: Lab, net: Net, *args: str) -> subprocess.CompletedProcess[str]:
     """Run deploy/netplumb in the lab's host namespace, with its default state directory."""
     return lab.run(net.host, str(NETPLUMB), *args, timeout=40, check=False)
@@ -308,23 +351,29 @@ def container_pid(name: str) -> int:
     return pid
 
 
-def fetch_files(lab: Lab, net: Net, name: str) -> None:
-    """Wait (at most 30 s) for vend at the reserved address, then fetch FILES byte for byte.
+def fetch_files(lab: Lab, client: str, address: str, name: str) -> None:
+    """Wait (at most 30 s) for vend at ``address``, then fetch FILES byte for byte.
+
+    Args:
+        lab: the lab whose namespace ``client`` is.
+        client: the namespace the requests are made from.
+        address: the container's IPv4 address (vend listens on VEND_PORT there).
+        name: the container's name, whose log is shown when vend does not answer.
 
     Raises:
         pytest.fail.Exception: vend did not answer within 30 s.
         AssertionError: a file's status or bytes differ from the content on the host.
     """
-    base = f"http://{RESERVED_ADDRESS}:{VEND_PORT}"
+    base = f"http://{address}:{VEND_PORT}"
     deadline = time.monotonic() + 30
-    while lab.curl(net.fw, f"{base}/.well-known/vend/health", timeout_s=2)[0] != 200:
+    while lab.curl(client, f"{base}/.well-known/vend/health", timeout_s=2)[0] != 200:
         if time.monotonic() > deadline:
             logs = podman("logs", name, check=False)
             pytest.fail(f"vend did not answer at {base}:\n{(logs.stdout + logs.stderr)[-3000:]}")
         time.sleep(0.2)
     for path in FILES:
         source = next(d / path for d in CONTENT.values() if (d / path).is_file())
-        assert lab.curl(net.fw, f"{base}/{path}") == (200, source.read_bytes()), path
+        assert lab.curl(client, f"{base}/{path}") == (200, source.read_bytes()), path
 
 
 def proc_status(pid: int) -> dict[str, str]:
@@ -367,19 +416,33 @@ class Ours:
         lab_tag: the Lab's tag: namespaces named ``vdt<tag>-*`` are ours.
         tmp: this test's temporary directory.
         markers: strings in a process's command line that make it ours.
+        containers: the IDs of this test's containers, added as they are made: only
+            their cgroups, and the processes in them, are ours. None: every
+            container's are (other sessions share the machine, and run containers too).
     """
 
     lab_tag: str
     tmp: Path
     markers: list[str] = field(default_factory=list)
+    containers: set[str] | None = None
+
+    def our_container(self, cgroup_path: str) -> bool:
+        """Return True when a container's cgroup path names one of this test's containers."""
+        return self.containers is None or any(cid in cgroup_path for cid in self.containers)
 
     def foreign_mount(self, point: str) -> bool:
-        """Return True for another test's namespace or temporary mount, which come and go.
+        """Return True for a mount that comes and goes with others' work, not this test's.
 
         Other tests on the machine mount FUSE file systems in their own temporary
         directories and make ``vdt*`` namespaces; podman, runc and netplumb mount
-        nothing under /tmp.
+        nothing under /tmp. containers-storage bind-mounts its overlay directory
+        on itself while any podman process uses the store, and unmounts it when the
+        last one ends with no layer mounted: other sessions share the tests' store,
+        so whether it is mounted at a given moment says nothing about this test
+        (a container's own layer, ``overlay/<id>/merged``, still counts).
         """
+        if point == f"{PODMAN_ROOT}/overlay":
+            return True
         if point.startswith("/run/netns/vdt"):
             return not point.startswith(f"/run/netns/vdt{self.lab_tag}-")
         return point.startswith("/tmp/") and not point.startswith(f"{self.tmp}/")
@@ -416,7 +479,7 @@ def our_processes(ours: Ours) -> list[str]:
         if (
             uid == VEND_UID
             or any(marker in cmdline for marker in ours.markers)
-            or "/libpod-" in cgroup(entry)
+            or ("/libpod-" in (where := cgroup(entry)) and ours.our_container(where))
         ):
             found.append(f"{entry.name} {stat[19]} {cmdline.strip()}")
     return sorted(found)
@@ -467,7 +530,11 @@ def host_snapshot(ours: Ours) -> dict[str, list[str]]:
         point, rest = fields[4], fields[fields.index("-") + 1 :]
         if not ours.foreign_mount(point):
             mounts.append(f"{point} {rest[0]} {rest[1]}")
-    cgroups = [str(p) for p in Path("/sys/fs/cgroup").glob("*/libpod_parent/*") if p.is_dir()]
+    cgroups = [
+        str(p)
+        for p in Path("/sys/fs/cgroup").glob("*/libpod_parent/*")
+        if p.is_dir() and ours.our_container(str(p))
+    ]
     state = [str(p) for p in NETPLUMB_STATE.rglob("*")] if NETPLUMB_STATE.exists() else []
     podman_things = podman("ps", "--all", "--format", "{{.ID}} {{.Names}}").stdout.splitlines()
     podman_things += podman(
@@ -560,26 +627,7 @@ def test_image_builds_runs_confined_on_a_dhcp_address_and_leaves_nothing(
         container_run.image,
     )
     before = host_snapshot(container_run.ours)
-    base = ensure_base_image(tmp_path)
-
-    # Build from the working tree: dependencies' wheels from the host, no network in the build.
-    wheels = dependency_wheels()
-    podman(
-        "build",
-        "--format=docker",  # OCI images have no HEALTHCHECK
-        "--network=none",
-        "--pull=never",
-        "--layers=false",
-        *ULIMITS,
-        f"--file={CONTAINERFILE}",
-        f"--ignorefile={IGNOREFILE}",
-        f"--build-arg=PYTHON_IMAGE={base}",
-        "--build-arg=PIP_NO_INDEX=1",
-        f"--build-context=wheels={wheels}",
-        f"--tag={image}",
-        str(REPO),
-        timeout=600,
-    )
+    base = build_image(image, tmp_path)
 
     # Run confined: no network, read-only root and content, no capabilities, UID 10001.
     podman(
@@ -612,7 +660,7 @@ def test_image_builds_runs_confined_on_a_dhcp_address_and_leaves_nothing(
     assert first.address == f"{RESERVED_ADDRESS}/24"
     client_id = ":".join(f"{b:02x}" for b in b"\0" + RESERVED_ID.encode())
     assert f" {RESERVED_ADDRESS} {RESERVED_ID} {client_id}" in read(net.leases)
-    fetch_files(lab, net, name)
+    fetch_files(lab, net.fw, RESERVED_ADDRESS, name)
     # vend writes its access log in batches, at most 0.1 s after each request.
     (line,) = wait_until(
         lambda: [x for x in podman("logs", name).stdout.splitlines() if "GET /about.html " in x],
@@ -630,7 +678,7 @@ def test_image_builds_runs_confined_on_a_dhcp_address_and_leaves_nothing(
     assert new_pid != pid
     second = plumb(lab, net, new_pid)
     assert second.address == f"{RESERVED_ADDRESS}/24"
-    fetch_files(lab, net, name)
+    fetch_files(lab, net.fw, RESERVED_ADDRESS, name)
 
     # Removed: netplumb stops by itself, the lease is released, the host is as before.
     podman("stop", "--time=10", name)
