@@ -230,7 +230,7 @@ class CacheSettings(BaseModel):
 
 
 class Settings(BaseSettings):
-    """All of vend's settings (see the README's settings table for each env var).
+    """All of vend's settings (see docs/settings.md for each env var).
 
     Raises:
         pydantic.ValidationError: on construction with invalid values; use
