@@ -20,7 +20,7 @@ import os
 import re
 import signal
 from collections.abc import Callable
-from typing import Final
+from typing import Any, Final
 
 from app.federation.cache import NameCache
 from app.federation.health import probe_forever
@@ -63,6 +63,7 @@ class AppLifecycle:
     _reload_settings: Callable[[], Settings] | None
     _probe_task: asyncio.Task[None] | None
     _cache_shape: tuple[object, ...]
+    _lookup_children: dict[tuple[str, str], tuple[Any, Any, Any]]
     _pattern: re.Pattern[str]
     _media_types: MediaTypes
 
@@ -124,6 +125,7 @@ class AppLifecycle:
         self.mounts = mounts
         self.memory.configure((c.remember_names, c.remember_s), (m.key for m in mounts))
         self.metrics.keep_mounts([m.name for m in mounts], [m.name for m in kept.values()])
+        self._lookup_children = {}  # keep_mounts may have removed some
         return fresh, list(kept.values())
 
     @property
@@ -132,10 +134,21 @@ class AppLifecycle:
         return self._pattern
 
     def _observe_lookup(self, mount: Mount, outcome: str, seconds: float) -> None:
-        self.metrics.lookups.labels(mount.name, outcome).inc()
-        if outcome in ("hit", "miss"):
-            self.metrics.lookup_seconds.labels(mount.name).observe(seconds)
-        self._record_health(mount)
+        # Once per name and mount on the cold path: the labelled children are looked up
+        # once per (mount, outcome), not on every call.
+        children = self._lookup_children.get((mount.name, outcome))
+        if children is None:
+            metrics = self.metrics
+            children = self._lookup_children[(mount.name, outcome)] = (
+                metrics.lookups.labels(mount.name, outcome),
+                metrics.lookup_seconds.labels(mount.name) if outcome in ("hit", "miss") else None,
+                metrics.mount_up.labels(mount.name),
+            )
+        lookups, timing, up = children
+        lookups.inc()
+        if timing is not None:
+            timing.observe(seconds)
+        up.set(0 if mount.state() is State.DOWN else 1)
 
     def _count_revalidations(self, confirmed: int, left: int) -> None:
         if confirmed:

@@ -133,10 +133,10 @@ def _read_small(fd: int, st: os.stat_result, max_bytes: int) -> bytes | None:
     while total <= max_bytes:
         want = expected - total if total < expected else max_bytes + 1 - total
         chunk = os.pread(fd, want, total)
-        if not chunk:
-            break
         chunks.append(chunk)
         total += len(chunk)
+        if len(chunk) < want:
+            break  # the end of the file (any other short read fails the check below)
     after = os.fstat(fd)
     if total > max_bytes or (after.st_size, after.st_mtime_ns) != (total, st.st_mtime_ns):
         return None  # growing or being rewritten: serve it from the descriptor instead
@@ -220,7 +220,7 @@ def open_in_mount(
     finally:
         os.close(path_fd)
     try:
-        st = os.fstat(fd)
+        # ``st`` is the fstat of the O_PATH descriptor: the same inode, pinned since.
         body = _read_small(fd, st, max_read_bytes) if max_read_bytes else None
     except BaseException:
         os.close(fd)

@@ -173,6 +173,7 @@ class SharedMisses:
     def __init__(self, directory: str | None, metrics: Metrics, capacity: int = CAPACITY) -> None:
         self.summary = MissSummary(capacity)
         self._metrics = metrics
+        self._by_status: dict[int, Any] = {}  # vend_misses_total's children, made once
         self._directory = Path(directory) if directory else None
         self._file = (
             self._directory / f"{FILE_PREFIX}{os.getpid()}.json" if self._directory else None
@@ -191,7 +192,10 @@ class SharedMisses:
             raw_path: the request path as received, without query.
             status: the status answered.
         """
-        self._metrics.misses.labels(str(status)).inc()
+        child = self._by_status.get(status)
+        if child is None:
+            child = self._by_status[status] = self._metrics.misses.labels(str(status))
+        child.inc()
         self.summary.record(raw_path.decode("ascii", "replace"), status)
         self._schedule_flush()
 
