@@ -9,8 +9,10 @@ nobody reads; and an X-Forwarded-For with spaces forging access log fields.
 
 from __future__ import annotations
 
+import fcntl
 import socket
 import struct
+import termios
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -129,6 +131,21 @@ def test_http10_message_with_transfer_encoding_closes_the_connection(vend: VendP
     assert vend.output().count("Traceback") == before
 
 
+def _wait_until_stuck(sock: socket.socket, bound_s: float = 30.0) -> None:
+    """Wait until an answer ``sock`` never reads fills the buffers: bytes wait in its
+    receive queue (FIONREAD, tcp(7)) and no more arrive for 0.2 s, so vend's send of it
+    is blocked."""
+    deadline = time.monotonic() + bound_s
+    queued = -1
+    while True:
+        now = struct.unpack("i", fcntl.ioctl(sock.fileno(), termios.FIONREAD, b"\0" * 4))[0]
+        if now > 0 and now == queued:
+            return
+        assert time.monotonic() < deadline, f"the unread answer still arriving ({now} bytes)"
+        queued = now
+        time.sleep(0.2)
+
+
 def _serve_a_stale_hot_name(start_vend: Any, tmp_path: Path) -> VendProcess:
     """vend with /small.txt made hot (answered by the hot path) and then left to go stale,
     and a /huge.bin far larger than loopback buffers hold (cache.ttl_s 1 s, send_s 15 s)."""
@@ -153,7 +170,7 @@ def test_refresh_dropped_with_its_connection_does_not_stall_the_name(
     proc = _serve_a_stale_hot_name(start_vend, tmp_path)
     with socket.create_connection(("127.0.0.1", proc.port)) as sock:
         sock.sendall(b"GET /huge.bin HTTP/1.1\r\nHost: t\r\n\r\n" + GET)  # never read
-        time.sleep(0.5)
+        _wait_until_stuck(sock)
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
     time.sleep(0.2)  # the reset reached vend: the refresh of /small.txt was dropped
     for _ in range(2):  # each asks once the name is stale again
@@ -171,7 +188,7 @@ def test_refresh_queued_behind_an_unread_answer_does_not_hold_others(
     proc = _serve_a_stale_hot_name(start_vend, tmp_path)
     with socket.create_connection(("127.0.0.1", proc.port)) as holder:
         holder.sendall(b"GET /huge.bin HTTP/1.1\r\nHost: t\r\n\r\n" + GET)  # never read
-        time.sleep(0.5)
+        _wait_until_stuck(holder)
         started = time.monotonic()
         out, _ = _exchange(proc.port, GET, 1, timeout_s=20)
         assert parse_responses(out, ["GET"])[0].body == SMALL
