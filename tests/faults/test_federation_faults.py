@@ -74,6 +74,16 @@ def _metric(proc: Any, name: str, mount: str) -> float | None:
     return float(found.group(1)) if found else None
 
 
+def _wait_until(predicate: Any, bound_s: float, what: str, proc: Any) -> None:
+    """Poll ``predicate`` until true; fail naming ``what`` with vend's last output."""
+    deadline = time.monotonic() + bound_s
+    while not predicate():
+        assert time.monotonic() < deadline, (
+            f"{what} not within {bound_s} s:\n{proc.output()[-2000:]}"
+        )
+        time.sleep(0.1)
+
+
 def _states(proc: Any) -> dict[str, str]:
     with proc.client() as client:
         data = client.get("/.well-known/vend/health").json()
@@ -240,7 +250,9 @@ def test_reload_during_a_fault_changes_nothing_clients_receive(
         assert _metric(proc, "vend_mount_up", "m1") == 1.0
     fs.lift()
     assert reloads >= 12, reloads
-    assert proc.output().count("reloaded settings") >= 3, proc.output()[-2000:]
+    _wait_until(
+        lambda: proc.output().count("reloaded settings") >= 3, 30, "three reloads logged", proc
+    )
     outcomes = {(kind, status, what) for (kind, status, what) in seen}
     assert all(what != "older" for _, _, what in outcomes), seen
     assert {(s, w) for k, s, w in outcomes if k == "m2"} == {(200, "right")}, seen
@@ -353,7 +365,9 @@ def test_two_workers_share_where_names_live(
     names = shadowed + [f"/m2-{i}/f.txt" for i in range(64)]
     seen = asyncio.run(_load_fresh_and_kept(proc.url, names, 16, 10.0, tick))
     fs.lift()
-    assert proc.output().count("reloaded settings") >= 4, proc.output()[-2000:]  # 2 x 2
+    _wait_until(  # 2 reloads x 2 workers
+        lambda: proc.output().count("reloaded settings") >= 4, 30, "four reloads logged", proc
+    )
     outcomes = {(kind, status, what) for (kind, status, what) in seen}
     assert {(s, w) for k, s, w in outcomes if k == "shadowed"} == {(503, "other")}, seen
     assert {(s, w) for k, s, w in outcomes if k == "m2"} == {(200, "right")}, seen
