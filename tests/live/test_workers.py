@@ -316,8 +316,14 @@ def test_sigterm_drains_every_worker_then_exits_0(tmp_path: Path, start_vend: An
     environ = Path(f"/proc/{workers[0]}/environ").read_bytes().split(b"\0")
     metrics_dir = next(e for e in environ if e.startswith(b"PROMETHEUS_MULTIPROC_DIR="))
     os.kill(proc.pid, signal.SIGTERM)  # the parent only, as systemd's KillMode=mixed does
-    for health in _health_by_pid(proc.url, workers).values():
-        assert health["status"] == "draining"
+    # The supervisor passes the signal on: each worker answers "draining" once it has it.
+    _wait_for(
+        "every worker draining",
+        lambda: all(
+            health["status"] == "draining" for health in _health_by_pid(proc.url, workers).values()
+        ),
+        6,  # drain_s: after it the workers stop listening
+    )
     response = get_raw(proc.port, b"/small.txt")
     assert (response.status, response.body) == (200, SMALL)
     assert proc.proc.wait(30) == 0, proc.output()
