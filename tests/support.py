@@ -108,6 +108,35 @@ ADDRESS_IN_USE = "address already in use"
 already in use``) print, in lower case, when another process took the port first."""
 
 
+class PortTaken(Exception):
+    """A server exited because another process had bound its port first."""
+
+
+def on_free_ports(start: Callable[[], T], cleanup: Callable[[], None] | None = None) -> T:
+    """Call ``start`` (which picks free ports itself) until it does not raise ``PortTaken``.
+
+    Args:
+        start: starts a server on newly picked ports and returns it; raises ``PortTaken``
+            when another process bound one of them first.
+        cleanup: called before each further attempt (files the failed one left).
+
+    Returns:
+        What ``start`` returned.
+
+    Raises:
+        PortTaken: on each of ``PORT_ATTEMPTS`` attempts; anything else ``start`` raises.
+    """
+    for attempt in range(1, PORT_ATTEMPTS + 1):
+        try:
+            return start()
+        except PortTaken:
+            if attempt == PORT_ATTEMPTS:
+                raise
+            if cleanup is not None:
+                cleanup()
+    raise AssertionError("unreachable: the last attempt returns or raises")
+
+
 def _listening_inodes(port: int) -> set[str]:
     """Socket inodes listening on TCP ``port`` of any local address (proc(5), /proc/net/tcp)."""
     inodes = set()

@@ -21,7 +21,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from tests.support import ADDRESS_IN_USE, PORT_ATTEMPTS, free_port, listens_on
+from tests.support import ADDRESS_IN_USE, PortTaken, free_port, listens_on, on_free_ports
 
 from .httpd import stop_process_group
 
@@ -179,26 +179,23 @@ def start_vend(
     Raises:
         VendError: vend exited or did not answer in time; the message has its output.
     """
-    attempts = PORT_ATTEMPTS if port is None else 1
-    for attempt in range(1, attempts + 1):
-        try:
-            return _start_vend_once(
-                workdir,
-                mounts=mounts,
-                port=port or free_port(),
-                trusted_proxies=trusted_proxies,
-                drain_s=drain_s,
-                unix_socket=unix_socket,
-                wait_healthy=wait_healthy,
-                timeout_s=timeout_s,
-            )
-        except _PortTaken:
-            if attempt == attempts:
-                raise
-    raise AssertionError("unreachable: the last attempt returns or raises")
+
+    def start() -> Vend:
+        return _start_vend_once(
+            workdir,
+            mounts=mounts,
+            port=port or free_port(),
+            trusted_proxies=trusted_proxies,
+            drain_s=drain_s,
+            unix_socket=unix_socket,
+            wait_healthy=wait_healthy,
+            timeout_s=timeout_s,
+        )
+
+    return start() if port is not None else on_free_ports(start)
 
 
-class _PortTaken(VendError):
+class _PortTaken(VendError, PortTaken):
     """vend exited because another process had bound its port first."""
 
 

@@ -26,7 +26,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Final
 
-from tests.support import ADDRESS_IN_USE, PORT_ATTEMPTS, free_port, listens_on
+from tests.support import ADDRESS_IN_USE, PortTaken, free_port, listens_on, on_free_ports
 
 REPO_ROOT: Final = Path(__file__).resolve().parents[2]
 SHIPPED_VHOST: Final = REPO_ROOT / "apache" / "vend.conf"
@@ -328,25 +328,25 @@ def start_apache(
         ApacheError: the configuration test failed, or Apache exited or did not listen
             within ``timeout_s``; the message carries its error log.
     """
-    for attempt in range(1, PORT_ATTEMPTS + 1):
-        try:
-            return _start_on_free_ports(
-                root,
-                vhost=vhost,
-                defines=defines,
-                modules=modules,
-                log_level=log_level,
-                timeout_s=timeout_s,
-            )
-        except _PortTaken:
-            if attempt == PORT_ATTEMPTS:
-                raise
-            for log in (root / "logs").glob("*error*"):  # the next attempt's own error log
-                log.unlink()
-    raise AssertionError("unreachable: the last attempt returns or raises")
+
+    def clear_error_logs() -> None:  # the next attempt's error log is its own
+        for log in (root / "logs").glob("*error*"):
+            log.unlink()
+
+    return on_free_ports(
+        lambda: _start_on_free_ports(
+            root,
+            vhost=vhost,
+            defines=defines,
+            modules=modules,
+            log_level=log_level,
+            timeout_s=timeout_s,
+        ),
+        clear_error_logs,
+    )
 
 
-class _PortTaken(ApacheError):
+class _PortTaken(ApacheError, PortTaken):
     """Another process bound one of the ports picked for Apache before Apache did."""
 
 
