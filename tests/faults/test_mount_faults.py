@@ -251,7 +251,7 @@ def test_sigterm_exits_in_bounded_time_with_a_hung_mount(
             others = [state for tid, state in states.items() if tid != proc.pid]
             return states.get(proc.pid) == "Z" and others == ["D"] * len(held)
 
-        _wait_for(stopped, 15, "vend's exit (graceful_shutdown_s is 2)")
+        _wait_for(stopped, 30, "vend's exit (graceful_shutdown_s is 2)")
         with pytest.raises(ConnectionRefusedError):
             socket.create_connection(("127.0.0.1", proc.port), timeout=2).close()
         assert "Application shutdown complete" in proc.output()
