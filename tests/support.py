@@ -90,10 +90,101 @@ def read_log_lines(log: Path, count: int, bound_s: float = 5.0) -> list[str]:
 
 
 def free_port(host: str = "127.0.0.1") -> int:
-    """A TCP port on ``host`` (an IPv4 address) that was free a moment ago."""
+    """A TCP port on ``host`` (an IPv4 address) that was free a moment ago.
+
+    Another process may bind it before the caller's server does: a server started on it
+    must be checked to hold it (``listens_on``) and started again on another port when
+    it reports the address in use (``PORT_ATTEMPTS``, ``ADDRESS_IN_USE``).
+    """
     with socket.socket() as sock:
         sock.bind((host, 0))
         return int(sock.getsockname()[1])
+
+
+PORT_ATTEMPTS = 5
+"""How many ports a server started on a ``free_port`` is tried on before giving up."""
+ADDRESS_IN_USE = "address already in use"
+"""What vend (``cannot listen on ...: address already in use``) and Apache (``(98)Address
+already in use``) print, in lower case, when another process took the port first."""
+
+
+class PortTaken(Exception):
+    """A server exited because another process had bound its port first."""
+
+
+def on_free_ports(start: Callable[[], T], cleanup: Callable[[], None] | None = None) -> T:
+    """Call ``start`` (which picks free ports itself) until it does not raise ``PortTaken``.
+
+    Args:
+        start: starts a server on newly picked ports and returns it; raises ``PortTaken``
+            when another process bound one of them first.
+        cleanup: called before each further attempt (files the failed one left).
+
+    Returns:
+        What ``start`` returned.
+
+    Raises:
+        PortTaken: on each of ``PORT_ATTEMPTS`` attempts; anything else ``start`` raises.
+    """
+    for attempt in range(1, PORT_ATTEMPTS + 1):
+        try:
+            return start()
+        except PortTaken:
+            if attempt == PORT_ATTEMPTS:
+                raise
+            if cleanup is not None:
+                cleanup()
+    raise AssertionError("unreachable: the last attempt returns or raises")
+
+
+def _listening_inodes(port: int) -> set[str]:
+    """Socket inodes listening on TCP ``port`` of any local address (proc(5), /proc/net/tcp)."""
+    inodes = set()
+    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
+        with contextlib.suppress(OSError), open(table) as handle:
+            next(handle, None)
+            for line in handle:
+                fields = line.split()
+                if fields[3] == "0A" and int(fields[1].rsplit(":", 1)[1], 16) == port:
+                    inodes.add(fields[9])
+    return inodes
+
+
+def _family(pid: int) -> list[int]:
+    """``pid`` and its descendants (proc(5), /proc/PID/task/TID/children)."""
+    found, todo = [], [pid]
+    while todo and len(found) < 1000:
+        current = todo.pop()
+        found.append(current)
+        for task in Path(f"/proc/{current}/task").glob("*"):
+            with contextlib.suppress(OSError, ValueError):
+                todo.extend(int(p) for p in (task / "children").read_text().split())
+    return found
+
+
+def listens_on(pid: int, port: int) -> bool:
+    """Whether process ``pid`` or one of its descendants holds a socket listening on TCP
+    ``port`` (so that a client connecting there reaches it, not whoever took the port).
+
+    Args:
+        pid: the server's process id.
+        port: the TCP port.
+
+    Returns:
+        True once such a socket is open in one of those processes; False before, or when
+        the port is another process's.
+    """
+    inodes = _listening_inodes(port)
+    if not inodes:
+        return False
+    wanted = {f"socket:[{inode}]" for inode in inodes}
+    for member in _family(pid):
+        with contextlib.suppress(OSError):
+            for fd in os.listdir(f"/proc/{member}/fd"):
+                with contextlib.suppress(OSError):
+                    if os.readlink(f"/proc/{member}/fd/{fd}") in wanted:
+                        return True
+    return False
 
 
 class VendProcess:
@@ -126,7 +217,7 @@ class VendProcess:
         self.env = env
         if command is None:
             command = [str(VEND), "serve", "--port", "{port}", *args]
-        self.command = [part.replace("{port}", str(self.port)) for part in command]
+        self._template = list(command)
         self.proc: subprocess.Popen[bytes] | None = None
         self.output_path: Path | None = None
 
@@ -141,37 +232,55 @@ class VendProcess:
         assert self.proc is not None
         return self.proc.pid
 
+    @property
+    def command(self) -> list[str]:
+        """The command run, with ``{port}`` replaced by the current port."""
+        return [part.replace("{port}", str(self.port)) for part in self._template]
+
     def start(self, output: Path, timeout_s: float = 15.0) -> VendProcess:
-        """Start the server and wait until it answers on its port.
+        """Start the server and wait until it listens on its port and answers there.
+
+        The port was free when picked; if another process binds it first, the server
+        exits saying the address is in use and is started again on another free port
+        (``PORT_ATTEMPTS`` in all; ``port`` and ``url`` follow).
 
         Args:
-            output: file receiving the server's stdout and stderr.
-            timeout_s: how long to wait for it to answer, in seconds.
+            output: file receiving the server's stdout and stderr (each attempt
+                starts it anew).
+            timeout_s: how long to wait for it to answer, in seconds (each attempt).
 
         Raises:
             RuntimeError: the server exited or did not answer in time (its output is
                 included).
         """
         self.output_path = output
-        with open(output, "wb") as sink:
-            self.proc = subprocess.Popen(
-                self.command,
-                env=self.env,
-                stdout=sink,
-                stderr=subprocess.STDOUT,
-                start_new_session=True,
-            )
-        deadline = time.monotonic() + timeout_s
-        while time.monotonic() < deadline:
-            if self.proc.poll() is not None:
-                raise RuntimeError(f"vend exited with {self.proc.returncode}:\n{self.output()}")
-            try:
-                with socket.create_connection(("127.0.0.1", self.port), timeout=0.5):
-                    return self
-            except OSError:
+        for attempt in range(1, PORT_ATTEMPTS + 1):
+            with open(output, "wb") as sink:
+                self.proc = subprocess.Popen(
+                    self.command,
+                    env=self.env,
+                    stdout=sink,
+                    stderr=subprocess.STDOUT,
+                    start_new_session=True,
+                )
+            deadline = time.monotonic() + timeout_s
+            while time.monotonic() < deadline:
+                if self.proc.poll() is not None:
+                    if ADDRESS_IN_USE in self.output().lower() and attempt < PORT_ATTEMPTS:
+                        break
+                    raise RuntimeError(f"vend exited with {self.proc.returncode}:\n{self.output()}")
+                if listens_on(self.proc.pid, self.port):
+                    try:
+                        with socket.create_connection(("127.0.0.1", self.port), timeout=5):
+                            return self
+                    except OSError:
+                        pass
                 time.sleep(0.05)
-        self.stop()
-        raise RuntimeError(f"vend did not answer within {timeout_s} s:\n{self.output()}")
+            else:
+                self.stop()
+                raise RuntimeError(f"vend did not answer within {timeout_s} s:\n{self.output()}")
+            self.port = free_port()
+        raise AssertionError("unreachable: the last attempt returns or raises")
 
     def output(self) -> str:
         """What the server printed so far."""

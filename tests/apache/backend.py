@@ -21,7 +21,9 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from .httpd import free_port, stop_process_group
+from tests.support import ADDRESS_IN_USE, PortTaken, free_port, listens_on, on_free_ports
+
+from .httpd import stop_process_group
 
 PROBE_USER_AGENT = "vend-apache-tests-probe"
 """The User-Agent of the tests' own readiness probes, to tell them from Apache's checks."""
@@ -154,7 +156,10 @@ def start_vend(
 ) -> Vend:
     """Start ``vend serve`` on a loopback port and wait until its health endpoint answers.
 
-    The caller must call ``Vend.stop`` (fixtures do it in ``finally``).
+    A port picked here was free a moment ago: when another process binds it first, vend
+    exits saying the address is in use and is started again on another free port
+    (``PORT_ATTEMPTS`` in all). The caller must call ``Vend.stop`` (fixtures do it in
+    ``finally``).
 
     Args:
         workdir: an existing directory for its access log and output.
@@ -166,7 +171,7 @@ def start_vend(
         unix_socket: listen on this Unix socket (vend's ``unix_socket``) instead of a port.
         wait_healthy: wait for 200 from ``/.well-known/vend/health``; when False, any
             HTTP answer will do (a vend whose mounts are all missing answers 503).
-        timeout_s: seconds to wait for that answer.
+        timeout_s: seconds to wait for that answer (each attempt).
 
     Returns:
         The running vend.
@@ -174,7 +179,43 @@ def start_vend(
     Raises:
         VendError: vend exited or did not answer in time; the message has its output.
     """
-    port = port or free_port()
+
+    def start() -> Vend:
+        return _start_vend_once(
+            workdir,
+            mounts=mounts,
+            port=port or free_port(),
+            trusted_proxies=trusted_proxies,
+            drain_s=drain_s,
+            unix_socket=unix_socket,
+            wait_healthy=wait_healthy,
+            timeout_s=timeout_s,
+        )
+
+    return start() if port is not None else on_free_ports(start)
+
+
+class _PortTaken(VendError, PortTaken):
+    """vend exited because another process had bound its port first."""
+
+
+def _start_vend_once(
+    workdir: Path,
+    *,
+    mounts: Sequence[Path],
+    port: int,
+    trusted_proxies: Sequence[str] | None,
+    drain_s: float | None,
+    unix_socket: Path | None,
+    wait_healthy: bool,
+    timeout_s: float,
+) -> Vend:
+    """``start_vend`` on ``port``, once.
+
+    Raises:
+        _PortTaken: vend exited saying the address is in use.
+        VendError: as ``start_vend``.
+    """
     # A vend restarted on the same port gets files of its own.
     run = f"vend-{port}-{time.monotonic_ns()}"
     access_log = workdir / f"{run}-access.log"
@@ -205,13 +246,18 @@ def start_vend(
     try:
         while True:
             if process.poll() is not None:
-                raise VendError(f"vend exited with {process.returncode}:\n{output.read_text()}")
-            try:
-                status = get_status(port, "/.well-known/vend/health", unix_socket=unix_socket)
-                if status == 200 or not wait_healthy:
-                    return vend
-            except (OSError, http.client.HTTPException):
-                pass
+                text = output.read_text()
+                if unix_socket is None and ADDRESS_IN_USE in text.lower():
+                    raise _PortTaken(f"port {port} was taken before vend bound it:\n{text}")
+                raise VendError(f"vend exited with {process.returncode}:\n{text}")
+            # Asked only once the port is vend's own, never whoever else took it.
+            if unix_socket is not None or listens_on(process.pid, port):
+                try:
+                    status = get_status(port, "/.well-known/vend/health", unix_socket=unix_socket)
+                    if status == 200 or not wait_healthy:
+                        return vend
+                except (OSError, http.client.HTTPException):
+                    pass
             if time.monotonic() > deadline:
                 raise VendError(f"vend did not answer within {timeout_s} s:\n{output.read_text()}")
             time.sleep(0.05)

@@ -26,7 +26,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Final
 
-from tests.support import free_port
+from tests.support import ADDRESS_IN_USE, PortTaken, free_port, listens_on, on_free_ports
 
 REPO_ROOT: Final = Path(__file__).resolve().parents[2]
 SHIPPED_VHOST: Final = REPO_ROOT / "apache" / "vend.conf"
@@ -309,7 +309,9 @@ def start_apache(
 ) -> Apache:
     """Write a server root, start Apache in the foreground and wait until it listens.
 
-    The caller must call ``Apache.stop`` (fixtures do it in ``finally``).
+    The ports are picked free; when another process binds one first, Apache exits
+    saying the address is in use and is started again on other ports (``PORT_ATTEMPTS``
+    in all). The caller must call ``Apache.stop`` (fixtures do it in ``finally``).
 
     Args:
         root: see ``write_config``.
@@ -317,7 +319,7 @@ def start_apache(
         defines: values for its ``Define`` lines (the ports and log directory are added).
         modules: see ``write_config``.
         log_level: Apache's ``LogLevel``.
-        timeout_s: seconds to wait for both ports to accept connections.
+        timeout_s: seconds to wait for both ports to accept connections (each attempt).
 
     Returns:
         The running Apache.
@@ -326,7 +328,46 @@ def start_apache(
         ApacheError: the configuration test failed, or Apache exited or did not listen
             within ``timeout_s``; the message carries its error log.
     """
+
+    def clear_error_logs() -> None:  # the next attempt's error log is its own
+        for log in (root / "logs").glob("*error*"):
+            log.unlink()
+
+    return on_free_ports(
+        lambda: _start_on_free_ports(
+            root,
+            vhost=vhost,
+            defines=defines,
+            modules=modules,
+            log_level=log_level,
+            timeout_s=timeout_s,
+        ),
+        clear_error_logs,
+    )
+
+
+class _PortTaken(ApacheError, PortTaken):
+    """Another process bound one of the ports picked for Apache before Apache did."""
+
+
+def _start_on_free_ports(
+    root: Path,
+    *,
+    vhost: Path,
+    defines: Mapping[str, str],
+    modules: tuple[str, ...],
+    log_level: str,
+    timeout_s: float,
+) -> Apache:
+    """``start_apache`` on two freshly picked ports, once.
+
+    Raises:
+        _PortTaken: Apache exited saying one of them is in use (the caller tries others).
+        ApacheError: as ``start_apache``.
+    """
     http_port, https_port = free_port(), free_port()
+    while https_port == http_port:
+        https_port = free_port()
     write_config(
         root,
         vhost=vhost,
@@ -349,12 +390,22 @@ def start_apache(
         )
     apache = Apache(root=root, http_port=http_port, https_port=https_port, process=process)
     try:
+        # Listening sockets held by this Apache (not by whoever took a port first), and
+        # accepting connections.
         deadline = time.monotonic() + timeout_s
-        for port in (http_port, https_port):
-            if not wait_for_port(port, timeout_s=max(0.1, deadline - time.monotonic())):
-                raise ApacheError(f"Apache did not listen on {port}:\n{apache.error_log}")
-        if process.poll() is not None:
-            raise ApacheError(f"Apache exited with {process.returncode}:\n{apache.error_log}")
+        pending = [http_port, https_port]
+        while pending:
+            if process.poll() is not None:
+                log = apache.error_log
+                if ADDRESS_IN_USE in log.lower():
+                    raise _PortTaken(f"a port was taken before Apache bound it:\n{log}")
+                raise ApacheError(f"Apache exited with {process.returncode}:\n{log}")
+            if listens_on(process.pid, pending[0]) and wait_for_port(pending[0], timeout_s=5):
+                pending.pop(0)
+                continue
+            if time.monotonic() > deadline:
+                raise ApacheError(f"Apache did not listen on {pending[0]}:\n{apache.error_log}")
+            time.sleep(0.05)
     except BaseException:
         apache.stop()
         raise

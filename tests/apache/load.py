@@ -64,6 +64,7 @@ class Load:
         max_duration_s: float = 60.0,
     ) -> None:
         self.outcomes: list[Outcome] = []
+        self._under_way: dict[int, float] = {}
         self._lock = threading.Lock()
         self._stop = threading.Event()
         self._files = list(files.items())
@@ -83,6 +84,8 @@ class Load:
                 name, expected = self._files[turn % len(self._files)]
                 turn += 1
                 started = time.monotonic()
+                with self._lock:
+                    self._under_way[index] = started
                 try:
                     status, body = self._fetch(client, f"{self._base}/{name}")
                     ok = status == 200 and body == expected
@@ -90,6 +93,7 @@ class Load:
                 except httpx.HTTPError as exc:
                     ok, detail = False, f"{type(exc).__name__}: {exc} ({name})"
                 with self._lock:
+                    del self._under_way[index]
                     self.outcomes.append(Outcome(started, time.monotonic(), ok, detail))
                 if self._pause_s:
                     self._stop.wait(self._pause_s)
@@ -129,3 +133,8 @@ class Load:
         """Return the outcomes recorded so far."""
         with self._lock:
             return list(self.outcomes)
+
+    def under_way(self) -> list[float]:
+        """Return when each request under way now was sent (``time.monotonic()``, seconds)."""
+        with self._lock:
+            return list(self._under_way.values())

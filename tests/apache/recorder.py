@@ -15,8 +15,6 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from socketserver import ThreadingUnixStreamServer
 
-from .httpd import free_port
-
 
 @dataclass(frozen=True)
 class RecordedRequest:
@@ -45,13 +43,14 @@ class Recorder:
     """An HTTP/1.1 backend that answers 200 ``ok`` to everything and records each request.
 
     Attributes:
-        port: its loopback port.
+        port: its loopback port: 0 (the default) lets the kernel pick a free one when
+            ``start`` binds it, and ``start`` sets the port bound.
         unix_socket: listen on this Unix socket instead of the port (mode 0666).
         requests: what it received, in order.
         connections: how many connections it has accepted.
     """
 
-    port: int
+    port: int = 0
     unix_socket: Path | None = None
     requests: list[RecordedRequest] = field(default_factory=list)
     connections: int = 0
@@ -98,6 +97,7 @@ class Recorder:
             self.unix_socket.chmod(0o666)  # Apache's children run as another user
         else:
             self._server = ThreadingHTTPServer(("127.0.0.1", self.port), Handler)
+            self.port = int(self._server.server_address[1])
         self._server.daemon_threads = True
         threading.Thread(target=self._server.serve_forever, daemon=True).start()
         return self
@@ -113,12 +113,12 @@ class SilentBackend:
     """A backend that reads a request and closes the connection without answering.
 
     Attributes:
-        port: its loopback port.
+        port: its loopback port (a free one the kernel picked when binding).
     """
 
     def __init__(self) -> None:
-        self.port = free_port()
-        self._sock = socket.create_server(("127.0.0.1", self.port))
+        self._sock = socket.create_server(("127.0.0.1", 0))
+        self.port = int(self._sock.getsockname()[1])
         self._sock.settimeout(0.2)
         self._closed = threading.Event()
         self._thread = threading.Thread(target=self._serve, daemon=True)

@@ -78,6 +78,26 @@ def slow_file(content: Content) -> Iterator[dict[str, bytes]]:
         path.unlink(missing_ok=True)
 
 
+def _ready_for_the_event(fast: Load, slow: Load) -> bool:
+    """Whether the load has run for over a second and every slow download is under way
+    with at least half a second left (each takes 2 s or more at its pace), so that requests
+    are in flight on both members at the instant a test acts."""
+    now = time.monotonic()
+    outcomes = fast.snapshot()
+    under_way = slow.under_way()
+    return (
+        bool(outcomes)
+        and min(o.started for o in outcomes) <= now - 1.2
+        and len(under_way) == SLOW_CONNECTIONS
+        and all(started > now - 1.5 for started in under_way)
+    )
+
+
+def _served_since(load: Load, instant: float) -> int:
+    """How many requests sent after ``instant`` (``time.monotonic()``) have ended."""
+    return sum(o.started > instant for o in load.snapshot())
+
+
 def _mixed_load(
     apache: Apache, pki: Pki, content: Content, slow_file: dict[str, bytes]
 ) -> tuple[Load, Load]:
@@ -122,13 +142,14 @@ def test_sigterm_of_one_member_fails_no_request(
             15,
             "both members serve",
         )
-        time.sleep(1.2)
+        wait_until(lambda: _ready_for_the_event(fast, slow), 60, "slow downloads under way")
         logged_before_term = _content_lines(first)
         term_at = time.monotonic()
         first.signal(signal.SIGTERM)
         first.process.wait(timeout=30)
         finished_after_term = _content_lines(first) - logged_before_term
-        time.sleep(1.0)
+        gone_at = time.monotonic()
+        wait_until(lambda: _served_since(fast, gone_at) > 50, 30, "requests after A exited")
     outcomes = fast.snapshot() + slow.snapshot()
 
     assert len([o for o in outcomes if o.in_flight_at(term_at)]) >= MIN_IN_FLIGHT
@@ -160,18 +181,23 @@ def test_sigkill_of_one_member_fails_only_requests_in_flight(
             15,
             "both members serve",
         )
-        time.sleep(1.2)
+        wait_until(lambda: _ready_for_the_event(fast, slow), 60, "slow downloads under way")
         kill_at = time.monotonic()
         os.killpg(second.process.pid, signal.SIGKILL)
         second.process.wait(timeout=10)
         dead_at = time.monotonic()
-        time.sleep(1.0)
+        # Served by A alone for a while (and for over a second: see the assertions).
+        wait_until(
+            lambda: _served_since(fast, dead_at) > 20 and time.monotonic() > dead_at + 1.0,
+            30,
+            "requests while B is dead",
+        )
 
         restarted = vend_factory(port=second.port)
         back_at = time.monotonic()
-        wait_until(lambda: _content_lines(restarted) > 0, 10, "restarted member back in use")
+        wait_until(lambda: _content_lines(restarted) > 0, 30, "restarted member back in use")
         back_after_s = time.monotonic() - back_at
-        time.sleep(0.5)
+        wait_until(lambda: _served_since(fast, dead_at) > 50, 30, "requests after B died")
     outcomes = fast.snapshot() + slow.snapshot()
 
     assert len([o for o in outcomes if o.in_flight_at(kill_at)]) >= MIN_IN_FLIGHT
@@ -199,14 +225,15 @@ def test_member_without_usable_mount_leaves_rotation(
     healthy = vend_factory()
     broken = vend_factory(mounts=[tmp_path / "not-mounted"], wait_healthy=False)
     apache = _balanced_apache(apache_factory, healthy, broken)
+    # Apache checks a member's health one check after the other: once a third check has
+    # reached it, the first two (failed) have taken it out of the rotation.
     wait_until(
-        lambda: _health_checks(broken) >= 2,
-        15,
-        "two health checks reached the broken member",
+        lambda: _health_checks(broken) >= 3,
+        30,
+        "three health checks reached the broken member",
     )
-    time.sleep(0.5)
     with Load(apache.https_port, pki.ca_pem, _load_files(content), connections=10) as load:
-        time.sleep(1.0)
+        wait_until(lambda: len(load.snapshot()) > 50, 30, "over 50 requests answered")
     outcomes = load.snapshot()
     assert len(outcomes) > 50
     assert _failures(outcomes) == [], _failures(outcomes)[:5]

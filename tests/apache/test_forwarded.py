@@ -28,7 +28,7 @@ def _request(marker: str, *, forwarded_for: str | None = None) -> bytes:
     ).encode()
 
 
-def _logged_client(read_log: Callable[[], str], marker: str, *, timeout_s: float = 3.0) -> str:
+def _logged_client(read_log: Callable[[], str], marker: str, *, timeout_s: float = 10.0) -> str:
     """Return the client address (first field) of the access-log line holding ``marker``;
     logs are written after the response, so this waits up to ``timeout_s`` seconds."""
     deadline = time.monotonic() + timeout_s

@@ -24,7 +24,7 @@ def recorder(request: pytest.FixtureRequest, workdir: Path) -> Iterator[Recorder
     """A recording backend on a free loopback port, or on a Unix socket as the shipped
     vhost reaches vend: every test here runs over both."""
     unix = workdir / f"recorder-{free_port()}.sock" if request.param == "unix" else None
-    backend = Recorder(port=free_port(), unix_socket=unix).start()
+    backend = Recorder(unix_socket=unix).start()
     try:
         yield backend
     finally:

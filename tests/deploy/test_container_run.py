@@ -37,6 +37,7 @@ under /run/vend-tests, apart from the machine's default store.
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import hashlib
 import json
 import os
@@ -579,11 +580,53 @@ class Run:
     ours: Ours
 
 
+STORE_LOCK = PODMAN_RUN / "store.lock"
+"""Held (flock(2)) while a test uses the podman store: another run of the suite on the same
+machine would otherwise add and remove podman's mounts and processes in the middle of
+this test's before-and-after comparison of the host."""
+STORE_LOCK_WAIT_S = 300.0
+"""How long a test waits for another run's container test to finish, in seconds (that
+takes about 2 minutes on a busy machine)."""
+
+
+@contextlib.contextmanager
+def store_lock() -> Iterator[None]:
+    """Hold ``STORE_LOCK`` exclusively for the block, waiting for it at most
+    ``STORE_LOCK_WAIT_S`` seconds.
+
+    Raises:
+        pytest.fail.Exception: another run held the store for longer than that.
+    """
+    PODMAN_RUN.mkdir(parents=True, exist_ok=True)
+    with open(STORE_LOCK, "a") as handle:
+        deadline = time.monotonic() + STORE_LOCK_WAIT_S
+        while True:
+            try:
+                fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                break
+            except BlockingIOError:
+                if time.monotonic() > deadline:
+                    pytest.fail(f"another test run held {STORE_LOCK} for {STORE_LOCK_WAIT_S} s")
+                time.sleep(0.5)
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
+
+
 @pytest.fixture
 def container_run(tmp_path: Path) -> Iterator[Run]:
-    """Yield the lab and names; afterwards remove the container, image, lab, and check they went."""
+    """Yield the lab and names; afterwards remove the container, image, lab, and check they went.
+
+    The podman store is this test's alone meanwhile (``store_lock``)."""
     missing = [f"{cmd} ({pkg})" for cmd, pkg in TOOLS.items() if not shutil.which(cmd)]
     assert not missing, f"not installed: {', '.join(missing)}; see tests/apt-packages.txt"
+    with store_lock():
+        yield from _container_run(tmp_path)
+
+
+def _container_run(tmp_path: Path) -> Iterator[Run]:
+    """``container_run`` once the store is held."""
     lab = Lab(tmp_path)
     name = f"vend-test-{lab.tag}"
     image = f"localhost/vend-test:{lab.tag}"
@@ -615,7 +658,7 @@ def container_run(tmp_path: Path) -> Iterator[Run]:
             pytest.fail(f"teardown incomplete: {errors} {left}")
 
 
-@pytest.mark.timeout(600)  # about 2 minutes when the base image must be made first
+@pytest.mark.timeout(900)  # 2 minutes making the base image first, + STORE_LOCK_WAIT_S
 def test_image_builds_runs_confined_on_a_dhcp_address_and_leaves_nothing(
     container_run: Run, tmp_path: Path
 ) -> None:

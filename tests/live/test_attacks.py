@@ -9,8 +9,10 @@ nobody reads; and an X-Forwarded-For with spaces forging access log fields.
 
 from __future__ import annotations
 
+import fcntl
 import socket
 import struct
+import termios
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -31,7 +33,9 @@ def vend(tmp_path_factory: pytest.TempPathFactory) -> Iterator[VendProcess]:
     mount = tmp_path_factory.mktemp("attacks") / "m1"
     mount.mkdir()
     (mount / "small.txt").write_bytes(SMALL)
-    proc = VendProcess([str(mount)], {"timeouts__request_head_s": 2})
+    # Timers far longer than CLOSE_WINDOW_S: a connection vend leaves open is not closed
+    # by them while a test waits to see whether vend closes it.
+    proc = VendProcess([str(mount)], {"timeouts__request_head_s": 30, "timeouts__keep_alive_s": 30})
     try:
         proc.start(tmp_path_factory.mktemp("attacks-log") / "vend.log")
         yield proc
@@ -39,12 +43,27 @@ def vend(tmp_path_factory: pytest.TempPathFactory) -> Iterator[VendProcess]:
         proc.stop()
 
 
-def _exchange(port: int, data: bytes, count: int, timeout_s: float = 10.0) -> tuple[bytes, bool]:
+CLOSE_WINDOW_S = 10.0
+"""How long a test that expects vend to close the connection waits for it, in seconds (a
+liveness bound: vend closes at once; its timers are longer still, see ``vend``)."""
+
+
+def _exchange(
+    port: int, data: bytes, count: int, timeout_s: float = 10.0, after_s: float = 1.0
+) -> tuple[bytes, bool]:
     """Send ``data`` in one write; read until ``count`` answers came or the server closed.
 
+    Args:
+        port: vend's port.
+        data: the bytes to send.
+        count: the answers expected.
+        timeout_s: bound on the whole exchange, in seconds.
+        after_s: how long to keep reading after the last expected answer (for a close,
+            or bytes that should not come), in seconds.
+
     Returns:
-        The bytes read and whether the server closed the connection (within 1 s of the
-        last answer, or at once).
+        The bytes read and whether the server closed the connection (within ``after_s``
+        of the last answer, or at once).
     """
     deadline = time.monotonic() + timeout_s
     out = b""
@@ -53,7 +72,7 @@ def _exchange(port: int, data: bytes, count: int, timeout_s: float = 10.0) -> tu
         sock.sendall(data)
         while time.monotonic() < deadline:
             if out.count(b"HTTP/1.1 ") >= count:
-                deadline = min(deadline, time.monotonic() + 1.0)
+                deadline = min(deadline, time.monotonic() + after_s)
             sock.settimeout(max(0.05, deadline - time.monotonic()))
             try:
                 chunk = sock.recv(1 << 16)
@@ -108,7 +127,7 @@ def test_trailer_fields_do_not_act_as_header_fields(vend: VendProcess) -> None:
 def test_trailer_fields_are_still_bounded(vend: VendProcess) -> None:
     """More than 100 trailer fields get 431 and a close, as header fields do."""
     data = _chunked(b"GET", b"0\r\n" + b"X-T: v\r\n" * 101 + b"\r\n")
-    out, closed = _exchange(vend.port, data, 1)
+    out, closed = _exchange(vend.port, data, 1, timeout_s=30, after_s=CLOSE_WINDOW_S)
     (answer,) = parse_responses(out, ["GET"])
     assert answer.status == 431
     assert closed
@@ -121,12 +140,27 @@ def test_http10_message_with_transfer_encoding_closes_the_connection(vend: VendP
         b"GET /small.txt HTTP/1.0\r\nConnection: keep-alive\r\nTransfer-Encoding: chunked\r\n\r\n"
         b"0\r\n\r\n" + GET  # in the same read: never answered
     )
-    out, closed = _exchange(vend.port, data, 1)
+    out, closed = _exchange(vend.port, data, 1, timeout_s=30, after_s=CLOSE_WINDOW_S)
     (answer,) = parse_responses(out, ["GET"])
     assert (answer.status, answer.body) == (200, SMALL)
     assert answer.header(b"connection") != b"keep-alive"
     assert closed
     assert vend.output().count("Traceback") == before
+
+
+def _wait_until_stuck(sock: socket.socket, bound_s: float = 30.0) -> None:
+    """Wait until an answer ``sock`` never reads fills the buffers: bytes wait in its
+    receive queue (FIONREAD, tcp(7)) and no more arrive for 0.2 s, so vend's send of it
+    is blocked."""
+    deadline = time.monotonic() + bound_s
+    queued = -1
+    while True:
+        now = struct.unpack("i", fcntl.ioctl(sock.fileno(), termios.FIONREAD, b"\0" * 4))[0]
+        if now > 0 and now == queued:
+            return
+        assert time.monotonic() < deadline, f"the unread answer still arriving ({now} bytes)"
+        queued = now
+        time.sleep(0.2)
 
 
 def _serve_a_stale_hot_name(start_vend: Any, tmp_path: Path) -> VendProcess:
@@ -153,7 +187,7 @@ def test_refresh_dropped_with_its_connection_does_not_stall_the_name(
     proc = _serve_a_stale_hot_name(start_vend, tmp_path)
     with socket.create_connection(("127.0.0.1", proc.port)) as sock:
         sock.sendall(b"GET /huge.bin HTTP/1.1\r\nHost: t\r\n\r\n" + GET)  # never read
-        time.sleep(0.5)
+        _wait_until_stuck(sock)
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
     time.sleep(0.2)  # the reset reached vend: the refresh of /small.txt was dropped
     for _ in range(2):  # each asks once the name is stale again
@@ -171,7 +205,7 @@ def test_refresh_queued_behind_an_unread_answer_does_not_hold_others(
     proc = _serve_a_stale_hot_name(start_vend, tmp_path)
     with socket.create_connection(("127.0.0.1", proc.port)) as holder:
         holder.sendall(b"GET /huge.bin HTTP/1.1\r\nHost: t\r\n\r\n" + GET)  # never read
-        time.sleep(0.5)
+        _wait_until_stuck(holder)
         started = time.monotonic()
         out, _ = _exchange(proc.port, GET, 1, timeout_s=20)
         assert parse_responses(out, ["GET"])[0].body == SMALL

@@ -44,8 +44,11 @@ def test_idle_connections_past_the_limit_never_take_mounts_down(
     mount.mkdir()
     (mount / "a.txt").write_bytes(b"a\n")
     settings = {} if cap is None else {"limits": {"max_connections": cap}}
-    vend = VendProcess([str(mount)], settings)
-    vend.command = ["prlimit", "--nofile=128:128", "--", *vend.command]
+    vend = VendProcess(
+        [str(mount)],
+        settings,
+        command=["prlimit", "--nofile=128:128", "--", str(VEND), "serve", "--port", "{port}"],
+    )
     vend.start(tmp_path / "vend.log")
     held: list[socket.socket] = []
     try:

@@ -17,7 +17,7 @@ from typing import Any
 import pytest
 
 from app.settings import SAMPLE_MOUNTS_DIR
-from tests.support import VEND, get_raw, read_log_lines
+from tests.support import VEND, get_raw, read_log_lines, wait_until
 
 pytestmark = pytest.mark.live
 
@@ -175,18 +175,22 @@ def test_sigterm_drain_keeps_serving_with_health_503(start_vend: Any) -> None:
     """With timeouts.drain_s, SIGTERM first drains: health 503, files still served with
     Connection: close; then vend exits."""
     import signal
-    import time
 
-    proc = start_vend(None, {"timeouts": {"drain_s": 2.0}})
+    drain_s = 5.0  # long enough to be seen draining on a busy machine
+    proc = start_vend(None, {"timeouts": {"drain_s": drain_s}})
     os.killpg(proc.pid, signal.SIGTERM)
-    time.sleep(0.3)
     with proc.client() as client:
-        health = client.get("/.well-known/vend/health")
+        # Health answers 200 until vend has taken the signal, then 503 while it drains.
+        def draining() -> Any:
+            answer = client.get("/.well-known/vend/health")
+            return answer if answer.status_code == 503 else None
+
+        health = wait_until(draining, drain_s, "health 503 after SIGTERM")
         about = client.get("/about.html")
-    assert health.status_code == 503 and health.json()["status"] == "draining"
+    assert health.json()["status"] == "draining"
     assert about.status_code == 200 and about.headers["connection"] == "close"
     assert proc.proc is not None
-    proc.proc.wait(timeout=15)
+    proc.proc.wait(timeout=drain_s + 30)
     assert proc.proc.returncode == 0
 
 

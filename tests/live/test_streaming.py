@@ -6,6 +6,7 @@ bodies and so proves nothing about streaming.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import re
 import shutil
@@ -79,6 +80,15 @@ def test_memory_stays_flat_while_a_gigabyte_is_sent(server: VendProcess, huge_sp
     assert peak - before < 32 * MIB, (before, peak)
 
 
+def _every_thread_traced(pid: int) -> bool:
+    """Whether each thread of ``pid`` has a tracer (``TracerPid`` in its status, proc(5))."""
+    statuses = []
+    for task in Path(f"/proc/{pid}/task").iterdir():
+        with contextlib.suppress(FileNotFoundError):  # a thread that just ended
+            statuses.append((task / "status").read_text())
+    return bool(statuses) and all("TracerPid:\t0\n" not in status for status in statuses)
+
+
 def _strace_bytes(pid: int, action: Any, out: Path) -> int:
     """Run ``action`` while strace counts the bytes every sendfile(2) of ``pid`` returned."""
     strace = subprocess.Popen(
@@ -87,11 +97,12 @@ def _strace_bytes(pid: int, action: Any, out: Path) -> int:
         stderr=subprocess.DEVNULL,
     )
     try:
-        deadline = time.monotonic() + 10
-        while "TracerPid:\t0" in Path(f"/proc/{pid}/status").read_text():
-            assert time.monotonic() < deadline, "strace did not attach"
+        # strace -p attaches to each thread in turn: wait until every one is traced.
+        deadline = time.monotonic() + 30
+        while not _every_thread_traced(pid):
+            assert strace.poll() is None, "strace exited"
+            assert time.monotonic() < deadline, "strace did not attach to every thread"
             time.sleep(0.05)
-        time.sleep(0.3)  # let strace finish attaching to every thread
         action()
     finally:
         strace.send_signal(signal.SIGINT)

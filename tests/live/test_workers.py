@@ -221,9 +221,19 @@ def test_reloads_under_load_drop_nothing_and_keep_the_workers(
     ]
     for loop in loops:
         loop.thread.start()
+
+    def requests_made() -> None:
+        """Wait until every client loop has had 5 more answers (a reload in between)."""
+        marks = [loop.count for loop in loops]
+        _wait_for(
+            "5 more requests of every client loop",
+            lambda: all(loop.count >= mark + 5 for loop, mark in zip(loops, marks, strict=True)),
+            60,
+        )
+
     try:
         for reload in range(1, 5):
-            time.sleep(1.5)
+            requests_made()
             if reload == 3:
                 config.write_text(_toml([m1, m2]))
             os.kill(proc.pid, signal.SIGHUP)
@@ -233,7 +243,7 @@ def test_reloads_under_load_drop_nothing_and_keep_the_workers(
                     h["process"]["reloads"] == n for h in _health_by_pid(proc.url, workers).values()
                 ),
             )
-        time.sleep(1.5)
+        requests_made()
     finally:
         for loop in loops:
             loop.stop.set()
@@ -306,8 +316,14 @@ def test_sigterm_drains_every_worker_then_exits_0(tmp_path: Path, start_vend: An
     environ = Path(f"/proc/{workers[0]}/environ").read_bytes().split(b"\0")
     metrics_dir = next(e for e in environ if e.startswith(b"PROMETHEUS_MULTIPROC_DIR="))
     os.kill(proc.pid, signal.SIGTERM)  # the parent only, as systemd's KillMode=mixed does
-    for health in _health_by_pid(proc.url, workers).values():
-        assert health["status"] == "draining"
+    # The supervisor passes the signal on: each worker answers "draining" once it has it.
+    _wait_for(
+        "every worker draining",
+        lambda: all(
+            health["status"] == "draining" for health in _health_by_pid(proc.url, workers).values()
+        ),
+        6,  # drain_s: after it the workers stop listening
+    )
     response = get_raw(proc.port, b"/small.txt")
     assert (response.status, response.body) == (200, SMALL)
     assert proc.proc.wait(30) == 0, proc.output()
@@ -400,15 +416,17 @@ def test_sighup_while_starting_ends_nothing(tmp_path: Path) -> None:
     (mount / "small.txt").write_bytes(SMALL)
     proc = VendProcess([str(mount)], args=["--workers", "2"])
     stop = threading.Event()
+    rounds = [0]  # how many times every process was sent SIGHUP
 
     def hup_everyone() -> None:
-        deadline = time.monotonic() + 60
+        deadline = time.monotonic() + 120
         while not stop.is_set() and time.monotonic() < deadline:
             children = _children(proc.pid) if proc.proc is not None else []
             if children and proc.proc is not None and proc.proc.poll() is None:
                 for pid in [proc.pid, *children]:
                     with contextlib.suppress(ProcessLookupError):
                         os.kill(pid, signal.SIGHUP)
+                rounds[0] += 1
             time.sleep(0.05)
 
     spammer = threading.Thread(target=hup_everyone, daemon=True)
@@ -419,7 +437,8 @@ def test_sighup_while_starting_ends_nothing(tmp_path: Path) -> None:
             "two workers", lambda: len(_children(proc.pid)) == 2 and _children(proc.pid)
         )
         _health_by_pid(proc.url, workers)  # both serve
-        time.sleep(0.5)
+        serving_at = rounds[0]
+        _wait_for("10 more SIGHUPs to both serving", lambda: rounds[0] >= serving_at + 10)
         stop.set()
         spammer.join(10)
         assert proc.proc is not None and proc.proc.poll() is None

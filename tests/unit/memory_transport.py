@@ -65,11 +65,16 @@ class MemoryTransport(asyncio.Transport):
         self.high_water = high_water
         self.buffered = 0
         self.write_paused = False
+        self.last_write_at: float | None = None
+        """``time.monotonic()`` of the last write, in seconds (the loop's clock too)."""
+        self.closed_at: float | None = None
+        """``time.monotonic()`` when the protocol closed or shut the write side."""
 
     def write(self, data: bytes | bytearray | memoryview) -> None:
         if self.closed or self.eof:
             raise RuntimeError("write after close or write_eof")
         self.out += data
+        self.last_write_at = time.monotonic()
         if self.high_water is not None:
             self.buffered += len(data)
             if self.buffered > self.high_water and not self.write_paused:
@@ -87,6 +92,8 @@ class MemoryTransport(asyncio.Transport):
 
     def write_eof(self) -> None:
         self.eof = True
+        if self.closed_at is None:
+            self.closed_at = time.monotonic()
 
     def can_write_eof(self) -> bool:
         return True
@@ -94,6 +101,8 @@ class MemoryTransport(asyncio.Transport):
     def close(self) -> None:
         if not self.closed:
             self.closed = True
+            if self.closed_at is None:
+                self.closed_at = time.monotonic()
             if self.protocol is not None:
                 self.loop.call_soon(self.protocol.connection_lost, None)
 

@@ -9,6 +9,7 @@ tests/live/test_protocol.py.
 from __future__ import annotations
 
 import asyncio
+import time
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
@@ -134,13 +135,13 @@ def test_slow_reader_pauses_reading_and_gets_every_answer_in_order(tmp_path: Pat
         targets = [b"/small.txt", b"/big.bin", b"/page.html", b"/nope.txt"] * 10
         send = asyncio.create_task(conn.send(b"".join(get(t) for t in targets)))
         paused_seen = False
-        for _ in range(2000):
+        deadline = time.monotonic() + 60  # a liveness bound: about 1 s on a quiet machine
+        while len(parse_safe(conn, len(targets))) < len(targets):
+            assert time.monotonic() < deadline, "the slow reader did not get every answer"
             await asyncio.sleep(0.002)
             if conn.transport.write_paused:
                 paused_seen = paused_seen or not conn.transport.reading
                 conn.transport.drain_client()
-            if len(parse_safe(conn, len(targets))) == len(targets):
-                break
         await send
         answers = parse_responses(bytes(conn.transport.out), ["GET"] * len(targets))
         assert [a.status for a in answers] == [200, 200, 200, 404] * 10
@@ -148,6 +149,14 @@ def test_slow_reader_pauses_reading_and_gets_every_answer_in_order(tmp_path: Pat
         assert paused_seen
 
     run(test, tmp_path)
+
+
+async def wait_for(predicate: Callable[[], Any], what: str, timeout_s: float = 30.0) -> None:
+    """Let the loop run until ``predicate()`` is true; fail naming ``what`` after ``timeout_s``."""
+    deadline = time.monotonic() + timeout_s
+    while not predicate():
+        assert time.monotonic() < deadline, f"not within {timeout_s} s: {what}"
+        await asyncio.sleep(0.001)
 
 
 def parse_safe(conn: Connection, count: int) -> list[Any]:
@@ -165,14 +174,14 @@ def test_at_most_sixteen_requests_are_parsed_ahead(tmp_path: Path) -> None:
         conn = server.connect(high_water=1024)
         count = 40
         await conn.send(b"".join(get(b"/big.bin") for _ in range(count)), timeout_s=0.2)
-        await asyncio.sleep(0.05)
+        await wait_for(lambda: conn.transport.write_paused, "the first answer is behind")
         assert len(conn.protocol._queue) <= MAX_PIPELINED_REQUESTS
         assert not conn.transport.reading
-        for _ in range(5000):
+        deadline = time.monotonic() + 60  # a liveness bound: about 1 s on a quiet machine
+        while len(parse_safe(conn, count)) < count:
+            assert time.monotonic() < deadline, "not every pipelined request was answered"
             conn.transport.drain_client()
             await asyncio.sleep(0.001)
-            if len(parse_safe(conn, count)) == count:
-                break
         answers = parse_responses(bytes(conn.transport.out), ["GET"] * count)
         assert all(a.status == 200 and len(a.body) == BIG_BYTES for a in answers)
 
@@ -186,13 +195,12 @@ def test_disconnect_mid_body_disturbs_no_other_connection(tmp_path: Path) -> Non
         gone = server.connect(high_water=4096)
         other = server.connect()
         await gone.send(get(b"/big.bin") + get(b"/page.html"))
-        await asyncio.sleep(0.05)
+        await wait_for(lambda: gone.transport.write_paused, "the big body is under way")
         gone.transport.close()  # the client resets mid-body
         await other.send(get(b"/big.bin") + get(b"/page.html"))
         answers = await other.wait_responses(["GET", "GET"])
         assert [len(a.body) for a in answers] == [BIG_BYTES, len(PAGE)]
-        await asyncio.sleep(0.1)
-        assert gone.protocol.disconnected
+        await wait_for(lambda: gone.protocol.disconnected, "the reset connection let go")
 
     run(test, tmp_path)
 
@@ -305,10 +313,13 @@ def test_keep_alive_idle_connection_is_closed(tmp_path: Path) -> None:
         await conn.send(get(b"/small.txt"))
         await conn.wait_responses(["GET"])
         written = len(conn.transport.out)
-        await asyncio.sleep(server.limits.keep_alive_s * 0.5)
-        assert not conn.transport.closed
-        await conn.wait_closed(timeout_s=server.limits.keep_alive_s * 3)
+        await conn.wait_closed(timeout_s=server.limits.keep_alive_s * 10)
         assert len(conn.transport.out) == written
+        # Not before keep_alive_s had passed since the answer's last byte (the loop's
+        # clock is time.monotonic, as the transport's records).
+        assert conn.transport.closed_at is not None and conn.transport.last_write_at is not None
+        idle_s = conn.transport.closed_at - conn.transport.last_write_at
+        assert idle_s >= server.limits.keep_alive_s - 0.001, idle_s
 
     run(test, tmp_path)
 
@@ -320,8 +331,8 @@ def test_silent_new_connection_is_closed_and_partial_head_gets_408(tmp_path: Pat
         silent = server.connect()
         partial = server.connect()
         await partial.send(b"GET /small.txt HTTP/1.1\r\n")
-        await silent.wait_closed(timeout_s=5)
-        await partial.wait_closed(timeout_s=5)
+        await silent.wait_closed(timeout_s=server.limits.request_head_s * 10)
+        await partial.wait_closed(timeout_s=server.limits.request_head_s * 10)
         assert silent.transport.out == b""
         (answer,) = parse_responses(bytes(partial.transport.out), ["GET"])
         assert (answer.status, answer.reason) == (408, b"Request Timeout")
@@ -335,7 +346,7 @@ def test_client_that_reads_nothing_is_cut_off_after_send_s(tmp_path: Path) -> No
     async def test(server: Server) -> None:
         conn = server.connect(high_water=1024)
         await conn.send(get(b"/big.bin"))
-        await conn.wait_closed(timeout_s=server.limits.send_s * 4)
+        await conn.wait_closed(timeout_s=server.limits.send_s * 10)
         assert conn.transport.aborted
 
     run(test, tmp_path)
