@@ -51,12 +51,16 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("vend.mounts")
 
-SLOW_NAME_S: Final = 0.01
+SLOW_NAME_S: Final = 0.05
 """A name whose lookup takes longer than this in a thread (seconds) is slow: the rest of
-its batch is shared out over the mount's threads. (A fast name takes tens of µs; on a
-busy core the wait for the interpreter's lock alone can take a few ms.)"""
-SLOW_JOB_S: Final = 0.05
-"""A job that has run this long (seconds) shares the rest of its batch out too."""
+its batch is shared out over the mount's threads. A fast name takes tens of µs, but on a
+busy core each of its ~10 calls may wait up to the interpreter's switch interval (5 ms)
+for the lock: at 10 ms, fast mounts under load looked slow, shared every batch over
+eight threads, and those threads' contention for the lock kept them slow (the long-tail
+benchmark ran at half the rate). A slow NFS server's name takes 100s of ms.)"""
+SLOW_JOB_S: Final = 0.25
+"""A job that has run this long (seconds) shares the rest of its batch out too (50 ms
+tripped on a fast mount's batch of a few hundred names on a busy core)."""
 HOLD_S: Final = 0.02
 """Longest new asks wait for the mount's running batch to end before they go in a batch
 of their own, in seconds after that batch was submitted (``AskQueue``)."""
