@@ -47,7 +47,7 @@ class CachedFile:
         body: the whole file for a small file, else None.
         checked_at: ``time.monotonic()`` of the lookup, in seconds.
         prebuilt: the server's ready-made answers for this entry (``app.server.hotpath``),
-            built once on its first use there.
+            kept from its second answer there on.
         due: handed to ``on_due`` for revalidation since ``checked_at``.
     """
 

@@ -22,6 +22,8 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import heapq
+import itertools
 import json
 import os
 import time
@@ -57,6 +59,8 @@ class MissSummary:
     def __init__(self, capacity: int = CAPACITY) -> None:
         self.capacity = capacity
         self._entries: dict[tuple[str, int], _Entry] = {}
+        self._heap: list[tuple[int, int, tuple[str, int]]] = []  # (count, order, key)
+        self._order = itertools.count()
         self.refused: dict[str, int] = {}
         self.total = 0
         self.started = time.time()
@@ -80,13 +84,23 @@ class MissSummary:
             entry.count += 1
             entry.last_seen = now
             return
-        if len(self._entries) < self.capacity:
-            self._entries[key] = _Entry(1, 0, now, now)
-            return
-        # Full: the least counted entry gives its place (and its count) to the newcomer.
-        victim = min(self._entries, key=lambda k: self._entries[k].count)
-        floor = self._entries.pop(victim).count
-        self._entries[key] = _Entry(floor + 1, floor, now, now)
+        if len(self._entries) >= self.capacity:
+            # Full: the least counted entry gives its place (and its count) to the
+            # newcomer (Space-Saving). The heap holds each entry's count as last pushed;
+            # one counted since is pushed again with its count, and the search goes on.
+            heap, entries = self._heap, self._entries
+            for _ in range(len(heap)):
+                count, _, victim = heap[0]
+                if entries[victim].count == count:
+                    break
+                heapq.heapreplace(heap, (entries[victim].count, next(self._order), victim))
+            heapq.heappop(heap)
+            floor = entries.pop(victim).count
+            entry = _Entry(floor + 1, floor, now, now)
+        else:
+            entry = _Entry(1, 0, now, now)
+        self._entries[key] = entry
+        heapq.heappush(self._heap, (entry.count, next(self._order), key))
 
     def refuse(self, rule: str) -> None:
         """Count one request refused (400) by ``rule``; the path itself is not kept."""
