@@ -26,15 +26,24 @@ FOUND_KEY: Final = "vend.found"
 """Scope key: the verdict of the lookup the server's cold path made for this request."""
 
 
+def close_verdict(verdict: object) -> None:
+    """Close the open file a lookup's verdict holds, if it holds one.
+
+    Args:
+        verdict: a verdict (``VendApp.look_up``), or None.
+    """
+    close = getattr(verdict, "close", None)
+    if close is not None:
+        close()
+
+
 def close_found(scope: dict[str, object]) -> None:
     """Close the open file a dropped request's verdict holds (``FOUND_KEY``), if any.
 
     Args:
         scope: the request's ASGI scope; its ``FOUND_KEY`` entry is removed.
     """
-    close = getattr(scope.pop(FOUND_KEY, None), "close", None)
-    if close is not None:
-        close()
+    close_verdict(scope.pop(FOUND_KEY, None))
 
 
 class ShortFileError(OSError):

@@ -36,6 +36,7 @@ from email.utils import formatdate
 from typing import TYPE_CHECKING, Any, Final
 
 from app.asgi import OPERATOR_PREFIX, VendApp
+from app.contract import close_verdict
 from app.federation.cache import CachedFile, CachedMiss
 from app.http.conditional import Outcome, evaluate_preconditions
 from app.http.names import NameRefused, is_allowed_name, parse_request_path
@@ -269,9 +270,7 @@ class HotPath:
         for request in self.searching.pop(name, ()):
             if request.looked_up(verdict):
                 verdict = None
-        close = getattr(verdict, "close", None)
-        if close is not None:
-            close()
+        close_verdict(verdict)
 
     def remember(self, head: bytes, known: KnownHead) -> None:
         """Remember a request head that was parsed, checked and answered here.
