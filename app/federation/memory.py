@@ -57,6 +57,7 @@ from __future__ import annotations
 
 import contextlib
 import fcntl
+import functools
 import hashlib
 import logging
 import math
@@ -87,8 +88,13 @@ _RETIRED: Final = 1 << 63
 _KEY_MASK: Final = (1 << 63) - 1
 
 
+@functools.lru_cache(maxsize=4096)
 def _name_hash(name: str) -> tuple[int, int, int]:
-    """The name's two bucket numbers (before the modulo) and its tag."""
+    """The name's two bucket numbers (before the modulo) and its tag.
+
+    Kept for the last 4,096 names: a cold lookup asks ``where`` as it starts and
+    ``remember`` (or ``forget``) when its verdict comes, a few ms later.
+    """
     h = int.from_bytes(
         hashlib.blake2b(name.encode("utf-8", "surrogatepass"), digest_size=16).digest(),
         "little",
@@ -96,6 +102,7 @@ def _name_hash(name: str) -> tuple[int, int, int]:
     return h & 0xFFFFFFFF, (h >> 32) & 0xFFFFFFFF, (h >> 64) & _TAG_MASK
 
 
+@functools.lru_cache(maxsize=256)
 def _key_hash(key: str) -> int:
     """A mount key's registry word: 63 bits of its hash, never 0."""
     digest = hashlib.blake2b(key.encode("utf-8", "surrogatepass"), digest_size=8).digest()
@@ -289,8 +296,7 @@ class NameMemory:
         one, two, tag = self._slots(name)
         words = self._words
         minute = _minute(time.monotonic() if now is None else now)
-        for index in (*one, *two):
-            word = words[index]
+        for word in (*words[one.start : one.stop].tolist(), *words[two.start : two.stop].tolist()):
             if word & _TAG_MASK == tag and word & _VALID and self._fresh(word, minute):
                 slot = (word >> _ID_SHIFT) & _ID_MASK
                 return self._keys.get(words[_REGISTRY + slot - 1]) if slot else None
@@ -314,7 +320,10 @@ class NameMemory:
         if slot is None:
             return  # not configured (a request from before a reload): not kept
         wanted = _VALID | minute << _STAMP_SHIFT | slot << _ID_SHIFT | tag
-        known = wanted in (words[i] for i in (*one, *two))
+        known = (
+            wanted in words[one.start : one.stop].tolist()
+            or wanted in words[two.start : two.stop].tolist()
+        )
         if known and words[_REGISTRY + slot - 1] == _key_hash(mount_key):
             return  # known, this minute (a second copy of the name cannot be newer)
         with self._writing():
@@ -357,7 +366,8 @@ class NameMemory:
         """Forget ``name`` (no mount holds it any more)."""
         one, two, tag = self._slots(name)
         words = self._words
-        if not any(words[i] & _TAG_MASK == tag and words[i] & _VALID for i in (*one, *two)):
+        seen = (*words[one.start : one.stop].tolist(), *words[two.start : two.stop].tolist())
+        if not any(word & _TAG_MASK == tag and word & _VALID for word in seen):
             return
         with self._writing():
             for index in (*one, *two):
