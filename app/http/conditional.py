@@ -11,10 +11,10 @@ that mounts the same exports gives the same ETag for the same file.
 from __future__ import annotations
 
 import calendar
+import functools
 import re
 import time
 from dataclasses import dataclass
-from email.utils import formatdate
 from enum import Enum
 from typing import Final
 
@@ -57,7 +57,34 @@ def make_validators(size_bytes: int, mtime_ns: int, now_s: float | None = None) 
     return Validators(
         etag=f'"{size_bytes:x}-{mtime_ns:x}"',
         last_modified_s=seconds,
-        last_modified=formatdate(seconds, usegmt=True),
+        last_modified=imf_fixdate(seconds),
+    )
+
+
+_DAY_ABBREVIATIONS: Final = ("Mon", "Tue", "Wed", "Thu", "Fri", "Sat", "Sun")
+_MONTH_ABBREVIATIONS: Final = (
+    "Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov", "Dec",
+)  # fmt: skip
+
+
+@functools.lru_cache(maxsize=1024)
+def imf_fixdate(seconds: int) -> str:
+    """Format a time as an IMF-fixdate, e.g. ``Sun, 06 Nov 1994 08:49:37 GMT``.
+
+    RFC 9110 section 5.6.7 (the day and month names are fixed, never the locale's). The
+    last 1,024 are kept: files written together share their second, and the cold path
+    formats one Last-Modified per file it looks up.
+
+    Args:
+        seconds: whole seconds since the epoch (UTC).
+
+    Returns:
+        The date, in ASCII.
+    """
+    t = time.gmtime(seconds)
+    return (
+        f"{_DAY_ABBREVIATIONS[t.tm_wday]}, {t.tm_mday:02d} {_MONTH_ABBREVIATIONS[t.tm_mon - 1]}"
+        f" {t.tm_year:04d} {t.tm_hour:02d}:{t.tm_min:02d}:{t.tm_sec:02d} GMT"
     )
 
 

@@ -2,11 +2,16 @@
 
 from __future__ import annotations
 
+from email.utils import formatdate
+
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
 from app.http.conditional import (
     Outcome,
     evaluate_preconditions,
+    imf_fixdate,
     is_range_applicable,
     make_validators,
     parse_http_date,
@@ -25,6 +30,18 @@ def test_validators_come_from_size_and_mtime_only() -> None:
     assert make_validators(1000, 1_700_000_000_123_456_789) == V
     assert make_validators(1001, 1_700_000_000_123_456_789).etag != V.etag
     assert LM == "Tue, 14 Nov 2023 22:13:20 GMT"
+
+
+@given(st.integers(min_value=-(2**35), max_value=253402300799))  # year 881 to 9999
+def test_imf_fixdate_is_the_standard_format(seconds: int) -> None:
+    """Last-Modified is the IMF-fixdate the standard library writes (RFC 9110 5.6.7)."""
+    assert imf_fixdate(seconds) == formatdate(seconds, usegmt=True)
+
+
+@given(st.integers(min_value=0, max_value=253402300799))
+def test_imf_fixdate_parses_back(seconds: int) -> None:
+    """What vend writes as Last-Modified, it reads back as the same second."""
+    assert parse_http_date(imf_fixdate(seconds)) == seconds
 
 
 CASES = [
