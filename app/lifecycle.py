@@ -63,7 +63,8 @@ class AppLifecycle:
     _reload_settings: Callable[[], Settings] | None
     _probe_task: asyncio.Task[None] | None
     _cache_shape: tuple[object, ...]
-    _lookup_children: dict[tuple[str, str], tuple[Any, Any, Any]]
+    _lookup_children: dict[tuple[str, str], tuple[Any, Any]]
+    _health_written: dict[str, int]
     _pattern: re.Pattern[str]
     _media_types: MediaTypes
 
@@ -126,6 +127,7 @@ class AppLifecycle:
         self.memory.configure((c.remember_names, c.remember_s), (m.key for m in mounts))
         self.metrics.keep_mounts([m.name for m in mounts], [m.name for m in kept.values()])
         self._lookup_children = {}  # keep_mounts may have removed some
+        self._health_written = {}
         return fresh, list(kept.values())
 
     @property
@@ -133,22 +135,22 @@ class AppLifecycle:
         """The compiled whitelist in force (the server's hot path validates with it)."""
         return self._pattern
 
-    def _observe_lookup(self, mount: Mount, outcome: str, seconds: float) -> None:
-        # Once per name and mount on the cold path: the labelled children are looked up
-        # once per (mount, outcome), not on every call.
+    def _observe_lookup(self, mount: Mount, outcome: str, seconds: float, count: int) -> None:
+        # Once per batch, mount and outcome on the cold path: the labelled children are
+        # looked up once per (mount, outcome), not on every call.
         children = self._lookup_children.get((mount.name, outcome))
         if children is None:
             metrics = self.metrics
             children = self._lookup_children[(mount.name, outcome)] = (
                 metrics.lookups.labels(mount.name, outcome),
                 metrics.lookup_seconds.labels(mount.name) if outcome in ("hit", "miss") else None,
-                metrics.mount_up.labels(mount.name),
             )
-        lookups, timing, up = children
-        lookups.inc()
+        lookups, timing = children
+        lookups.inc(count)
         if timing is not None:
-            timing.observe(seconds)
-        up.set(0 if mount.state() is State.DOWN else 1)
+            for _ in range(count):
+                timing.observe(seconds)
+        self._record_health(mount)
 
     def _count_revalidations(self, confirmed: int, left: int) -> None:
         if confirmed:
@@ -157,8 +159,12 @@ class AppLifecycle:
             self.metrics.revalidations.labels("left").inc(left)
 
     def _record_health(self, mount: Mount) -> None:
-        """Put a mount's breaker state in ``vend_mount_up`` (after a lookup or a probe)."""
-        self.metrics.mount_up.labels(mount.name).set(0 if mount.state() is State.DOWN else 1)
+        """Put a mount's breaker state in ``vend_mount_up`` (after lookups or a probe);
+        written only when it changed since this process last wrote it."""
+        up = 0 if mount.state() is State.DOWN else 1
+        if self._health_written.get(mount.name) != up:
+            self.metrics.mount_up.labels(mount.name).set(up)
+            self._health_written[mount.name] = up
 
     async def load_redirects(self) -> bool:
         """Read the redirect map anew and check it on the current mounts.

@@ -322,10 +322,10 @@ class Batch:
         """Answer every ask not answered yet with ``error`` (observed as ``outcome``)."""
         mount = self.mount
         started = self.submitted or time.monotonic()
-        for ask in self.asks:
-            if ask.outcome is None:
-                mount.observe(outcome, started)
-                ask.answer(error)
+        waiting = [ask for ask in self.asks if ask.outcome is None]
+        mount.observe(outcome, started, len(waiting))
+        for ask in waiting:
+            ask.answer(error)
 
     def _complete(self) -> None:
         """On the loop, once every job ended: answer each ask (one hand-off back)."""
@@ -354,14 +354,18 @@ class Batch:
             return
         mount.note_batch(self.longest_s)
         started = self.submitted
-        for ask, result in zip(self.asks, self.results, strict=True):
+        results = self.results
+        misses = sum(1 for result in results if isinstance(result, Lookup))
+        errors = sum(1 for result in results if isinstance(result, int))
+        mount.observe("miss", started, misses)
+        mount.observe("error", started, errors)
+        mount.observe("hit", started, len(results) - misses - errors - results.count(None))
+        for ask, result in zip(self.asks, results, strict=True):
             if result is None:  # dropped before its turn
                 ask.answer(Lookup.ABSENT)
             elif isinstance(result, int):
-                mount.observe("error", started)
                 ask.answer(mount.count_error(result))
             else:
-                mount.observe("miss" if isinstance(result, Lookup) else "hit", started)
                 ask.answer(result)
 
     def _tick(self) -> None:
@@ -457,9 +461,9 @@ class AskQueue:
             return
         mount = self.mount
         if not mount.up or mount.real_root is None:  # went down since the asks came
-            error, now = mount.unavailable("EIO"), time.monotonic()
+            error = mount.unavailable("EIO")
+            mount.observe("skipped", time.monotonic(), len(asks))
             for ask in asks:
-                mount.observe("skipped", now)
                 ask.answer(error)
             return
         batch = Batch(mount, asks, self)

@@ -57,9 +57,10 @@ class State(Enum):
     DOWN = "down"  # the breaker is open: an operation ran fs_op_s, or failed with EIO...
 
 
-Observer = Callable[["Mount", str, float], None]
-"""Called after each lookup with the mount, an outcome (``hit``, ``miss``, ``error``,
-``timeout``, ``skipped``) and the seconds it took."""
+Observer = Callable[["Mount", str, float, int], None]
+"""Called after lookups with the mount, an outcome (``hit``, ``miss``, ``error``,
+``timeout``, ``skipped``), the seconds each took and how many there were (a batch's
+lookups of one outcome are told at once)."""
 
 
 @dataclass(eq=False)
@@ -450,11 +451,11 @@ class Mount:
         except (PoolFull, QueueTimeout, RunTimeout, OSError, RuntimeError):
             return None  # RuntimeError: the pool was shut down (a reload removed it)
 
-    def observe(self, outcome: str, started: float) -> None:
-        """Tell the observer (metrics) a lookup's ``outcome`` and its time since ``started``
-        (``time.monotonic()``, seconds)."""
-        if self.observer is not None:
-            self.observer(self, outcome, time.monotonic() - started)
+    def observe(self, outcome: str, started: float, count: int = 1) -> None:
+        """Tell the observer (metrics) ``count`` lookups' ``outcome`` and their time since
+        ``started`` (``time.monotonic()``, seconds)."""
+        if self.observer is not None and count:
+            self.observer(self, outcome, time.monotonic() - started, count)
 
     def close(self) -> None:
         """Stop accepting work; threads blocked in the kernel are abandoned, not joined."""
