@@ -90,12 +90,8 @@ def is_within(real_path: str, root: str) -> bool:
     Returns:
         True for a path below ``root`` (``root`` itself is not "within").
     """
-    if real_path == root:
-        return False
-    try:
-        return os.path.commonpath([real_path, root]) == root
-    except ValueError:
-        return False
+    # Both are normalized absolute paths, so "below" is a prefix ending in a separator.
+    return real_path.startswith(root if root.endswith("/") else root + "/") and real_path != root
 
 
 @dataclass(frozen=True, slots=True, eq=False)

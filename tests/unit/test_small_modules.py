@@ -100,8 +100,12 @@ def test_filesystem_type_of_this_machine() -> None:
         ("/srv/content-old/a", "/srv/content", False),
         ("/srv", "/srv/content", False),
         ("/etc/passwd", "/srv/content", False),
+        ("/srv/content/", "/srv/content", True),
+        ("/a", "/", True),
+        ("/", "/", False),
     ],
 )
 def test_is_within_uses_path_components(path: str, root: str, inside: bool) -> None:
-    """Containment compares path components, never string prefixes."""
+    """Containment goes by whole path components: a sibling sharing a string prefix
+    (``content-old``) is outside."""
     assert is_within(path, root) is inside
