@@ -158,8 +158,10 @@ class Search:
         """The verdict is in, or nobody waits any more: let go of every other answer."""
         if self._timer is not None:
             self._timer.cancel()
+            self._timer = None
         kept = None if future.cancelled() else future.result()
         for ask in self._asks:
+            ask.on_answer = None  # no cycle left for the collector: the refcount frees them
             if kept is None or ask.outcome is not kept:
                 ask.drop()
 
