@@ -332,8 +332,9 @@ class NameMemory:
                 return
             wanted = _VALID | minute << _STAMP_SHIFT | mount_id << _ID_SHIFT | tag
             target = None
-            for index in (*one, *two):
-                if words[index] & _TAG_MASK == tag and words[index] & _VALID:
+            held = (*words[one.start : one.stop].tolist(), *words[two.start : two.stop].tolist())
+            for index, word in zip((*one, *two), held):
+                if word & _TAG_MASK == tag and word & _VALID:
                     if target is None:
                         target = index
                     else:
@@ -344,16 +345,15 @@ class NameMemory:
 
     def _free_slot(self, one: range, two: range, minute: int) -> int:
         """An empty or expired slot of the emptier bucket, else the oldest of both."""
-        words = self._words
+        words, fresh = self._words, self._fresh
 
-        def used(bucket: range) -> list[int]:
-            return [i for i in bucket if words[i] & _VALID and self._fresh(words[i], minute)]
+        def free(bucket: range) -> list[int]:
+            held = words[bucket.start : bucket.stop].tolist()
+            return [i for i, w in zip(bucket, held) if not (w & _VALID and fresh(w, minute))]
 
-        used_one, used_two = used(one), used(two)
-        bucket, taken = (one, used_one) if len(used_one) <= len(used_two) else (two, used_two)
-        for index in bucket:
-            if index not in taken:
-                return index
+        free_one, free_two = free(one), free(two)
+        if free_one or free_two:
+            return (free_one if len(free_one) >= len(free_two) else free_two)[0]
 
         def age(index: int) -> int:
             stamp: int = (words[index] >> _STAMP_SHIFT) & _STAMP_MASK
