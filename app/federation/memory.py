@@ -333,7 +333,7 @@ class NameMemory:
             wanted = _VALID | minute << _STAMP_SHIFT | mount_id << _ID_SHIFT | tag
             target = None
             held = (*words[one.start : one.stop].tolist(), *words[two.start : two.stop].tolist())
-            for index, word in zip((*one, *two), held):
+            for index, word in zip((*one, *two), held, strict=True):
                 if word & _TAG_MASK == tag and word & _VALID:
                     if target is None:
                         target = index
@@ -349,7 +349,11 @@ class NameMemory:
 
         def free(bucket: range) -> list[int]:
             held = words[bucket.start : bucket.stop].tolist()
-            return [i for i, w in zip(bucket, held) if not (w & _VALID and fresh(w, minute))]
+            return [
+                i
+                for i, w in zip(bucket, held, strict=True)
+                if not (w & _VALID and fresh(w, minute))
+            ]
 
         free_one, free_two = free(one), free(two)
         if free_one or free_two:
