@@ -32,13 +32,12 @@ import functools
 import time
 import weakref
 from collections.abc import Callable
-from email.utils import formatdate
 from typing import TYPE_CHECKING, Any, Final
 
 from app.asgi import OPERATOR_PREFIX, VendApp
 from app.contract import close_verdict
 from app.federation.cache import CachedFile, CachedMiss
-from app.http.conditional import Outcome, evaluate_preconditions
+from app.http.conditional import Outcome, evaluate_preconditions, imf_fixdate
 from app.http.names import NameRefused, is_allowed_name, parse_request_path
 from app.http.responses import ERROR_BODIES, error_fields
 from app.server.trust import ClientFinder
@@ -89,7 +88,7 @@ class DateField:
         now = int(time.time())
         if now != self._second:
             self._second = now
-            self._value = formatdate(now, usegmt=True).encode("ascii")
+            self._value = imf_fixdate(now).encode("ascii")
         return self._value
 
 
