@@ -284,6 +284,11 @@ class NameMemory:
         b = base + (second % self._buckets) * SLOTS
         return range(a, a + SLOTS), range(b, b + SLOTS), tag
 
+    def _held(self, one: range, two: range) -> tuple[int, ...]:
+        """The words of a name's two buckets, ``one`` then ``two``, as read now."""
+        words = self._words
+        return (*words[one.start : one.stop].tolist(), *words[two.start : two.stop].tolist())
+
     def where(self, name: str, now: float | None = None) -> str | None:
         """The key of the mount that last served ``name``, or None when not remembered.
 
@@ -296,7 +301,7 @@ class NameMemory:
         one, two, tag = self._slots(name)
         words = self._words
         minute = _minute(time.monotonic() if now is None else now)
-        for word in (*words[one.start : one.stop].tolist(), *words[two.start : two.stop].tolist()):
+        for word in self._held(one, two):
             if word & _TAG_MASK == tag and word & _VALID and self._fresh(word, minute):
                 slot = (word >> _ID_SHIFT) & _ID_MASK
                 return self._keys.get(words[_REGISTRY + slot - 1]) if slot else None
@@ -320,11 +325,7 @@ class NameMemory:
         if slot is None:
             return  # not configured (a request from before a reload): not kept
         wanted = _VALID | minute << _STAMP_SHIFT | slot << _ID_SHIFT | tag
-        known = (
-            wanted in words[one.start : one.stop].tolist()
-            or wanted in words[two.start : two.stop].tolist()
-        )
-        if known and words[_REGISTRY + slot - 1] == _key_hash(mount_key):
+        if wanted in self._held(one, two) and words[_REGISTRY + slot - 1] == _key_hash(mount_key):
             return  # known, this minute (a second copy of the name cannot be newer)
         with self._writing():
             mount_id = self._id_of(mount_key)
@@ -332,8 +333,7 @@ class NameMemory:
                 return
             wanted = _VALID | minute << _STAMP_SHIFT | mount_id << _ID_SHIFT | tag
             target = None
-            held = (*words[one.start : one.stop].tolist(), *words[two.start : two.stop].tolist())
-            for index, word in zip((*one, *two), held, strict=True):
+            for index, word in zip((*one, *two), self._held(one, two), strict=True):
                 if word & _TAG_MASK == tag and word & _VALID:
                     if target is None:
                         target = index
@@ -370,8 +370,7 @@ class NameMemory:
         """Forget ``name`` (no mount holds it any more)."""
         one, two, tag = self._slots(name)
         words = self._words
-        seen = (*words[one.start : one.stop].tolist(), *words[two.start : two.stop].tolist())
-        if not any(word & _TAG_MASK == tag and word & _VALID for word in seen):
+        if not any(word & _TAG_MASK == tag and word & _VALID for word in self._held(one, two)):
             return
         with self._writing():
             for index in (*one, *two):
