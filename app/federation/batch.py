@@ -361,11 +361,9 @@ class Batch:
         mount.note_batch(self.longest_s)
         started = self.submitted
         results = self.results
-        misses = sum(1 for result in results if isinstance(result, Lookup))
-        errors = sum(1 for result in results if isinstance(result, int))
-        mount.observe("miss", started, misses)
-        mount.observe("error", started, errors)
-        mount.observe("hit", started, len(results) - misses - errors - results.count(None))
+        mount.observe("hit", started, sum(isinstance(r, (OpenFile, SmallFile)) for r in results))
+        mount.observe("miss", started, sum(isinstance(r, Lookup) for r in results))
+        mount.observe("error", started, sum(isinstance(r, int) for r in results))
         for ask, result in zip(self.asks, results, strict=True):
             if result is None:  # dropped before its turn
                 ask.answer(Lookup.ABSENT)
