@@ -301,8 +301,14 @@ class NameMemory:
         one, two, tag = self._slots(name)
         words = self._words
         minute = _minute(time.monotonic() if now is None else now)
+        fresh_s = self.ttl_s + 60
         for word in self._held(one, two):
-            if word & _TAG_MASK == tag and word & _VALID and self._fresh(word, minute):
+            if (
+                word & _TAG_MASK == tag
+                and word & _VALID
+                and ((minute - ((word >> _STAMP_SHIFT) & _STAMP_MASK)) & _STAMP_MASK) * 60
+                < fresh_s  # as ``_fresh``
+            ):
                 slot = (word >> _ID_SHIFT) & _ID_MASK
                 return self._keys.get(words[_REGISTRY + slot - 1]) if slot else None
         return None
@@ -318,53 +324,57 @@ class NameMemory:
             mount_key: the serving mount's key.
             now: ``time.monotonic()``, in seconds (None: now).
         """
-        one, two, tag = self._slots(name)
-        minute = _minute(time.monotonic() if now is None else now)
         slot = self._ids.get(mount_key)
-        words = self._words
         if slot is None:
             return  # not configured (a request from before a reload): not kept
+        one, two, tag = self._slots(name)
+        minute = _minute(time.monotonic() if now is None else now)
         wanted = _VALID | minute << _STAMP_SHIFT | slot << _ID_SHIFT | tag
-        if wanted in self._held(one, two) and words[_REGISTRY + slot - 1] == _key_hash(mount_key):
+        if self._words[_REGISTRY + slot - 1] == _key_hash(mount_key) and wanted in self._held(
+            one, two
+        ):
             return  # known, this minute (a second copy of the name cannot be newer)
+        if self._fd is None:
+            self._store(one, two, tag, minute, mount_key)
+            return
         with self._writing():
-            mount_id = self._id_of(mount_key)
-            if mount_id is None:
-                return
-            wanted = _VALID | minute << _STAMP_SHIFT | mount_id << _ID_SHIFT | tag
-            target = None
-            for index, word in zip((*one, *two), self._held(one, two), strict=True):
-                if word & _TAG_MASK == tag and word & _VALID:
-                    if target is None:
+            self._store(one, two, tag, minute, mount_key)
+
+    def _store(self, one: range, two: range, tag: int, minute: int, mount_key: str) -> None:
+        """Write a name's entry (the caller holds the write lock), in one pass over its
+        two buckets: its own slot if it has one (a second copy, from before a table
+        restart, is cleared), else the first empty or expired slot of the emptier
+        bucket, else the oldest slot of both."""
+        mount_id = self._id_of(mount_key)
+        if mount_id is None:
+            return
+        words = self._words
+        held = self._held(one, two)
+        fresh_s = self.ttl_s + 60
+        target = oldest = -1
+        oldest_age = -1
+        free_one: list[int] = []
+        free_two: list[int] = []
+        for index, word in zip((*one, *two), held, strict=True):
+            if word & _VALID:
+                if word & _TAG_MASK == tag:
+                    if target < 0:
                         target = index
-                    else:
-                        words[index] = 0  # a second copy (from before a table restart)
-            if target is None:
-                target = self._free_slot(one, two, minute)
-            words[target] = wanted
-
-    def _free_slot(self, one: range, two: range, minute: int) -> int:
-        """An empty or expired slot of the emptier bucket, else the oldest of both."""
-        words, fresh = self._words, self._fresh
-
-        def free(bucket: range) -> list[int]:
-            held = words[bucket.start : bucket.stop].tolist()
-            return [
-                i
-                for i, w in zip(bucket, held, strict=True)
-                if not (w & _VALID and fresh(w, minute))
-            ]
-
-        free_one, free_two = free(one), free(two)
-        if free_one or free_two:
-            return (free_one if len(free_one) >= len(free_two) else free_two)[0]
-
-        def age(index: int) -> int:
-            stamp: int = (words[index] >> _STAMP_SHIFT) & _STAMP_MASK
-            return (minute - stamp) & _STAMP_MASK
-
-        oldest: int = max((*one, *two), key=age)
-        return oldest
+                    elif index != target:  # both buckets may be the same one
+                        words[index] = 0
+                    continue
+                age = (minute - ((word >> _STAMP_SHIFT) & _STAMP_MASK)) & _STAMP_MASK
+                if age * 60 < fresh_s:  # as ``_fresh``
+                    if age > oldest_age:
+                        oldest, oldest_age = index, age
+                    continue
+            (free_one if index in one else free_two).append(index)
+        if target < 0:
+            if free_one or free_two:
+                target = (free_one if len(free_one) >= len(free_two) else free_two)[0]
+            else:
+                target = oldest
+        words[target] = _VALID | minute << _STAMP_SHIFT | mount_id << _ID_SHIFT | tag
 
     def forget(self, name: str) -> None:
         """Forget ``name`` (no mount holds it any more)."""

@@ -7,7 +7,10 @@ import os
 import time
 from pathlib import Path
 
-from app.federation.memory import FILE_NAME, MAX_IDS, NameMemory, table_bytes
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from app.federation.memory import FILE_NAME, HEADER_BYTES, MAX_IDS, NameMemory, table_bytes
 from tests.support import rss_bytes
 
 
@@ -113,3 +116,70 @@ def test_processes_share_one_table(tmp_path: Path) -> None:
     assert memory.where("name-3") == "/m2" and memory.where("name-4") == "/m1"
     assert len(memory) == 20_000
     memory.close()
+
+
+_OPS = st.lists(
+    st.tuples(
+        st.sampled_from(["remember", "forget"]),
+        st.integers(min_value=0, max_value=40),  # name
+        st.sampled_from(["/m1", "/m2"]),
+        st.sampled_from([0] * 14 + [1, 12]),  # minutes since the step before
+    ),
+    min_size=20,
+    max_size=200,
+)
+
+
+@settings(max_examples=300, deadline=None)
+@given(_OPS)
+def test_slots_are_chosen_as_documented(ops: list[tuple[str, int, str, int]]) -> None:
+    """Against a model of the documented slot rules, on a table of two buckets (16 slots,
+    41 names: buckets fill up, entries expire and give way): a name keeps its own slot;
+    a new one takes the first empty or expired slot of the emptier of its two buckets
+    (the first on a tie), else the oldest entry of both; ``where`` finds exactly the
+    names the model holds, on the mount that last served them; every slot holds the
+    model's word."""
+    ttl_s = 600.0
+    memory = NameMemory(max_names=8, ttl_s=ttl_s)
+    memory.configure((8, ttl_s), ["/m1", "/m2"])
+    model: dict[int, tuple[str, int, str]] = {}  # slot index -> (name, minute, mount)
+    minute = 1000
+
+    def fresh(at: int) -> bool:
+        return (minute - at) * 60 < ttl_s + 60
+
+    for op, number, mount, step in ops:
+        minute += step
+        name = f"n{number}.html"
+        one, two, _ = memory._slots(name)
+        if op == "forget":
+            memory.forget(name)
+            model = {i: e for i, e in model.items() if e[0] != name}
+            continue
+        memory.remember(name, mount, now=minute * 60.0)
+        own = [i for i in (*one, *two) if i in model and model[i][0] == name]
+        if own:
+            target = own[0]
+        else:
+            free = [
+                [i for i in bucket if i not in model or not fresh(model[i][1])]
+                for bucket in (one, two)
+            ]
+            if free[0] or free[1]:
+                target = (free[0] if len(free[0]) >= len(free[1]) else free[1])[0]
+            else:
+                target = max((*one, *two), key=lambda i: minute - model[i][1])
+        model[target] = (name, minute, mount)
+        for index in range(HEADER_BYTES // 8, len(memory._words)):
+            if index not in model:
+                assert memory._words[index] == 0
+                continue
+            held_name, at, held_mount = model[index]
+            tag = memory._slots(held_name)[2]
+            mount_id = memory._ids[held_mount]
+            word = 1 << 63 | (at & 0xFFFFF) << 43 | mount_id << 35 | tag
+            assert memory._words[index] == word
+        for number_seen in range(41):
+            seen = f"n{number_seen}.html"
+            held = [e for e in model.values() if e[0] == seen and fresh(e[1])]
+            assert memory.where(seen, now=minute * 60.0) == (held[0][2] if held else None)
