@@ -31,7 +31,7 @@ from app.federation.refresh import Refresher
 from app.http.media_types import MediaTypes
 from app.http.names import compile_pattern
 from app.ops.accesslog import AccessLog
-from app.ops.metrics import MULTIPROC_ENV, Metrics
+from app.ops.metrics import MULTIPROC_ENV, Metrics, observe_many
 from app.settings import Settings
 from app.types import Receive, Send
 
@@ -148,8 +148,7 @@ class AppLifecycle:
         lookups, timing = children
         lookups.inc(count)
         if timing is not None:
-            for _ in range(count):
-                timing.observe(seconds)
+            observe_many(timing, seconds, count)
         self._record_health(mount)
 
     def _count_revalidations(self, confirmed: int, left: int) -> None:
