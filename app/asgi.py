@@ -247,7 +247,7 @@ class VendApp(AppLifecycle):
             candidates,
             redirect_directories=redirect,
             max_read_bytes=cache.max_file_bytes,
-            remembered=next((m for m in mounts if m.key == key), None),
+            remembered=None if key is None else next((m for m in mounts if m.key == key), None),
             hold_remembered=self.settings.down_mount_policy == "unavailable",
         )
 

@@ -77,7 +77,17 @@ class Search:
             ``Redirect`` or a ``Miss``.
     """
 
-    __slots__ = ("_asks", "_known", "_mounts", "_timer", "candidates", "future", "read", "redirect")
+    __slots__ = (
+        "_alone",
+        "_asks",
+        "_known",
+        "_mounts",
+        "_timer",
+        "candidates",
+        "future",
+        "read",
+        "redirect",
+    )
 
     def __init__(
         self,
@@ -95,6 +105,7 @@ class Search:
         self.read = max_read_bytes
         self._known = remembered if hold_remembered else None
         self._asks: list[Ask] = []
+        self._alone = False  # a single-call lookup among the asks: no batch ticks for it
         self._timer: asyncio.TimerHandle | None = None
         self.future: asyncio.Future[Verdict] = asyncio.get_running_loop().create_future()
         self.future.add_done_callback(self._done)
@@ -104,7 +115,10 @@ class Search:
     def _start(self, upto: int) -> None:
         asks, update = self._asks, self.update
         for mount in self._mounts[len(asks) : upto]:
-            asks.append(mount.ask(self.candidates, self.redirect, self.read, update))
+            ask = mount.ask(self.candidates, self.redirect, self.read, update)
+            asks.append(ask)
+            if ask.watch is not None:
+                self._alone = True
 
     def update(self) -> None:
         """Decide again (an ask was answered, or a mount's call runs late)."""
@@ -118,7 +132,7 @@ class Search:
         if verdict is not _WAIT:
             self.future.set_result(verdict)  # type: ignore[arg-type]
             return
-        if any(ask.watch is not None and ask.outcome is None for ask in self._asks):
+        if self._alone and any(a.watch is not None and a.outcome is None for a in self._asks):
             self._poll()  # a single-call lookup: no batch ticks for it
 
     def _poll(self) -> None:

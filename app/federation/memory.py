@@ -349,29 +349,32 @@ class NameMemory:
         if mount_id is None:
             return
         words = self._words
-        held = self._held(one, two)
         fresh_s = self.ttl_s + 60
         target = oldest = -1
         oldest_age = -1
-        free_one: list[int] = []
-        free_two: list[int] = []
-        for index, word in zip((*one, *two), held, strict=True):
-            if word & _VALID:
-                if word & _TAG_MASK == tag:
-                    if target < 0:
-                        target = index
-                    elif index != target:  # both buckets may be the same one
-                        words[index] = 0
-                    continue
-                age = (minute - ((word >> _STAMP_SHIFT) & _STAMP_MASK)) & _STAMP_MASK
-                if age * 60 < fresh_s:  # as ``_fresh``
-                    if age > oldest_age:
-                        oldest, oldest_age = index, age
-                    continue
-            (free_one if index in one else free_two).append(index)
+        free = [0, 0]  # per bucket: empty or expired slots, and the first of them
+        first = [-1, -1]
+        for side, bucket in enumerate((one, two)):
+            for index in bucket:
+                word = words[index]
+                if word & _VALID:
+                    if word & _TAG_MASK == tag:
+                        if target < 0:
+                            target = index
+                        elif index != target:  # both buckets may be the same one
+                            words[index] = 0
+                        continue
+                    age = (minute - ((word >> _STAMP_SHIFT) & _STAMP_MASK)) & _STAMP_MASK
+                    if age * 60 < fresh_s:  # as ``_fresh``
+                        if age > oldest_age:
+                            oldest, oldest_age = index, age
+                        continue
+                free[side] += 1
+                if first[side] < 0:
+                    first[side] = index
         if target < 0:
-            if free_one or free_two:
-                target = (free_one if len(free_one) >= len(free_two) else free_two)[0]
+            if free[0] or free[1]:
+                target = first[0] if free[0] >= free[1] else first[1]
             else:
                 target = oldest
         words[target] = _VALID | minute << _STAMP_SHIFT | mount_id << _ID_SHIFT | tag

@@ -111,6 +111,7 @@ class Mount:
         # Probes have their own thread, so a full request pool cannot starve them.
         self.probe_executor = DaemonPool(1, max_queued=1, name=f"vend-{self.name}-probe")
         self.pace = Pace(self.fs_op_s)
+        self._key = str(self.settings.path)  # asked on every cold lookup
         self._scouting = False
         self._asks = AskQueue(self)
         self.name_s = 2 * SLOW_NAME_S  # unknown: a first batch is shared out
@@ -124,7 +125,7 @@ class Mount:
     @property
     def key(self) -> str:
         """What identifies the mount across reloads: its configured path."""
-        return str(self.settings.path)
+        return self._key
 
     def state(self, now: float | None = None) -> State:
         """The mount's health now (``now``: ``time.monotonic()``, seconds, or None).
