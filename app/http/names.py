@@ -158,10 +158,12 @@ def parse_request_path(raw_path: bytes) -> RequestName:
         segments = text.split("/")
         if len(segments) > MAX_SEGMENTS:
             raise NameRefused("too many segments")
+        ascii_only = decoded.isascii()  # then a segment's length is its UTF-8 length
         for segment in segments:
             if segment in ("", ".", ".."):
                 raise NameRefused("empty or dot segment")
-            if len(segment.encode("utf-8")) > MAX_SEGMENT_BYTES:
+            size = len(segment) if ascii_only else len(segment.encode("utf-8"))
+            if size > MAX_SEGMENT_BYTES:
                 raise NameRefused("segment too long")
     return RequestName(name=text, wants_index=wants_index)
 

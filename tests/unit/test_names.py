@@ -144,3 +144,28 @@ def _within_limits(name: str) -> bool:
 def test_default_pattern_names_round_trip(name: str) -> None:
     """Property: every name the default pattern matches (within the limits) parses to itself."""
     assert parse_request_path(b"/" + name.encode()).name == name
+
+
+@pytest.mark.parametrize(
+    ("segment", "accepted"),
+    [
+        (b"a" * MAX_SEGMENT_BYTES, True),
+        (b"a" * (MAX_SEGMENT_BYTES + 1), False),
+        (b"a" + b"%C3%A9" * (MAX_SEGMENT_BYTES // 2), True),  # 255 bytes, 128 characters
+        (b"%C3%A9" * (MAX_SEGMENT_BYTES // 2 + 1), False),  # 256 bytes, 128 characters
+    ],
+    ids=["255-ascii", "256-ascii", "255-bytes-utf8", "256-bytes-utf8"],
+)
+def test_segment_limit_counts_utf8_bytes(segment: bytes, accepted: bool) -> None:
+    """A segment's limit is ``MAX_SEGMENT_BYTES`` bytes of UTF-8, not characters (as
+    NAME_MAX on Linux): 128 two-byte characters are one byte too many."""
+    raw = b"/dir/" + segment + b"/x.html"
+    if accepted:
+        assert parse_request_path(raw).name.split("/")[1].encode() == _decoded(segment)
+    else:
+        with pytest.raises(NameRefused, match="segment too long"):
+            parse_request_path(raw)
+
+
+def _decoded(segment: bytes) -> bytes:
+    return segment.replace(b"%C3%A9", "\u00e9".encode())
