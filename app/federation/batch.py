@@ -229,8 +229,11 @@ class Batch:
     def started_at(self) -> float | None:
         """When the oldest name now being looked up started (``time.monotonic()``,
         seconds), or None while none is (the pace's view, ``Pace.start``)."""
-        running = [s for s in self._starts if s is not None]
-        return min(running) if running else None
+        oldest = None
+        for started in self._starts:  # one per job: usually one
+            if started is not None and (oldest is None or started < oldest):
+                oldest = started
+        return oldest
 
     def done(self) -> bool:
         """True once every job has ended."""
