@@ -205,7 +205,7 @@ class VendApp(AppLifecycle):
             found = await self._search(candidates, cacheable, bool(index_names)).wait()
         return await self._answer_found(scope, raw_path, name, found, send, cacheable=cacheable)
 
-    def look_up(self, name: str) -> asyncio.Future[Verdict]:
+    def look_up(self, name: str, on_verdict: Callable[[Verdict | None], object]) -> None:
         """Look up a name for the server's cold path; the verdict is cached when it arrives.
 
         The server (``app.server.dispatch``) calls this for a GET or HEAD that its hot
@@ -217,12 +217,12 @@ class VendApp(AppLifecycle):
 
         Args:
             name: a validated name (no index, no trailing ``/``).
-
-        Returns:
-            The lookup's future: a ``SmallFile``, an ``OpenFile`` (whoever takes the
-            verdict closes it), a ``Redirect`` or a ``Miss``; never an exception.
+            on_verdict: called on the loop with the verdict once it is cached (in the
+                call that decided it; see ``Search.listen``): a ``SmallFile``, an
+                ``OpenFile`` (whoever takes the verdict closes it), a ``Redirect`` or a
+                ``Miss``, never an exception; None if the lookup was cancelled.
         """
-        return self._search([name], True, bool(self.settings.index_names)).future
+        self._search([name], True, bool(self.settings.index_names)).listen(on_verdict)
 
     def _search(self, candidates: list[str], cacheable: bool, redirect: bool) -> Search:
         """Start the search over the mounts; its verdict is cached when it arrives.
@@ -251,11 +251,11 @@ class VendApp(AppLifecycle):
             hold_remembered=self.settings.down_mount_policy == "unavailable",
         )
 
-        def remember(future: asyncio.Future[Verdict]) -> None:
-            if not future.cancelled():
-                self._remember(name, future.result(), cache, checked_at, cacheable)
+        def remember(verdict: Verdict | None) -> None:
+            if verdict is not None:
+                self._remember(name, verdict, cache, checked_at, cacheable)
 
-        search.future.add_done_callback(remember)
+        search.listen(remember)  # first: the cache holds the verdict for the listeners after
         return search
 
     def _remember(

@@ -28,8 +28,9 @@ What else can happen:
 from __future__ import annotations
 
 import asyncio
+import logging
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from enum import Enum
 from typing import Final
@@ -38,6 +39,8 @@ from app.federation.batch import Ask
 from app.federation.mount import Mount, MountUnavailable
 from app.federation.open import Lookup, OpenFile, SmallFile
 from app.federation.pace import GATE_POLL_S
+
+log = logging.getLogger("vend.mounts")
 
 
 class Miss(Enum):
@@ -68,7 +71,10 @@ class Search:
 
     The asks go to the mounts' batches (``app.federation.batch``); each answer, and each
     tick of a mount whose call runs late, makes the search decide again, in priority
-    order (see the module docstring). Nothing here waits: ``future`` gets the verdict.
+    order (see the module docstring). Nothing here waits: ``future`` gets the verdict,
+    and the listeners (``listen``) are called with it in the call that decided it (the
+    cold path's answers go out in the loop turn their batch came back in, not one turn
+    and three scheduled callbacks later).
 
     Args: as ``find_file``'s.
 
@@ -81,6 +87,7 @@ class Search:
         "_alone",
         "_asks",
         "_known",
+        "_listeners",
         "_mounts",
         "_timer",
         "candidates",
@@ -107,8 +114,8 @@ class Search:
         self._asks: list[Ask] = []
         self._alone = False  # a single-call lookup among the asks: no batch ticks for it
         self._timer: asyncio.TimerHandle | None = None
+        self._listeners: list[Callable[[Verdict | None], object]] = []
         self.future: asyncio.Future[Verdict] = asyncio.get_running_loop().create_future()
-        self.future.add_done_callback(self._done)
         self._start(len(mounts) if remembered is None else mounts.index(remembered) + 1)
         self.update()
 
@@ -130,7 +137,7 @@ class Search:
                 break
             self._start(len(self._mounts))
         if verdict is not _WAIT:
-            self.future.set_result(verdict)  # type: ignore[arg-type]
+            self._decided(verdict)  # type: ignore[arg-type]
             return
         if self._alone and any(a.watch is not None and a.outcome is None for a in self._asks):
             self._poll()  # a single-call lookup: no batch ticks for it
@@ -147,6 +154,38 @@ class Search:
         ]
         timeout = max(0.01, min([w for w in waits if w > 0], default=GATE_POLL_S))
         self._timer = asyncio.get_running_loop().call_later(min(timeout, GATE_POLL_S), self.update)
+
+    def listen(self, callback: Callable[[Verdict | None], object]) -> None:
+        """Call ``callback`` with the verdict once it is decided, or with None when the
+        search is cancelled (``wait``'s caller went away).
+
+        A verdict decided already (every mount down, say) is passed on at the loop's
+        next turn, never during this call. A listener that raises is logged; the others
+        are still called.
+
+        Args:
+            callback: takes the verdict (see ``future``) or None, on the event loop.
+        """
+        future = self.future
+        if future.done():
+            verdict = None if future.cancelled() else future.result()
+            asyncio.get_running_loop().call_soon(callback, verdict)
+        else:
+            self._listeners.append(callback)
+
+    def _decided(self, verdict: Verdict) -> None:
+        """The verdict is in: let go of every other answer, then tell the listeners."""
+        self._let_go(verdict)
+        self.future.set_result(verdict)
+        self._tell(verdict)
+
+    def _tell(self, verdict: Verdict | None) -> None:
+        listeners, self._listeners = self._listeners, []
+        for callback in listeners:
+            try:
+                callback(verdict)
+            except Exception:  # as the loop does for a future's done-callback
+                log.exception("a lookup's listener failed")
 
     async def wait(self) -> Verdict:
         """Wait for the verdict.
@@ -166,14 +205,17 @@ class Search:
                 found = future.result()  # decided, but the caller went away before it woke
                 if isinstance(found, OpenFile):
                     found.close()
+            else:  # cancelled while the asks ran: nobody wants their answers
+                future.cancel()
+                self._let_go(None)
+                self._tell(None)
             raise
 
-    def _done(self, future: asyncio.Future[Verdict]) -> None:
-        """The verdict is in, or nobody waits any more: let go of every other answer."""
+    def _let_go(self, kept: Verdict | None) -> None:
+        """Stop deciding; drop every ask but the one whose outcome is ``kept``."""
         if self._timer is not None:
             self._timer.cancel()
             self._timer = None
-        kept = None if future.cancelled() else future.result()
         for ask in self._asks:
             ask.on_answer = None  # no cycle left for the collector: the refcount frees them
             if kept is None or ask.outcome is not kept:

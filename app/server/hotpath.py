@@ -255,17 +255,15 @@ class HotPath:
             return
         request.looks_up = True
         self.searching[name] = [request]
-        future = self.app.look_up(name)
-        future.add_done_callback(functools.partial(self._searched, name))
+        self.app.look_up(name, functools.partial(self._searched, name))
 
-    def _searched(self, name: str, future: asyncio.Future[Any]) -> None:
+    def _searched(self, name: str, verdict: object) -> None:
         """A lookup is done (its verdict cached): answer everyone who waited for it.
 
         The first request that needs the verdict itself (a large file, a redirect, 403,
         503) takes it; the others are answered from the cache or run through the
         application as usual. An open file nobody took is closed.
         """
-        verdict = None if future.cancelled() else future.result()
         for request in self.searching.pop(name, ()):
             if request.looked_up(verdict):
                 verdict = None
