@@ -362,18 +362,23 @@ class Batch:
             self._fail(mount.unavailable("EAGAIN"), "error")
             return
         mount.note_batch(self.longest_s)
-        started = self.submitted
-        results = self.results
-        mount.observe("hit", started, sum(isinstance(r, (OpenFile, SmallFile)) for r in results))
-        mount.observe("miss", started, sum(isinstance(r, Lookup) for r in results))
-        mount.observe("error", started, sum(isinstance(r, int) for r in results))
-        for ask, result in zip(self.asks, results, strict=True):
+        hits = misses = errors = 0
+        for ask, result in zip(self.asks, self.results, strict=True):
             if result is None:  # dropped before its turn
                 ask.answer(Lookup.ABSENT)
             elif isinstance(result, int):
+                errors += 1
                 ask.answer(mount.count_error(result))
             else:
+                if isinstance(result, Lookup):
+                    misses += 1
+                else:
+                    hits += 1  # an open or a small file
                 ask.answer(result)
+        started = self.submitted
+        mount.observe("hit", started, hits)
+        mount.observe("miss", started, misses)
+        mount.observe("error", started, errors)
 
     def _tick(self) -> None:
         """While jobs run: time the queue wait and the current names' run."""
