@@ -29,6 +29,7 @@ shutdown, the SIGTERM drain) is ``app.lifecycle``'s ``AppLifecycle``, a mixin of
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 import os
 import time
@@ -251,17 +252,17 @@ class VendApp(AppLifecycle):
             hold_remembered=self.settings.down_mount_policy == "unavailable",
         )
 
-        def remember(verdict: Verdict | None) -> None:
-            if verdict is not None:
-                self._remember(name, verdict, cache, checked_at, cacheable)
-
-        search.listen(remember)  # first: the cache holds the verdict for the listeners after
+        # First: the cache holds the verdict for the listeners after it.
+        search.listen(functools.partial(self._remember, name, cache, checked_at, cacheable))
         return search
 
     def _remember(
-        self, name: str, found: Verdict, cache: NameCache, checked_at: float, cacheable: bool
+        self, name: str, cache: NameCache, checked_at: float, cacheable: bool, found: Verdict | None
     ) -> None:
-        """Put a lookup's verdict in the name memory and, when ``cacheable``, the cache."""
+        """Put a lookup's verdict in the name memory and, when ``cacheable``, the cache
+        (nothing for None: the search was cancelled)."""
+        if found is None:
+            return
         if isinstance(found, Miss):
             if found is Miss.NOT_FOUND:
                 self.memory.forget(name)
