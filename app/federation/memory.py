@@ -44,7 +44,8 @@ drawn at random). Then the oldest entry of the two buckets gives way. The table'
 is fixed when it is created: a change of ``cache.remember_names`` takes effect on
 restart; ``cache.remember_s`` on reload. Measured with 500,000 names: the process's
 resident memory grows by 7.6 MiB; ``remember`` takes about 6 µs for a new name (a
-process's own table; the shared one adds its lock) and ``where`` 3 µs, both only on a name-cache miss, never on the hot path.
+process's own table; the shared one adds its lock) and ``where`` 3 µs, both only on a
+name-cache miss, never on the hot path.
 
 A hash collision (another name with the same buckets and 35-bit tag: about 10^-9 per
 lookup of a name never served) can only make a name look remembered on a wrong mount:
