@@ -302,14 +302,8 @@ class NameMemory:
         one, two, tag = self._slots(name)
         words = self._words
         minute = _minute(time.monotonic() if now is None else now)
-        fresh_s = self.ttl_s + 60
         for word in self._held(one, two):
-            if (
-                word & _TAG_MASK == tag
-                and word & _VALID
-                and ((minute - ((word >> _STAMP_SHIFT) & _STAMP_MASK)) & _STAMP_MASK) * 60
-                < fresh_s  # as ``_fresh``
-            ):
+            if word & _TAG_MASK == tag and word & _VALID and self._fresh(word, minute):
                 slot = (word >> _ID_SHIFT) & _ID_MASK
                 return self._keys.get(words[_REGISTRY + slot - 1]) if slot else None
         return None

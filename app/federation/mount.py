@@ -141,8 +141,7 @@ class Mount:
     def is_late(self, running_s: float, now: float) -> bool:
         """True when a lookup's call has run ``running_s`` seconds, past the deadline, or
         the mount is overdue or down (``now``: ``time.monotonic()``, seconds)."""
-        pace = self.pace
-        return not self.up or running_s > pace.deadline_s() or pace.is_overdue(now)
+        return running_s > self.pace.deadline_s() or self.state(now) is not State.UP
 
     def mark_down(self, error: str) -> None:
         """Open the breaker: lookups skip this mount until a probe succeeds."""
