@@ -312,7 +312,10 @@ class HotPath:
             # Kept on the entry from its second answer on: most names of the long tail
             # are asked once per ``cache.ttl_s``, and 50,000 entries' ready answers held
             # some 30 MiB that were never used again.
-            once = entry.prebuilt is _ANSWERED_ONCE
+            if pre is None and if_none_match is None:  # a first 200: its fields alone
+                entry.prebuilt = _ANSWERED_ONCE
+                return self._first_answer(entry, head, connection)
+            once = pre is _ANSWERED_ONCE
             pre = Prebuilt(entry)
             entry.prebuilt = pre if once else _ANSWERED_ONCE
         date = self.date()
@@ -351,6 +354,26 @@ class HotPath:
             pre.get_answer = answer
             pre.date = date
         return pre.get_answer, 200, len(pre.body)
+
+    def _first_answer(
+        self, entry: CachedFile, head: bool, connection: bytes
+    ) -> tuple[bytes, int, int]:
+        """The 200 to an entry's first GET or HEAD, as ``answer`` builds it from a
+        ``Prebuilt``, without making one: only the 200's fields are serialized (no 304
+        tail), and the answer is not kept for the second (most entries of the long tail
+        are answered once, and kept answers would take ``MAX_READY_BYTES`` from the names
+        that are asked again).
+
+        Returns:
+            As ``answer``.
+        """
+        body = b"" if head else entry.body or b""
+        fields = b"\r\n" + serialize_fields(entry.rep.headers_200)
+        if connection:
+            parts = (_PREFIX_200, self.date(), fields, connection, b"\r\n", body)
+        else:
+            parts = (_PREFIX_200, self.date(), fields, b"\r\n", body)
+        return b"".join(parts), 200, len(body)
 
     def reply(
         self,

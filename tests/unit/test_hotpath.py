@@ -9,13 +9,14 @@ corpus (tests/hostile-paths.tsv) goes through both paths the same way.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 from pathlib import Path
 from typing import Any
 
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from app.server.hotpath import DateField, hot_path_for
+from app.server.hotpath import CLOSE, KEEP_ALIVE, DateField, hot_path_for
 from tests.support import read_hostile_paths
 from tests.unit.memory_transport import Response, Server, make_server, make_tree, parse_responses
 
@@ -173,6 +174,30 @@ def test_hot_path_answers_a_cached_file_without_asgi(tmp_path: Path) -> None:
             assert answer.status == 200
 
         loop.run_until_complete(go())
+    finally:
+        _teardown(loop, server)
+
+
+def test_an_entrys_first_answer_is_the_bytes_of_its_later_ones(tmp_path: Path) -> None:
+    """The first 200 of a cache entry (built without a ``Prebuilt``), the second (which
+    makes one) and a later one (from the kept ``Prebuilt`` and its answer of the second)
+    are the same bytes, for GET and HEAD and every Connection field the hot path adds."""
+    loop, server, _ = _setup(tmp_path)
+    try:
+        hot = hot_path_for(server.app, lambda: None)
+        hot.date = lambda: b"Mon, 07 Dec 2026 16:00:00 GMT"  # type: ignore[assignment,method-assign]
+        entry = hot.lookup(b"/small.txt")
+        assert entry is not None and entry.body
+        for head in (False, True):
+            for connection in (b"", CLOSE, KEEP_ALIVE):
+                fresh = dataclasses.replace(entry, prebuilt=None)
+                answers = [hot.answer(fresh, head, None, connection) for _ in range(3)]
+                assert answers[0] == answers[1] == answers[2], (head, connection)
+                data, status, sent = answers[0]
+                assert status == 200
+                assert sent == (0 if head else len(entry.body))
+                assert data.endswith(b"\r\n\r\n" + (b"" if head else entry.body))
+                assert connection in data
     finally:
         _teardown(loop, server)
 
