@@ -370,10 +370,10 @@ class HotPath:
         body = b"" if head else entry.body or b""
         fields = b"\r\n" + serialize_fields(entry.rep.headers_200)
         if connection:
-            parts = (_PREFIX_200, self.date(), fields, connection, b"\r\n", body)
+            data = b"".join((_PREFIX_200, self.date(), fields, connection, b"\r\n", body))
         else:
-            parts = (_PREFIX_200, self.date(), fields, b"\r\n", body)
-        return b"".join(parts), 200, len(body)
+            data = b"".join((_PREFIX_200, self.date(), fields, b"\r\n", body))
+        return data, 200, len(body)
 
     def reply(
         self,
