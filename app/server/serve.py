@@ -22,135 +22,35 @@ with a logged error and the last valid ones stay in force.
 
 from __future__ import annotations
 
-import json
 import logging
 import os
-import resource
 import shutil
 import socket
 import tempfile
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Final
+from typing import Any
 
 import uvicorn
 
-from app.asgi import create_app
 from app.federation.exhaustion import raise_descriptor_limit
-from app.logs import log_config
 from app.ops.metrics import MULTIPROC_ENV
-from app.server.connection import protocol_class
-from app.server.forwarded import ForwardedHeaders, ProxyTrust
-from app.server.limits import ProtocolLimits, default_max_connections
+from app.server.config import (
+    SETTINGS_ENV,
+    app_from_environment,
+    settings_reader,
+    settings_sources,
+    uvicorn_config,
+)
 from app.server.listen import bind_tcp, bind_unix
 from app.server.workers import STOP_MARGIN_S, Supervisor
-from app.settings import Settings, SettingsError, load_settings
-from app.types import ASGIApp
-
-SETTINGS_ENV: Final = "VEND_RESOLVED_SETTINGS"
-SOURCES_ENV: Final = "VEND_SETTINGS_SOURCES"
+from app.settings import Settings
 
 log = logging.getLogger("vend.serve")
 
-
-def _sources() -> tuple[str | None, dict[str, Any]] | None:
-    raw = os.environ.get(SOURCES_ENV)
-    if not raw:
-        return None
-    data = json.loads(raw)
-    return data["config_file"], data["overrides"]
-
-
-def _reader(sources: tuple[str | None, dict[str, Any]]) -> Callable[[], Settings]:
-    config_file, overrides = sources
-    return lambda: load_settings(config_file, serving=True, **overrides)
-
-
-def app_from_environment() -> ASGIApp:
-    """uvicorn's application factory in each worker process.
-
-    Returns:
-        The application, built from its settings' sources when they load (a worker
-        started after a reload sees the new settings), else from the settings ``serve``
-        validated; X-Forwarded-For is applied by ``app.server.forwarded``'s rule.
-
-    Raises:
-        KeyError: ``VEND_RESOLVED_SETTINGS`` is not set (not started by ``serve``).
-    """
-    settings = Settings.model_validate_json(os.environ[SETTINGS_ENV])
-    sources = _sources()
-    reload_settings = _reader(sources) if sources else None
-    if reload_settings is not None:
-        try:
-            settings = reload_settings()
-        except SettingsError as exc:
-            log.error("settings refused, keeping the last valid ones: %s", exc)
-    trust = ProxyTrust(settings.trusted_proxies, unix_listener=bool(settings.unix_socket))
-    return ForwardedHeaders(create_app(settings, reload_settings), trust)
-
-
-def worker_config() -> uvicorn.Config:
-    """The uvicorn configuration in a worker process started by ``serve``.
-
-    Returns:
-        ``uvicorn_config`` of the settings and sources ``serve`` put in the environment.
-
-    Raises:
-        KeyError: ``VEND_RESOLVED_SETTINGS`` is not set (not started by ``serve``).
-    """
-    settings = Settings.model_validate_json(os.environ[SETTINGS_ENV])
-    config_file, overrides = _sources() or (None, {})
-    return uvicorn_config(settings, config_file, overrides)
-
-
-def uvicorn_config(
-    settings: Settings, config_file: str | None = None, overrides: dict[str, Any] | None = None
-) -> uvicorn.Config:
-    """The uvicorn configuration for these settings.
-
-    Args:
-        settings: validated settings.
-        config_file: the TOML file they came from, for SIGHUP, or None.
-        overrides: the command-line values among them, for SIGHUP.
-
-    Returns:
-        A ``uvicorn.Config`` whose application is built by ``app_from_environment``.
-    """
-    os.environ[SETTINGS_ENV] = settings.model_dump_json()
-    os.environ[SOURCES_ENV] = json.dumps({"config_file": config_file, "overrides": overrides or {}})
-    return uvicorn.Config(
-        "app.server.serve:app_from_environment",
-        factory=True,
-        host=settings.host,
-        port=settings.port,
-        workers=settings.workers,
-        # A callable constructing the protocol, as uvicorn uses it (its annotation says
-        # a class; a partial pickles to worker processes where a made-up class cannot).
-        http=protocol_class(  # type: ignore[arg-type]
-            ProtocolLimits(
-                request_head_s=settings.timeouts.request_head_s,
-                keep_alive_s=settings.timeouts.keep_alive_s,
-                send_s=settings.timeouts.send_s,
-                max_connections=settings.limits.max_connections
-                or default_max_connections(
-                    resource.getrlimit(resource.RLIMIT_NOFILE)[0],
-                    len(settings.mounts),
-                    settings.threads_per_mount,
-                ),
-            )
-        ),
-        loop="auto",
-        lifespan="on",
-        access_log=False,
-        server_header=False,
-        # X-Forwarded-For is vend's own (app.server.forwarded): uvicorn's never trusts a
-        # peer on a Unix socket.
-        proxy_headers=False,
-        timeout_keep_alive=max(1, round(settings.timeouts.keep_alive_s)),
-        timeout_graceful_shutdown=max(1, round(settings.timeouts.graceful_shutdown_s)),
-        log_level=settings.log_level,
-        log_config=log_config(settings.log_level),
-    )
+__all__ = ["app_from_environment", "listening_socket", "listening_sockets", "serve"]
+"""``app_from_environment`` lives in ``app.server.config``; it is named here too, for
+the ``app.server.serve:app_from_environment`` factory string run by plain uvicorn."""
 
 
 def listening_socket(settings: Settings) -> socket.socket | None:
@@ -249,11 +149,11 @@ def _remember_settings() -> None:
     A worker started later reads the sources itself, and falls back to these when the
     sources have since become invalid (the running workers refused them too).
     """
-    sources = _sources()
+    sources = settings_sources()
     if sources is None:
         return
     try:
-        settings = _reader(sources)()
+        settings = settings_reader(sources)()
     except Exception:  # every worker logs why; the supervisor must not stop over it
         return
     os.environ[SETTINGS_ENV] = settings.model_dump_json()

@@ -269,7 +269,7 @@ def _parse_args(argv: list[str] | None) -> argparse.Namespace:
 def worker_main(argv: list[str] | None = None) -> None:
     """Run one worker: serve the inherited sockets until SIGTERM or SIGINT.
 
-    Settings come from the environment ``serve`` set (``app.server.serve``).
+    Settings come from the environment ``serve`` set (``app.server.config``).
 
     Args:
         argv: ``--listen-fd FD`` (repeatable) and ``--control-fd FD``; default
@@ -279,7 +279,7 @@ def worker_main(argv: list[str] | None = None) -> None:
     args = _parse_args(argv)
     import uvicorn
 
-    from app.server.serve import worker_config
+    from app.server.config import worker_config
 
     config = worker_config()
     server = uvicorn.Server(config)
