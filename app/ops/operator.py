@@ -21,7 +21,8 @@ started, and ``"version"``: vend's version (``vend --version``).
 from __future__ import annotations
 
 import os
-from typing import TYPE_CHECKING
+from collections.abc import Sequence
+from typing import Protocol
 
 from starlette.applications import Starlette
 from starlette.concurrency import run_in_threadpool
@@ -31,12 +32,39 @@ from starlette.routing import Route
 
 from app import __version__
 from app.federation.health import describe
+from app.federation.mount import Mount
+from app.ops.metrics import Metrics
+from app.ops.misses import SharedMisses
 
-if TYPE_CHECKING:
-    from app.asgi import VendApp
+
+class OperatorView(Protocol):
+    """What the operator endpoints read of the application (``app.asgi.VendApp`` is one).
+
+    Attributes:
+        mounts: the mounts now configured, in priority order.
+        draining: the application stops taking requests (SIGTERM).
+        reloads: settings reloads since start.
+        misses: the 404s and refusals counted, rendered as JSON.
+        metrics: the Prometheus metrics, rendered in the text format.
+    """
+
+    @property
+    def mounts(self) -> Sequence[Mount]: ...
+
+    @property
+    def draining(self) -> bool: ...
+
+    @property
+    def reloads(self) -> int: ...
+
+    @property
+    def misses(self) -> SharedMisses: ...
+
+    @property
+    def metrics(self) -> Metrics: ...
 
 
-def create_operator_app(vend: VendApp) -> Starlette:
+def create_operator_app(vend: OperatorView) -> Starlette:
     """Build the operator endpoints of one vend application.
 
     Args:
