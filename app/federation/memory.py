@@ -86,6 +86,8 @@ _ID_SHIFT: Final = 35
 _ID_MASK: Final = 0xFF
 _TAG_MASK: Final = (1 << 35) - 1
 _RETIRED: Final = 1 << 63
+MAX_FOUND: Final = 4096
+"""Most names ``where`` keeps the found word of for ``remember`` (``NameMemory``)."""
 _KEY_MASK: Final = (1 << 63) - 1
 
 
@@ -152,6 +154,12 @@ class NameMemory:
         """Configured mount keys and their ids (checked against the registry on use)."""
         self._keys: dict[int, str] = {}
         """Registry word of each configured mount, to its key."""
+        self._found: dict[str, tuple[int, int]] = {}
+        """Names ``where`` found lately, each with the index and value of its word: a
+        cold lookup asks ``where`` as it starts and ``remember`` when its verdict comes,
+        a few ms later, and ``remember`` then rewrites that one word (if it is still
+        there) instead of reading and scanning both buckets again. At most
+        ``MAX_FOUND`` names; emptied when full."""
 
     def _open_shared(self, path: str) -> None:
         fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
@@ -302,10 +310,19 @@ class NameMemory:
         one, two, tag = self._slots(name)
         words = self._words
         minute = _minute(time.monotonic() if now is None else now)
-        for word in self._held(one, two):
+        for position, word in enumerate(self._held(one, two)):
             if word & _TAG_MASK == tag and word & _VALID and self._fresh(word, minute):
                 slot = (word >> _ID_SHIFT) & _ID_MASK
-                return self._keys.get(words[_REGISTRY + slot - 1]) if slot else None
+                if not slot:
+                    return None
+                found = self._found
+                if len(found) >= MAX_FOUND:
+                    found.clear()
+                found[name] = (
+                    one.start + position if position < SLOTS else two.start + position - SLOTS,
+                    word,
+                )
+                return self._keys.get(words[_REGISTRY + slot - 1])
         return None
 
     def remember(self, name: str, mount_key: str, now: float | None = None) -> None:
@@ -320,10 +337,13 @@ class NameMemory:
             now: ``time.monotonic()``, in seconds (None: now).
         """
         slot = self._ids.get(mount_key)
+        seen = self._found.pop(name, None)
         if slot is None:
             return  # not configured (a request from before a reload): not kept
-        one, two, tag = self._slots(name)
         minute = _minute(time.monotonic() if now is None else now)
+        if seen is not None and self._rewrite(seen, slot, minute, mount_key):
+            return
+        one, two, tag = self._slots(name)
         wanted = _VALID | minute << _STAMP_SHIFT | slot << _ID_SHIFT | tag
         if self._words[_REGISTRY + slot - 1] == _key_hash(mount_key) and wanted in self._held(
             one, two
@@ -334,6 +354,35 @@ class NameMemory:
             return
         with self._writing():
             self._store(one, two, tag, minute, mount_key)
+
+    def _rewrite(self, seen: tuple[int, int], slot: int, minute: int, mount_key: str) -> bool:
+        """Give the word ``where`` found its new minute, when it still holds the name on
+        this mount (id ``slot``, still registered to ``mount_key``).
+
+        Returns:
+            True when the entry is up to date now; False when the word changed since
+            (another name took the slot, another worker wrote it, the table restarted)
+            or names another mount: ``remember`` goes the whole way then.
+        """
+        index, word = seen
+        words = self._words
+        if (word >> _ID_SHIFT) & _ID_MASK != slot:
+            return False
+        if words[_REGISTRY + slot - 1] != _key_hash(mount_key):
+            return False
+        wanted = (word & ~(_STAMP_MASK << _STAMP_SHIFT)) | minute << _STAMP_SHIFT
+        if self._fd is None:
+            if words[index] != word:
+                return False
+            if wanted != word:
+                words[index] = wanted
+            return True
+        with self._writing():
+            if words[index] != word:
+                return False
+            if wanted != word:
+                words[index] = wanted
+        return True
 
     def _store(self, one: range, two: range, tag: int, minute: int, mount_key: str) -> None:
         """Write a name's entry (the caller holds the write lock), in one pass over its
@@ -376,6 +425,7 @@ class NameMemory:
 
     def forget(self, name: str) -> None:
         """Forget ``name`` (no mount holds it any more)."""
+        self._found.pop(name, None)
         one, two, tag = self._slots(name)
         words = self._words
         if not any(word & _TAG_MASK == tag and word & _VALID for word in self._held(one, two)):
