@@ -7,6 +7,7 @@ or ``app.federation.bodies.FileBody`` for a file open on a mount.
 
 from __future__ import annotations
 
+import functools
 import secrets
 import time
 from collections.abc import Sequence
@@ -220,11 +221,13 @@ def make_representation(
         The representation, with its response headers prepared.
     """
     validators = make_validators(size, mtime_ns)
+    etag = (b"etag", validators.etag.encode())
+    cache_control_field = (b"cache-control", _encoded(cache_control))
     headers = (
-        (b"content-type", media_type.encode()),
-        (b"etag", validators.etag.encode()),
-        (b"last-modified", validators.last_modified.encode()),
-        (b"cache-control", cache_control.encode()),
+        (b"content-type", _encoded(media_type)),
+        etag,
+        (b"last-modified", _encoded(validators.last_modified)),
+        cache_control_field,
         (b"accept-ranges", b"bytes"),
         (b"x-content-type-options", b"nosniff"),
     )
@@ -234,8 +237,15 @@ def make_representation(
         media_type=media_type,
         headers=headers,
         headers_200=[*headers, (b"content-length", str(size).encode())],
-        headers_304=[(name, value) for name, value in headers if name in _HEADERS_OF_304],
+        headers_304=[etag, cache_control_field],  # in the 200's order: _HEADERS_OF_304
     )
+
+
+@functools.lru_cache(maxsize=1024)
+def _encoded(value: str) -> bytes:
+    """A field value as bytes, for the values many representations share (media types,
+    Cache-Control, Last-Modified of files written in the same second: the last 1,024)."""
+    return value.encode()
 
 
 class BodySource(Protocol):

@@ -1,4 +1,4 @@
-"""Media types, mountinfo parsing and containment checks."""
+"""Media types, representations, mountinfo parsing and containment checks."""
 
 from __future__ import annotations
 
@@ -10,6 +10,7 @@ import pytest
 from app.federation.mountinfo import filesystem_type, mount_id_of, mount_points
 from app.federation.open import is_within
 from app.http.media_types import MediaTypes
+from app.http.responses import _HEADERS_OF_304, make_representation
 
 
 @pytest.mark.parametrize(
@@ -109,3 +110,26 @@ def test_is_within_uses_path_components(path: str, root: str, inside: bool) -> N
     """Containment goes by whole path components: a sibling sharing a string prefix
     (``content-old``) is outside."""
     assert is_within(path, root) is inside
+
+
+@pytest.mark.parametrize(
+    ("size", "mtime_ns", "media_type", "cache_control"),
+    [
+        (0, 0, "text/html", "public, max-age=300"),
+        (4096, 1_733_580_000_123_456_789, "application/octet-stream", "no-cache"),
+        (1, 10**18, "text/plain; charset=utf-8", "max-age=0, must-revalidate"),
+    ],
+)
+def test_representation_fields_of_200_and_304(
+    size: int, mtime_ns: int, media_type: str, cache_control: str
+) -> None:
+    """A 304 repeats exactly the 200's fields that RFC 9110 section 15.4.5 asks for
+    (``_HEADERS_OF_304``), in the 200's order; the 200 adds Content-Length."""
+    rep = make_representation(size, mtime_ns, media_type, cache_control)
+    assert rep.headers_304 == [(n, v) for n, v in rep.headers if n in _HEADERS_OF_304]
+    assert [n for n, _ in rep.headers_304] == [b"etag", b"cache-control"]
+    assert rep.headers_200 == [*rep.headers, (b"content-length", str(size).encode())]
+    assert dict(rep.headers)[b"content-type"] == media_type.encode()
+    assert dict(rep.headers)[b"cache-control"] == cache_control.encode()
+    assert dict(rep.headers)[b"etag"] == rep.validators.etag.encode()
+    assert dict(rep.headers)[b"last-modified"] == rep.validators.last_modified.encode()
