@@ -174,7 +174,11 @@ def host_state(ours: Ours, netdir: Path | None = None) -> dict[str, list[str]]:
     if netdir is not None and netdir.is_dir():
         networks += [f"{netdir}: {p.name}" for p in netdir.iterdir() if p.name != "cni.lock"]
     shot["podman networks"] = sorted(n for n in networks if n)
-    shot["CNI state"] = sorted(str(p) for d in CNI_STATE if d.exists() for p in d.rglob("*"))
+    # Files only: CNI makes its state folders (/var/lib/cni/results, ...) on its first
+    # use on a host and keeps them; what a network leaves in them is files.
+    shot["CNI state"] = sorted(
+        str(p) for d in CNI_STATE if d.exists() for p in d.rglob("*") if not p.is_dir()
+    )
     shot["sysctl"] = [f"{k} {(Path('/proc/sys') / k).read_text().strip()}" for k in FORWARDING]
     return shot
 
