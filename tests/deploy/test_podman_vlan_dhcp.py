@@ -113,6 +113,8 @@ FILES_NEEDED = {
 #: Where the machine's CNI plugins keep state (results cache, host-local's address
 #: records, the dhcp daemon's default socket).
 CNI_STATE = [Path("/var/lib/cni"), Path("/run/cni")]
+#: Folders under CNI_STATE that CNI makes on its first use on a host and never removes.
+CNI_KEPT_FOLDERS = frozenset({Path("/var/lib/cni/results")})
 #: Forwarding switches a CNI bridge network turns on (``isGateway``) and never turns off.
 FORWARDING = ["net/ipv4/ip_forward", "net/ipv6/conf/all/forwarding"]
 
@@ -174,10 +176,14 @@ def host_state(ours: Ours, netdir: Path | None = None) -> dict[str, list[str]]:
     if netdir is not None and netdir.is_dir():
         networks += [f"{netdir}: {p.name}" for p in netdir.iterdir() if p.name != "cni.lock"]
     shot["podman networks"] = sorted(n for n in networks if n)
-    # Files only: CNI makes its state folders (/var/lib/cni/results, ...) on its first
-    # use on a host and keeps them; what a network leaves in them is files.
+    # CNI makes its own state folders on its first use on a host and keeps them: those
+    # are not left behind by a test; anything else under CNI_STATE is.
     shot["CNI state"] = sorted(
-        str(p) for d in CNI_STATE if d.exists() for p in d.rglob("*") if not p.is_dir()
+        str(p)
+        for d in CNI_STATE
+        if d.exists()
+        for p in d.rglob("*")
+        if not (p in CNI_KEPT_FOLDERS and p.is_dir())
     )
     shot["sysctl"] = [f"{k} {(Path('/proc/sys') / k).read_text().strip()}" for k in FORWARDING]
     return shot
