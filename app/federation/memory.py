@@ -373,17 +373,19 @@ class NameMemory:
         if words[_REGISTRY + slot - 1] != _key_hash(mount_key):
             return False
         wanted = (word & ~(_STAMP_MASK << _STAMP_SHIFT)) | minute << _STAMP_SHIFT
-        if self._fd is None:
-            if words[index] != word:
-                return False
-            if wanted != word:
-                words[index] = wanted
-            return True
+        if self._fd is None:  # a process's own table: no lock to take
+            return self._swap(index, word, wanted)
         with self._writing():
-            if words[index] != word:
-                return False
-            if wanted != word:
-                words[index] = wanted
+            return self._swap(index, word, wanted)
+
+    def _swap(self, index: int, word: int, wanted: int) -> bool:
+        """Write ``wanted`` at ``index`` if it still holds ``word`` (lock held, if any);
+        False when it no longer does."""
+        words = self._words
+        if words[index] != word:
+            return False
+        if wanted != word:
+            words[index] = wanted
         return True
 
     def _store(self, one: range, two: range, tag: int, minute: int, mount_key: str) -> None:
