@@ -114,7 +114,7 @@ class Prebuilt:
         self.body = entry.body or b""
         # The fields and the blank line; an answer with a Connection field puts it
         # before the blank line (rare: HTTP/1.0 or ``Connection: close``).
-        self.head_tail = b"\r\n" + serialize_fields(rep.headers_200) + b"\r\n"
+        self.head_tail = _head_tail_200(rep.headers_200)
         self.tail_304 = b"\r\n" + serialize_fields(rep.headers_304) + b"\r\n"
         self.date = b""
         self.get_answer = b""  # the whole 200 to a GET, for ``date``
@@ -129,6 +129,21 @@ _PREFIX_304: Final = status_line(304) + b"date: "
 _PREFIX_404: Final = status_line(404) + b"date: "
 _BODY_404: Final = ERROR_BODIES[404]
 _FIELDS_404: Final = b"\r\n" + serialize_fields(error_fields(404))
+
+
+def _head_tail_200(headers_200: list[tuple[bytes, bytes]]) -> bytes:
+    """What follows the Date value in a 200: the end of its line, the 200's fields and
+    the blank line (RFC 9112 section 2.1)."""
+    return b"\r\n" + serialize_fields(headers_200) + b"\r\n"
+
+
+def _whole_200(date: bytes, head_tail: bytes, connection: bytes, body: bytes) -> bytes:
+    """A 200's bytes from its Date value, ``_head_tail_200``, the Connection field to add
+    (``CLOSE``, ``KEEP_ALIVE`` or b"", which goes before the blank line) and the body
+    (b"" for HEAD)."""
+    if connection:
+        return b"".join((_PREFIX_200, date, head_tail[:-2], connection, b"\r\n", body))
+    return b"".join((_PREFIX_200, date, head_tail, body))
 
 
 class HotPath:
@@ -333,12 +348,9 @@ class HotPath:
                     parts = [_PREFIX_304, date, pre.tail_304[:-2], connection, b"\r\n"]
                     return b"".join(parts), 304, 0
                 return b"".join((_PREFIX_304, date, pre.tail_304)), 304, 0
-        if connection:
+        if connection or head:
             body = b"" if head else pre.body
-            parts = [_PREFIX_200, date, pre.head_tail[:-2], connection, b"\r\n", body]
-            return b"".join(parts), 200, len(body)
-        if head:
-            return b"".join((_PREFIX_200, date, pre.head_tail)), 200, 0
+            return _whole_200(date, pre.head_tail, connection, body), 200, len(body)
         if pre.date is not date:  # a new second: build the answer once for it, if room
             if date is not self._ready_date:  # let go of the last second's answers
                 for old in self._ready:
@@ -368,12 +380,8 @@ class HotPath:
             As ``answer``.
         """
         body = b"" if head else entry.body or b""
-        fields = b"\r\n" + serialize_fields(entry.rep.headers_200)
-        if connection:
-            data = b"".join((_PREFIX_200, self.date(), fields, connection, b"\r\n", body))
-        else:
-            data = b"".join((_PREFIX_200, self.date(), fields, b"\r\n", body))
-        return data, 200, len(body)
+        head_tail = _head_tail_200(entry.rep.headers_200)
+        return _whole_200(self.date(), head_tail, connection, body), 200, len(body)
 
     def reply(
         self,
