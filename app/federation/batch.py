@@ -39,15 +39,18 @@ import threading
 import time
 from collections.abc import Callable, Sequence
 from concurrent.futures import Future
-from typing import TYPE_CHECKING, Final
+from typing import Final, Protocol
 
-from app.federation.open import Lookup, OpenFile, SmallFile, open_in_mount
-from app.federation.pace import GATE_POLL_S
+from app.federation.open import (
+    Holder,
+    Lookup,
+    MountUnavailable,
+    OpenFile,
+    SmallFile,
+    open_in_mount,
+)
+from app.federation.pace import GATE_POLL_S, Pace, RunWatch
 from app.federation.threads import PoolFull
-
-if TYPE_CHECKING:
-    from app.federation.mount import Mount, MountUnavailable
-    from app.federation.pace import RunWatch
 
 log = logging.getLogger("vend.mounts")
 
@@ -66,6 +69,45 @@ HOLD_S: Final = 0.02
 of their own, in seconds after that batch was submitted (``AskQueue``)."""
 
 Found = OpenFile | SmallFile | Lookup
+
+
+class BatchMount(Holder, Protocol):
+    """What a batch needs of its mount (``app.federation.mount.Mount`` is one): where
+    it is, its threads and pace, and its breaker and metrics (see the ``Mount``
+    attributes and methods of the same names)."""
+
+    @property
+    def real_root(self) -> str | None: ...
+
+    @property
+    def root_mount_id(self) -> int | None: ...
+
+    @property
+    def up(self) -> bool: ...
+
+    @property
+    def threads(self) -> int: ...
+
+    @property
+    def pace(self) -> Pace: ...
+
+    @property
+    def name_s(self) -> float: ...
+
+    @property
+    def queue_timeout_s(self) -> float: ...
+
+    def is_late(self, running_s: float, now: float) -> bool: ...
+
+    def mark_down(self, error: str) -> None: ...
+
+    def unavailable(self, error: str) -> MountUnavailable: ...
+
+    def count_error(self, code: int | None, where: str = "lookup") -> MountUnavailable: ...
+
+    def note_batch(self, longest_s: float) -> None: ...
+
+    def observe(self, outcome: str, started: float, count: int = 1) -> None: ...
 
 
 class Ask:
@@ -143,7 +185,7 @@ class Ask:
             self.task.cancel()  # the single call closes what it opens late
 
 
-def _look_up_one(root: str, ask: Ask, mount: Mount, root_mount_id: int | None) -> Found | int:
+def _look_up_one(root: str, ask: Ask, mount: BatchMount, root_mount_id: int | None) -> Found | int:
     """The first of the ask's candidates the mount holds, as ``Mount.lookup`` finds it."""
     for attempt in (1, 2):
         try:
@@ -206,7 +248,7 @@ class Batch:
         "timer",
     )
 
-    def __init__(self, mount: Mount, asks: list[Ask], queue: AskQueue | None = None) -> None:
+    def __init__(self, mount: BatchMount, asks: list[Ask], queue: AskQueue | None = None) -> None:
         self.mount = mount
         self.asks = asks
         self._queue = queue
@@ -435,7 +477,7 @@ class AskQueue:
 
     __slots__ = ("_loop", "_pending", "_running", "_timer", "mount")
 
-    def __init__(self, mount: Mount) -> None:
+    def __init__(self, mount: BatchMount) -> None:
         self.mount = mount
         self._pending: list[Ask] = []
         self._loop: asyncio.AbstractEventLoop | None = None

@@ -30,7 +30,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Final
 
-from app.federation.mount import Mount
+from app.federation.open import Holder
 from app.http.responses import Representation
 
 REFRESH_AT: Final = 0.75
@@ -51,7 +51,7 @@ class CachedFile:
         due: handed to ``on_due`` for revalidation since ``checked_at``.
     """
 
-    mount: Mount
+    mount: Holder
     rep: Representation
     body: bytes | None
     checked_at: float
@@ -139,7 +139,7 @@ class NameCache:
         return self._entries.get(name) is entry
 
     def put_file(
-        self, name: str, mount: Mount, rep: Representation, body: bytes | None, now: float
+        self, name: str, mount: Holder, rep: Representation, body: bytes | None, now: float
     ) -> CachedFile:
         """Remember where ``name`` was found, its representation, and a small body.
 

@@ -36,8 +36,8 @@ from enum import Enum
 from typing import Final
 
 from app.federation.batch import Ask
-from app.federation.mount import Mount, MountUnavailable
-from app.federation.open import Lookup, OpenFile, SmallFile
+from app.federation.mount import Mount
+from app.federation.open import Lookup, MountUnavailable, OpenFile, SmallFile
 from app.federation.pace import GATE_POLL_S
 
 log = logging.getLogger("vend.mounts")

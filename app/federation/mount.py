@@ -21,6 +21,7 @@ from app.federation.batch import SLOW_NAME_S, Ask, AskQueue, Found
 from app.federation.exhaustion import EXHAUSTION_ERRNOS, is_exhaustion, note_exhaustion
 from app.federation.open import (
     Lookup,
+    MountUnavailable,
     OpenFile,
     SmallFile,
     check_names,
@@ -35,10 +36,6 @@ from app.settings import MountSettings
 log = logging.getLogger("vend.mounts")
 
 T = TypeVar("T")
-
-
-class MountUnavailable(Exception):
-    """A mount failed (timeout or I/O error); the message is an errno name, never a path."""
 
 
 # Failures that say the mount itself is in trouble: they open its breaker.

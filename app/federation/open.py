@@ -25,14 +25,13 @@ import errno
 import os
 import stat
 import time
+from concurrent.futures import Executor
 from dataclasses import dataclass
 from enum import Enum
-from typing import TYPE_CHECKING, Final
+from typing import Final, Protocol
 
 from app.federation.mountinfo import mount_id_of, mount_points
-
-if TYPE_CHECKING:
-    from app.federation.mount import Mount
+from app.settings import MountSettings
 
 # O_PATH: resolve the name (following symlinks) without opening the file itself, so a
 # FIFO, socket or device is never opened; only a checked regular file is reopened.
@@ -40,6 +39,38 @@ _PATH_FLAGS: Final = os.O_PATH | os.O_CLOEXEC
 _READ_FLAGS: Final = os.O_RDONLY | os.O_CLOEXEC | os.O_NOCTTY
 # Errors that mean "this mount does not hold that name": go on to the next mount.
 _ABSENT_ERRNOS: Final = frozenset({errno.ENOENT, errno.ENOTDIR, errno.ENAMETOOLONG, errno.ELOOP})
+
+
+class MountUnavailable(Exception):
+    """A mount failed (timeout or I/O error); the message is an errno name, never a path."""
+
+
+class Holder(Protocol):
+    """The mount a file was found on, as what serves the file needs it
+    (``app.federation.mount.Mount`` is one).
+
+    Attributes:
+        name: the mount's name, as operators see it (metrics, access log).
+        key: what identifies the mount across reloads (the name cache's records).
+        executor: the mount's own thread pool, where the file's reads run.
+        fs_op_s: timeout of one filesystem operation on it, in seconds.
+        settings: its settings (``sendfile``: whether its files may go by sendfile(2)).
+    """
+
+    @property
+    def name(self) -> str: ...
+
+    @property
+    def key(self) -> str: ...
+
+    @property
+    def executor(self) -> Executor: ...
+
+    @property
+    def fs_op_s(self) -> float: ...
+
+    @property
+    def settings(self) -> MountSettings: ...
 
 
 class Lookup(Enum):
@@ -66,7 +97,7 @@ class OpenFile:
     size: int
     mtime_ns: int
     name: str
-    mount: Mount
+    mount: Holder
     closed: bool = False
 
     def fileno(self) -> int:
@@ -108,7 +139,7 @@ class SmallFile:
     body: bytes
     mtime_ns: int
     name: str
-    mount: Mount
+    mount: Holder
 
     @property
     def size(self) -> int:
@@ -157,7 +188,7 @@ def _on_mount(fd: int, root: str, root_mount_id: int) -> bool:
 def open_in_mount(
     root: str,
     name: str,
-    mount: Mount,
+    mount: Holder,
     max_read_bytes: int = 0,
     root_mount_id: int | None = None,
 ) -> OpenFile | SmallFile | Lookup:
@@ -230,7 +261,7 @@ def open_in_mount(
 def check_names(
     root: str,
     names: list[tuple[str, bool]],
-    mount: Mount,
+    mount: Holder,
     max_read_bytes: int,
     root_mount_id: int | None,
     deadline: float,

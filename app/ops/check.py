@@ -13,8 +13,8 @@ import asyncio
 from dataclasses import dataclass
 
 from app.federation.lookup import list_copies
-from app.federation.mount import Mount, MountUnavailable, build_mounts
-from app.federation.open import Lookup, OpenFile, SmallFile
+from app.federation.mount import Mount, build_mounts
+from app.federation.open import Lookup, MountUnavailable, OpenFile, SmallFile
 from app.federation.redirects import load_redirect_map
 from app.federation.root import RootFacts, probe_root
 from app.http.names import compile_pattern

@@ -27,8 +27,8 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Final
 
-from app.federation.mount import Mount, MountUnavailable, build_mounts
-from app.federation.open import Lookup, OpenFile, SmallFile
+from app.federation.mount import Mount, build_mounts
+from app.federation.open import Lookup, MountUnavailable, OpenFile, SmallFile
 from app.ops.walk import WalkState, walk_mount
 from app.settings import Settings
 

@@ -19,7 +19,8 @@ from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from typing import Final
 
-from app.federation.mount import Mount, MountUnavailable
+from app.federation.mount import Mount
+from app.federation.open import MountUnavailable
 
 MAX_DIRECTORIES_QUEUED: Final = 1_000_000
 """Directories waiting to be listed at once; beyond it a walk stops as incomplete."""

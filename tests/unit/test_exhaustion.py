@@ -14,7 +14,8 @@ import pytest
 from app.federation import exhaustion
 from app.federation import open as open_module
 from app.federation import root as root_module
-from app.federation.mount import Mount, MountUnavailable, State
+from app.federation.mount import Mount, State
+from app.federation.open import MountUnavailable
 from app.settings import MountSettings
 
 CODES = [errno.EMFILE, errno.ENFILE, errno.ENOMEM]
