@@ -360,7 +360,7 @@ def create_app(
     """Build the ASGI application.
 
     Args:
-        settings: validated settings (see ``app.settings.load_settings``).
+        settings: validated settings (see ``app.settings_load.load_settings``).
         reload_settings: reads settings anew for SIGHUP, or None.
 
     Returns:

@@ -33,7 +33,8 @@ from app.ops.shadows import Shadow, shadows_of
 from app.ops.sources import OldLinks, read_source
 from app.ops.suggest import MissingNames, write_suggestions
 from app.ops.verify import Sink, Tally, UserError, switch_user, verify_offline
-from app.settings import SAMPLE_MOUNTS_DIR, Settings, SettingsError, load_settings
+from app.settings import SAMPLE_MOUNTS_DIR, Settings, SettingsError
+from app.settings_load import load_settings
 
 if TYPE_CHECKING:
     from app.ops.report import ReportFormat

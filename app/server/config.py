@@ -26,7 +26,8 @@ from app.logs import log_config
 from app.server.connection import protocol_class
 from app.server.forwarded import ForwardedHeaders, ProxyTrust
 from app.server.limits import ProtocolLimits, default_max_connections
-from app.settings import Settings, SettingsError, load_settings
+from app.settings import Settings, SettingsError
+from app.settings_load import load_settings
 from app.types import ASGIApp
 
 log = logging.getLogger("vend.serve")

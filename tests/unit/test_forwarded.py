@@ -8,7 +8,7 @@ from typing import Any
 import pytest
 
 from app.server.forwarded import ForwardedHeaders, ProxyTrust
-from app.settings import load_settings
+from app.settings_load import load_settings
 
 
 def test_default_trusts_loopback_and_the_unix_socket_peer() -> None:

@@ -6,7 +6,8 @@ from pathlib import Path
 
 import pytest
 
-from app.settings import SAMPLE_MOUNTS_DIR, SettingsError, load_settings
+from app.settings import SAMPLE_MOUNTS_DIR, SettingsError
+from app.settings_load import load_settings
 
 
 @pytest.fixture(autouse=True)
