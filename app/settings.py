@@ -64,8 +64,6 @@ ENV_SHAPES: Final = {
     "cache": "a JSON object, or one field at a time, e.g. VEND_CACHE__TTL_S=1",
 }
 """What each environment variable holding a list or a table must look like."""
-COMMAND_LINE_OPTIONS: Final = frozenset({"host", "port", "workers"})
-"""The settings ``vend serve`` also takes as options (``--port``)."""
 
 
 class SettingsError(Exception):

@@ -15,12 +15,15 @@ from __future__ import annotations
 import os
 import stat
 import tomllib
-from typing import Any
+from typing import Any, Final
 
 from pydantic import ValidationError
 from pydantic_settings import SettingsConfigDict
 
-from app.settings import COMMAND_LINE_OPTIONS, ENV_PREFIX, Settings, SettingsError
+from app.settings import ENV_PREFIX, Settings, SettingsError
+
+COMMAND_LINE_OPTIONS: Final = frozenset({"host", "port", "workers"})
+"""The settings ``vend serve`` also takes as options (``--port``)."""
 
 
 def _describe(
