@@ -182,22 +182,61 @@ async def send_redirect(send: Send, location: bytes, *, head: bool) -> Sent:
 class Representation:
     """What a file response says about the file, computed once per version of the file.
 
+    Only the values are kept; the validators and the header fields are made from them
+    when asked for. A cache holds one of these per name (``app.federation.cache``), and
+    each object an entry keeps is one more for the cyclic collector to scan in every
+    collection while it lives: kept as objects, the validators and the tuples of fields
+    were five more per entry, and on a long tail the collector's pauses were most of
+    the p99 latency.
+
     Attributes:
         size: the representation's length in bytes.
-        validators: its ETag and Last-Modified.
+        etag: its strong entity-tag, quotes included (``Validators.etag``).
+        last_modified_s: its modification time in whole seconds since the epoch, never
+            later than when it was made (``Validators.last_modified_s``).
+        last_modified: the same as an IMF-fixdate (``Validators.last_modified``).
         media_type: its Content-Type.
-        headers: the headers every 200 and 206 carries, Content-Type first (a
-            multipart 206 replaces it).
-        headers_200: ``headers`` plus Content-Length, for a 200.
-        headers_304: what a 304 carries: ETag and Cache-Control (RFC 9110 section 15.4.5).
+        cache_control: the Cache-Control value every 200, 206 and 304 carries.
     """
 
     size: int
-    validators: Validators
+    etag: str
+    last_modified_s: int
+    last_modified: str
     media_type: str
-    headers: tuple[tuple[bytes, bytes], ...]
-    headers_200: list[tuple[bytes, bytes]]
-    headers_304: list[tuple[bytes, bytes]]
+    cache_control: str
+
+    @property
+    def validators(self) -> Validators:
+        """Its validators, ETag and Last-Modified (RFC 9110 section 8.8)."""
+        return Validators(self.etag, self.last_modified_s, self.last_modified)
+
+    @property
+    def headers(self) -> tuple[tuple[bytes, bytes], ...]:
+        """The fields every 200 and 206 carries, Content-Type first (a multipart 206
+        replaces it)."""
+        return (
+            (b"content-type", _encoded(self.media_type)),
+            (b"etag", self.etag.encode()),
+            (b"last-modified", _encoded(self.last_modified)),
+            (b"cache-control", _encoded(self.cache_control)),
+            (b"accept-ranges", b"bytes"),
+            (b"x-content-type-options", b"nosniff"),
+        )
+
+    @property
+    def headers_200(self) -> tuple[tuple[bytes, bytes], ...]:
+        """``headers`` plus Content-Length, for a 200."""
+        return (*self.headers, (b"content-length", str(self.size).encode()))
+
+    @property
+    def headers_304(self) -> tuple[tuple[bytes, bytes], ...]:
+        """What a 304 carries: ETag and Cache-Control (RFC 9110 section 15.4.5), in the
+        200's order (``_HEADERS_OF_304``)."""
+        return (
+            (b"etag", self.etag.encode()),
+            (b"cache-control", _encoded(self.cache_control)),
+        )
 
 
 _HEADERS_OF_304: Final = frozenset({b"etag", b"cache-control"})
@@ -218,26 +257,16 @@ def make_representation(
         cache_control: the configured Cache-Control value.
 
     Returns:
-        The representation, with its response headers prepared.
+        The representation (its validators made now, RFC 9110 section 8.8).
     """
     validators = make_validators(size, mtime_ns)
-    etag = (b"etag", validators.etag.encode())
-    cache_control_field = (b"cache-control", _encoded(cache_control))
-    headers = (
-        (b"content-type", _encoded(media_type)),
-        etag,
-        (b"last-modified", _encoded(validators.last_modified)),
-        cache_control_field,
-        (b"accept-ranges", b"bytes"),
-        (b"x-content-type-options", b"nosniff"),
-    )
     return Representation(
         size=size,
-        validators=validators,
+        etag=validators.etag,
+        last_modified_s=validators.last_modified_s,
+        last_modified=validators.last_modified,
         media_type=media_type,
-        headers=headers,
-        headers_200=[*headers, (b"content-length", str(size).encode())],
-        headers_304=[etag, cache_control_field],  # in the 200's order: _HEADERS_OF_304
+        cache_control=cache_control,
     )
 
 

@@ -31,7 +31,7 @@ import asyncio
 import functools
 import time
 import weakref
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Any, Final
 
 from app.asgi import OPERATOR_PREFIX, VendApp
@@ -131,7 +131,7 @@ _BODY_404: Final = ERROR_BODIES[404]
 _FIELDS_404: Final = b"\r\n" + serialize_fields(error_fields(404))
 
 
-def _head_tail_200(headers_200: list[tuple[bytes, bytes]]) -> bytes:
+def _head_tail_200(headers_200: Sequence[tuple[bytes, bytes]]) -> bytes:
     """What follows the Date value in a 200: the end of its line, the 200's fields and
     the blank line (RFC 9112 section 2.1)."""
     return b"\r\n" + serialize_fields(headers_200) + b"\r\n"
