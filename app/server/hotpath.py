@@ -61,6 +61,12 @@ KNOWN_FIELD_BYTES: Final = 160
 MAX_TARGET_BYTES: Final = 4 * 1024 * 1024
 """Most bytes of request-targets remembered (``HotPath.lookup``; a target may be 8,190
 bytes, its query any string); the memory is emptied when full."""
+MAX_TARGETS: Final = 16_384
+"""Most request-targets remembered, with their names (at most ``cache.max_entries``);
+the memory is emptied when full. About 180 bytes each: at ``cache.max_entries`` (50,000
+by default) it held 9 MiB, most of it targets of a long tail that are not asked again
+before it empties, while the names a cache can keep hot are far fewer (8,192 small files
+of 4 KiB at the default ``cache.max_bytes``)."""
 
 MAX_READY_BYTES: Final = 2 * 1024 * 1024
 """Most bytes of whole 200 answers kept built for the current second
@@ -224,7 +230,10 @@ class HotPath:
             if name is None:
                 return None
             self._target_bytes += len(target)
-            if len(self._targets) >= cache.max_entries or self._target_bytes > MAX_TARGET_BYTES:
+            if (
+                len(self._targets) >= min(cache.max_entries, MAX_TARGETS)
+                or self._target_bytes > MAX_TARGET_BYTES
+            ):
                 self._targets = {}
                 self._target_bytes = len(target)
             self._targets[target] = name
