@@ -185,9 +185,9 @@ class Representation:
     Only the values are kept; the validators and the header fields are made from them
     when asked for. A cache holds one of these per name (``app.federation.cache``), and
     each object an entry keeps is one more for the cyclic collector to scan in every
-    collection while it lives: kept as objects, the validators and the tuples of fields
-    were five more per entry, and on a long tail the collector's pauses were most of
-    the p99 latency.
+    collection while it lives: kept as objects, the validators and the containers of
+    fields (three, and the four pairs made for each file) were eight more per entry, and
+    on a long tail the collector's pauses were most of the p99 latency.
 
     Attributes:
         size: the representation's length in bytes.
