@@ -182,18 +182,14 @@ async def send_redirect(send: Send, location: bytes, *, head: bool) -> Sent:
 class Representation:
     """What a file response says about the file, computed once per version of the file.
 
-    Only the values are kept; the validators and the header fields are made from them
-    when asked for. A cache holds one of these per name (``app.federation.cache``), and
-    each object an entry keeps is one more for the cyclic collector to scan in every
-    collection while it lives: kept as objects, the validators and the containers of
-    fields (three, and the four pairs made for each file) were eight more per entry, and
-    on a long tail the collector's pauses were most of the p99 latency.
+    Only values are kept; the validators and header fields are made when asked: every
+    object a cache entry keeps is scanned by each collection while it lives (the
+    garbage collector section of ``docs/performance.md``).
 
     Attributes:
         size: the representation's length in bytes.
         etag: its strong entity-tag, quotes included (``Validators.etag``).
-        last_modified_s: its modification time in whole seconds since the epoch, never
-            later than when it was made (``Validators.last_modified_s``).
+        last_modified_s: its modification time, seconds (``Validators.last_modified_s``).
         last_modified: the same as an IMF-fixdate (``Validators.last_modified``).
         media_type: its Content-Type.
         cache_control: the Cache-Control value every 200, 206 and 304 carries.
