@@ -211,11 +211,12 @@ class Representation:
     def headers(self) -> tuple[tuple[bytes, bytes], ...]:
         """The fields every 200 and 206 carries, Content-Type first (a multipart 206
         replaces it)."""
+        etag, cache_control = self.headers_304
         return (
             (b"content-type", _encoded(self.media_type)),
-            (b"etag", self.etag.encode()),
+            etag,
             (b"last-modified", _encoded(self.last_modified)),
-            (b"cache-control", _encoded(self.cache_control)),
+            cache_control,
             (b"accept-ranges", b"bytes"),
             (b"x-content-type-options", b"nosniff"),
         )
